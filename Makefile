@@ -1,0 +1,102 @@
+# motif: every entry point. `make help` lists the targets.
+# Each target installs what it needs itself (virtualenv, pinned Python stack, Debian packages).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# ---- tool versions: pinned in one place ------------------------------------------------------
+PYTHON        ?= python3
+TORCH_VERSION := 2.13.0
+VENV          := .venv
+TOOLS_VENV    := .venv-tools
+PY            := $(VENV)/bin/python
+STAMPS        := .stamps
+# Debian packages the tests and the demo drive for real.
+DEBIAN_PKGS   := prometheus podman buildah debootstrap runc uidmap fuse-overlayfs
+# DeepSpeed on this CPU: JIT-build its ops for the CPU accelerator.
+export DS_ACCELERATOR ?= cpu
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help install deps tools demo test test-fast lint fmt bench images chart monitor dashboards lock clean
+
+help: ## List the targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# ---- setup -----------------------------------------------------------------------------------
+$(STAMPS)/venv: pyproject.toml requirements.lock
+	@mkdir -p $(STAMPS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# torch first and alone: a dependency resolved without it pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
+	@$(PY) -c "import torch; v=torch.__version__; assert v.startswith('$(TORCH_VERSION)'), v; assert not torch.version.cuda, 'a CUDA torch was pulled in'"
+	touch $@
+
+install: $(STAMPS)/venv ## Create .venv with the pinned stack (torch first, then requirements.lock)
+
+$(STAMPS)/debian:
+	@mkdir -p $(STAMPS)
+	@missing=$$(for p in $(DEBIAN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	touch $@
+
+deps: $(STAMPS)/debian ## Install the Debian packages (prometheus/promtool, podman, buildah, debootstrap, runc)
+
+$(STAMPS)/tools: requirements-tools.txt
+	@mkdir -p $(STAMPS)
+	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --quiet -r requirements-tools.txt
+	touch $@
+
+tools: $(STAMPS)/tools ## Scanners (checkov, pip-audit) in their own virtualenv
+
+lock: ## Re-pin requirements.lock from the current .venv
+	@{ sed -n '1,3p' requirements.lock; echo "torch==$(TORCH_VERSION)"; \
+	   $(PY) -m pip freeze --exclude-editable | grep -v -i '^torch=='; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+# ---- the two commands ------------------------------------------------------------------------
+demo: install deps ## The whole growth pipeline on a tiny model, on CPU (stage 0 -> LlamaPro -> MSG)
+	$(PY) -m motif demo --out out/demo
+
+test: install deps tools ## Every test: unit, integration (torchrun, Prometheus, Helm, podman)
+	$(PY) -m pytest -q
+
+test-fast: install ## Unit tests only (skips the slow integration tier)
+	$(PY) -m pytest -q -m "not slow"
+
+# ---- the rest --------------------------------------------------------------------------------
+lint: install ## ruff + ruff format --check + hadolint + helm lint
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile images/*/Dockerfile
+	$(PY) -m motif.deploy.render --lint
+
+fmt: install ## Format the code
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+bench: install ## Benchmarks, side by side in one run; figures go in docs/benchmarks.md
+	$(PY) -m bench
+
+images: install deps ## Build the CPU trainer image with podman (GPU image: see docs/deployment.md)
+	$(PY) -m motif.deploy.images build
+
+chart: install ## Render every stage file with Helm, lint, validate against the CRD schemas
+	$(PY) -m motif.deploy.render --lint --validate
+
+dashboards: install ## Regenerate monitoring/ JSON and YAML from their Python sources
+	$(PY) -m monitoring.generate
+
+monitor: install deps ## Local Prometheus scraping `make demo` (Grafana via monitoring/compose.yaml)
+	$(PY) -m monitoring.local
+
+clean: ## Remove build outputs (keeps .venv)
+	rm -rf out build dist *.egg-info .pytest_cache .ruff_cache

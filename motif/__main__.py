@@ -1,0 +1,5 @@
+import sys
+
+from motif.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training metrics: names (declared once, in `names`), the Prometheus exporter and the JSONL log."""

@@ -164,7 +164,9 @@ class StageConfig:
     train: TrainConfig
     checkpoint: CheckpointConfig
     input: str | None = None  # checkpoint directory to start from (previous stage's output)
-    model: ModelShape | None = None  # from-scratch shape when there is no input
+    # From-scratch shape when there is no input; with an input, the shape it must have (checked at
+    # start, and used by `motif plan` when the input is not readable from where plan runs).
+    model: ModelShape | None = None
     growth: GrowthConfig | None = None
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -283,8 +285,8 @@ def _positive(where: str, value: int | float | None, allow_zero: bool = False) -
 
 def _check(s: StageConfig) -> None:
     """Cross-field rules the types alone cannot express."""
-    if (s.input is None) == (s.model is None):
-        raise ConfigError("motif.input: set exactly one of `input` (a checkpoint) and `model` (a from-scratch shape)")
+    if s.input is None and s.model is None:
+        raise ConfigError("motif.input: missing; set `input` (a checkpoint) or `model` (a from-scratch shape)")
     _positive("motif.train.max_steps", s.train.max_steps)
     _positive("motif.train.micro_batch_size", s.train.micro_batch_size)
     _positive("motif.train.grad_accum_steps", s.train.grad_accum_steps)

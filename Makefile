@@ -18,7 +18,7 @@ export DS_ACCELERATOR ?= cpu
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install deps tools demo test test-fast lint fmt bench images chart monitor dashboards lock clean
+.PHONY: help install deps tools audit demo test test-fast lint fmt bench images chart monitor dashboards lock clean
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -56,6 +56,9 @@ $(STAMPS)/tools: requirements-tools.txt
 	touch $@
 
 tools: $(STAMPS)/tools ## Scanners (checkov, pip-audit) in their own virtualenv
+
+audit: tools ## pip-audit over requirements.lock (needs PyPI's vulnerability API; see docs/reliability.md)
+	$(TOOLS_VENV)/bin/pip-audit --requirement requirements.lock --no-deps --disable-pip --progress-spinner off --strict
 
 lock: ## Re-pin requirements.lock from the current .venv
 	@{ sed -n '1,3p' requirements.lock; echo "torch==$(TORCH_VERSION)"; \

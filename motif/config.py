@@ -221,9 +221,9 @@ def _build(cls: type, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected a mapping, got {_show(value)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source_file"}
-    unknown = sorted(set(value) - set(fields))
+    unknown = sorted((k for k in value if k not in fields), key=repr)
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (expected one of: {', '.join(fields)})")
+        raise ConfigError(f"{_key_path(where, unknown[0])}: unknown key (expected one of: {', '.join(fields)})")
     kwargs = {}
     for name, f in fields.items():
         if name in value:
@@ -270,6 +270,13 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a non-empty string, got {_show(value)}")
         return value
     raise TypeError(f"unsupported config type {tp} at {where}")
+
+
+def _key_path(where: str, key: Any) -> str:
+    """`where.key`, quoting keys that are not plain names so the message stays one line."""
+    if isinstance(key, str) and key.replace("_", "a").replace("-", "a").isalnum():
+        return f"{where}.{key}"
+    return f"{where}[{key!r}]"
 
 
 def _show(value: Any) -> str:

@@ -66,7 +66,7 @@ lock: ## Re-pin requirements.lock from the current .venv
 	mv requirements.lock.new requirements.lock
 
 # ---- the two commands ------------------------------------------------------------------------
-demo: install deps ## The whole growth pipeline on a tiny model, on CPU (stage 0 -> LlamaPro -> MSG)
+demo: install ## The whole growth pipeline on a tiny model, on CPU (stage 0 -> LlamaPro -> MSG)
 	$(PY) -m motif demo --out out/demo
 
 test: install deps tools ## Every test: unit, integration (torchrun, Prometheus, Helm, podman)

@@ -1,0 +1,130 @@
+{{/*
+Pod template of the training replicas (Master and Worker are identical; the operator sets the
+rank). torchrun reads PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and
+PET_MASTER_PORT injected by the operator, so the command carries no launcher arguments.
+*/}}
+{{- define "motif-stage.trainPodSpec" -}}
+{{- $v := .Values -}}
+{{- $procs := int (include "motif-stage.procsPerNode" .) -}}
+{{- $start := include "motif-stage.startCheckpoint" . -}}
+serviceAccountName: {{ include "motif-stage.serviceAccountName" . }}
+automountServiceAccountToken: {{ $v.serviceAccount.automountToken }}
+{{- if $v.hostNetwork }}
+hostNetwork: true
+dnsPolicy: ClusterFirstWithHostNet
+{{- end }}
+{{- with $v.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- if $v.schedulerName }}
+schedulerName: {{ $v.schedulerName }}
+{{- else if eq $v.gang.scheduler "volcano" }}
+schedulerName: volcano
+{{- else if eq $v.gang.scheduler "scheduler-plugins" }}
+schedulerName: scheduler-plugins-scheduler
+{{- end }}
+{{- with $v.imagePullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+securityContext:
+  {{- toYaml $v.podSecurityContext | nindent 2 }}
+{{- if and $v.train.waitForStart $start }}
+initContainers:
+  {{- include "motif-stage.waitContainer" (list . $start) | nindent 2 }}
+{{- end }}
+containers:
+  - name: pytorch
+    image: {{ include "motif-stage.image" . }}
+    imagePullPolicy: {{ $v.image.pullPolicy }}
+    workingDir: {{ $v.workingDir }}
+    command: ["torchrun", "-m", "motif", "train", "/etc/motif/stage.yaml"]
+    {{- with $v.train.args }}
+    args:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    env:
+      {{- include "motif-stage.env" . | nindent 6 }}
+      {{- range $k, $val := $v.ncclEnv }}
+      - name: {{ $k }}
+        value: {{ toString $val | quote }}
+      {{- end }}
+    ports:
+      - name: pytorchjob-port
+        containerPort: {{ int $v.pytorchjob.masterPort }}
+        protocol: TCP
+      - name: metrics
+        containerPort: {{ include "motif-stage.metricsPort" . }}
+        protocol: TCP
+    resources:
+      requests:
+        {{- with $v.resources.requests }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+        {{- if eq (include "motif-stage.device" .) "cuda" }}
+        {{ $v.gpu.resourceName }}: {{ $procs }}
+        {{- end }}
+        {{- if $v.rdma.enabled }}
+        {{ $v.rdma.resourceName }}: {{ int $v.rdma.count }}
+        {{- end }}
+      limits:
+        {{- with $v.resources.limits }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+        {{- if eq (include "motif-stage.device" .) "cuda" }}
+        {{ $v.gpu.resourceName }}: {{ $procs }}
+        {{- end }}
+        {{- if $v.rdma.enabled }}
+        {{ $v.rdma.resourceName }}: {{ int $v.rdma.count }}
+        {{- end }}
+    securityContext:
+      {{- $sc := deepCopy $v.securityContext }}
+      {{- if $v.rdma.enabled }}
+      {{- $_ := set $sc "capabilities" (dict "drop" (list "ALL") "add" (list "IPC_LOCK")) }}
+      {{- end }}
+      {{- toYaml $sc | nindent 6 }}
+    volumeMounts:
+      {{- include "motif-stage.volumeMounts" . | nindent 6 }}
+      - name: shm
+        mountPath: /dev/shm
+volumes:
+  {{- include "motif-stage.volumes" . | nindent 2 }}
+  - name: shm
+    emptyDir:
+      medium: Memory
+      sizeLimit: {{ $v.shmSize }}
+{{- with $v.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels and annotations of the training pods. */}}
+{{- define "motif-stage.trainPodMeta" -}}
+labels:
+  {{- include "motif-stage.labels" . | nindent 2 }}
+  app.kubernetes.io/component: trainer
+  {{- with .Values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+annotations:
+  sidecar.istio.io/inject: "false"
+  checksum/stage-config: {{ dict "motif" .Values.motif | toYaml | sha256sum }}
+  {{- with .Values.podAnnotations }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end -}}

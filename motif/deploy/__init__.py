@@ -1,0 +1,1 @@
+"""Deployment helpers: render and validate the Helm chart, build and smoke-test the images."""

@@ -1,0 +1,221 @@
+"""Render the motif-stage chart with real Helm, lint it, and validate every object it makes.
+
+Helm (the Go SDK, through helm-python-sdk) renders and lints; core kinds are validated against
+the Kubernetes OpenAPI schemas (kubernetes-validate); custom resources (PyTorchJob, TrainJob,
+PodMonitor, PrometheusRule) against their CRD's openAPIV3Schema, made strict: an API server
+silently prunes unknown fields of a custom resource, so a misspelt key would otherwise vanish at
+install time instead of failing here.
+
+    python -m motif.deploy.render --lint --validate            # every stage file and ci scenario
+    python -m motif.deploy.render -o out/manifests jobs/tiny/stage1-depth.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "motif-stage"
+KUBE_VERSION = "1.31.0"
+NAMESPACE = "motif"
+
+# Custom resources the chart renders -> the CRD file (in the shared schemas folder) describing them.
+CRD_FILES = {
+    ("kubeflow.org/v1", "PyTorchJob"): "kubeflow.org_pytorchjobs.yaml",
+    ("trainer.kubeflow.org/v1alpha1", "TrainJob"): "trainer.kubeflow.org_trainjobs.yaml",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
+}
+
+
+class RenderError(Exception):
+    """A values file the chart rejects, a lint finding, or an object that fails validation."""
+
+
+def schemas_dir() -> Path:
+    """CRD schemas: $MOTIF_SCHEMAS, else ../shared/schemas beside the repository."""
+    return Path(os.environ.get("MOTIF_SCHEMAS", ROOT.parent / "shared" / "schemas"))
+
+
+def stage_files() -> list[Path]:
+    return sorted((ROOT / "jobs").rglob("*.yaml"))
+
+
+def ci_files() -> list[Path]:
+    return sorted((CHART / "ci").glob("*-values.yaml"))
+
+
+def release_name(values: dict[str, Any]) -> str:
+    """The release name the docs use for a stage: motif-<stage name>."""
+    return f"motif-{values.get('motif', {}).get('name', 'stage')}"
+
+
+def load_values(path: str | Path) -> dict[str, Any]:
+    with open(path) as f:
+        doc = yaml.safe_load(f)
+    if not isinstance(doc, dict):
+        raise RenderError(f"{path}: a values file must be a mapping")
+    return doc
+
+
+@functools.cache
+def _chart():
+    import helm_python
+
+    helm_python.disable_logging()
+    return helm_python.Chart.load(CHART)
+
+
+def render(values: dict[str, Any], name: str, namespace: str = NAMESPACE) -> dict[str, str]:
+    """Template path -> rendered text, as `helm template` (NOTES.txt included)."""
+    import helm_python
+
+    try:
+        return _chart().render(values=values, name=name, namespace=namespace, is_install=True)
+    except helm_python.HelmError as e:
+        raise RenderError(str(e)) from None
+
+
+def objects(rendered: dict[str, str]) -> list[dict[str, Any]]:
+    """The Kubernetes objects of a render, in template order."""
+    out = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                out.append(doc)
+    return out
+
+
+def lint(values: dict[str, Any], namespace: str = NAMESPACE) -> list[str]:
+    """`helm lint --strict` findings (warnings and errors; info messages left out)."""
+    import helm_python
+
+    report = helm_python.lint(CHART, values, strict=True, namespace=namespace, kube_version=f"v{KUBE_VERSION}")
+    found = [f"{m['path']}: {m['error']}" for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+    return found + list(report.get("errors") or [])
+
+
+# ---- validation ------------------------------------------------------------------------------
+
+
+def strict_schema(schema: Any) -> Any:
+    """A CRD openAPIV3Schema as a strict JSON Schema: unknown fields are errors, int-or-string is
+    integer or string. Objects marked x-kubernetes-preserve-unknown-fields stay open."""
+    if isinstance(schema, list):
+        return [strict_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    s = {k: strict_schema(v) for k, v in schema.items()}
+    if s.pop("x-kubernetes-int-or-string", False):
+        s.pop("type", None)
+        s["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if "properties" in s and "additionalProperties" not in s and not s.get("x-kubernetes-preserve-unknown-fields"):
+        s["additionalProperties"] = False
+    return s
+
+
+@functools.cache
+def _crd_validator(api_version: str, kind: str):
+    import jsonschema
+
+    path = schemas_dir() / CRD_FILES[(api_version, kind)]
+    if not path.is_file():
+        raise RenderError(f"{path}: CRD schema not found (set MOTIF_SCHEMAS to the folder holding the CRD files)")
+    crd = yaml.safe_load(path.read_text())
+    version = api_version.split("/")[1]
+    (spec,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    schema = strict_schema(copy.deepcopy(spec["schema"]["openAPIV3Schema"]))
+    # The API server owns metadata; check the fields a chart may set.
+    schema["properties"]["metadata"] = {"type": "object"}
+    return jsonschema.Draft7Validator(schema)
+
+
+def validate(obj: dict[str, Any]) -> None:
+    """Raise RenderError when `obj` is not a valid object of its kind."""
+    key = (obj.get("apiVersion"), obj.get("kind"))
+    where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+    if key in CRD_FILES:
+        errors = sorted(_crd_validator(*key).iter_errors(obj), key=lambda e: list(e.absolute_path))
+        if errors:
+            lines = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors[:10]]
+            raise RenderError(f"{where}: invalid against its CRD schema:\n  " + "\n  ".join(lines))
+        return
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        path = ".".join(map(str, e.path)) or "<root>"
+        raise RenderError(f"{where}: {path}: {e.message}") from None
+    except kubernetes_validate.SchemaNotFoundError:
+        raise RenderError(f"{where}: no schema for {key[0]} {key[1]} in Kubernetes {KUBE_VERSION}") from None
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    source: Path
+    objects: list[dict[str, Any]]
+    problems: list[str]
+
+
+def check(path: Path, do_lint: bool, do_validate: bool) -> Result:
+    values = load_values(path)
+    problems: list[str] = []
+    try:
+        objs = objects(render(values, release_name(values)))
+    except RenderError as e:
+        return Result(path, [], [f"render: {e}"])
+    if do_lint:
+        problems += [f"lint: {p}" for p in lint(values)]
+    if do_validate:
+        for obj in objs:
+            try:
+                validate(obj)
+            except RenderError as e:
+                problems.append(f"validate: {e}")
+    return Result(path, objs, problems)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m motif.deploy.render", description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="*", type=Path, help="values files (default: jobs/**/*.yaml and chart ci/)")
+    parser.add_argument("--lint", action="store_true", help="helm lint --strict with each values file")
+    parser.add_argument("--validate", action="store_true", help="validate every object (core kinds and CRDs)")
+    parser.add_argument("-o", "--out", type=Path, help="write the manifests of each values file here")
+    args = parser.parse_args(argv)
+    files = args.files or stage_files() + ci_files()
+    failed = 0
+    for path in files:
+        result = check(path, args.lint, args.validate)
+        kinds = ", ".join(sorted({o["kind"] for o in result.objects}))
+        rel = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+        if result.problems:
+            failed += 1
+            print(f"FAIL {rel}", *[f"  {p}" for p in result.problems], sep="\n")
+        else:
+            print(f"ok   {rel}: {len(result.objects)} objects ({kinds})")
+        if args.out and result.objects:
+            args.out.mkdir(parents=True, exist_ok=True)
+            target = args.out / f"{path.parent.name}-{path.stem}.yaml"
+            target.write_text(yaml.safe_dump_all(result.objects, sort_keys=False))
+    if failed:
+        print(f"{failed} of {len(files)} values files failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

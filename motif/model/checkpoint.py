@@ -1,0 +1,322 @@
+"""Checkpoint directories in the Hugging Face layout: `config.json` plus safetensors weights.
+
+Why it is built this way:
+
+* **Same layout as transformers** (one `model.safetensors`, or shards `model-0000i-of-0000n.safetensors`
+  with `model.safetensors.index.json`), so a finished stage is loaded by transformers, vLLM or motif
+  alike, and a Hugging Face download is a valid input. Tensor names are HF's; no renaming.
+* **A model whose growth masks are below 1 is not a Llama.** Its config gets motif's own model_type
+  and its weights go under `motif-model*.safetensors`, a name transformers never looks for, so
+  `LlamaForCausalLM.from_pretrained` fails instead of silently computing a different function.
+* **Never a half checkpoint.** Everything is written into a hidden temporary directory next to the
+  destination, fsynced, then renamed into place.
+* **0644 files, no pickle.** A `.bin` is refused, never unpickled; modes are set explicitly.
+* **Checked before use.** `open_checkpoint` reads only headers and checks every tensor against the
+  shape `config.json` implies, so a bad checkpoint fails in seconds with the file and tensor named,
+  before anything reads a weight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from motif.errors import CheckpointError
+from motif.model.args import ModelArgs
+from motif.model.model import Llama
+from motif.model.safetensors_io import FILE_MODE, SafetensorsWriter, TensorEntry, read_header, read_tensor
+
+CONFIG_NAME = "config.json"
+PROVENANCE_NAME = "growth.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+PLAIN_PREFIX = "model"  # what transformers reads
+GROWING_PREFIX = "motif-model"  # masks below 1: a name transformers does not read
+DEFAULT_SHARD_BYTES = 5 * 2**30
+DIR_MODE = 0o755
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass
+class Checkpoint:
+    """A checked checkpoint directory: its shape and where each tensor lives. No weight read yet."""
+
+    path: Path
+    args: ModelArgs
+    entries: dict[str, TensorEntry]  # in the order of `args.tensor_shapes()`
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self.entries.values())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.entries.values())).dtype
+
+
+def to_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+    found = names.get(dtype) or getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(found, torch.dtype):
+        raise CheckpointError(f"dtype: unknown dtype {dtype!r} (expected fp32, bf16, fp16 or fp64)")
+    return found
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory (does not exist or is not a directory)")
+    cfg = path / CONFIG_NAME
+    try:
+        config = json.loads(cfg.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{cfg}: missing; a checkpoint directory needs config.json") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cfg}: unreadable or not JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg}: expected a JSON object")
+    return config
+
+
+def read_args(path: str | Path) -> ModelArgs:
+    """The shape declared by a checkpoint's config.json (weights not read)."""
+    path = Path(path)
+    config = read_config(path)
+    model_type = config.get("model_type", "llama")
+    if model_type not in ("llama", "motif_growing_llama"):
+        raise CheckpointError(f"{path / CONFIG_NAME}: model_type: expected llama, got {model_type!r}")
+    try:
+        return ModelArgs.from_hf_config(config)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path / CONFIG_NAME}: {e}") from None
+
+
+def weight_files(path: Path, args: ModelArgs) -> dict[str, Path]:
+    """Tensor name -> file, from the index or the single weights file. Refuses pickle formats."""
+    prefix = GROWING_PREFIX if args.growth is not None else PLAIN_PREFIX
+    index, single = path / f"{prefix}.safetensors.index.json", path / f"{prefix}.safetensors"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = {name: path / str(file) for name, file in weight_map.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: corrupt index ({type(e).__name__}: {e})") from None
+        for name, file in files.items():
+            if not file.is_file():
+                raise CheckpointError(f"{file}: missing shard (named by {index.name} for tensor {name})")
+        return files
+    if single.is_file():
+        entries, _ = read_header(single)
+        return dict.fromkeys(entries, single)
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{path / pickles[0]}: pickle checkpoints are refused (they can run code when loaded); "
+            "convert to safetensors first"
+        )
+    other = GROWING_PREFIX if prefix == PLAIN_PREFIX else PLAIN_PREFIX
+    if (path / f"{other}.safetensors").exists() or (path / f"{other}.safetensors.index.json").exists():
+        raise CheckpointError(
+            f"{path}: weights are under {other}*.safetensors but config.json says "
+            f"{'growth masks are pending' if args.growth else 'no growth is pending'}: expected {single.name}"
+        )
+    raise CheckpointError(f"{path}: unknown format: no {single.name} or {index.name} (safetensors weights)")
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Check a checkpoint from its config and headers: all shards present, intact, right shapes."""
+    path = Path(path)
+    args = read_args(path)
+    files = weight_files(path, args)
+    headers: dict[Path, dict[str, TensorEntry]] = {}
+    for file in dict.fromkeys(files.values()):
+        headers[file] = read_header(file)[0]
+    expected = args.tensor_shapes()
+    entries: dict[str, TensorEntry] = {}
+    for name, shape in expected.items():
+        file = files.get(name)
+        if file is None:
+            raise CheckpointError(f"{path}: tensor {name} missing from the weights (expected shape {list(shape)})")
+        entry = headers[file].get(name)
+        if entry is None:
+            raise CheckpointError(f"{file}: tensor {name} missing (the index says it is in this file)")
+        if entry.shape != shape:
+            raise CheckpointError(
+                f"{file}: tensor {name} has shape {list(entry.shape)}, config.json implies {list(shape)}"
+            )
+        if not entry.dtype.is_floating_point:
+            raise CheckpointError(f"{file}: tensor {name} has dtype {entry.dtype}, expected a float type")
+        entries[name] = entry
+    extra = sorted(set(files) - set(expected) - {"lm_head.weight"})  # some tied checkpoints keep the head
+    if extra:
+        raise CheckpointError(f"{files[extra[0]]}: unexpected tensor {extra[0]} for the shape in config.json")
+    return Checkpoint(path, args, entries)
+
+
+def load(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu") -> Llama:
+    """Load a checkpoint directory as a `Llama` in eval mode (fp32 unless `dtype` says otherwise)."""
+    ckpt = open_checkpoint(path)
+    dtype = to_dtype(dtype) or torch.float32
+    with torch.device("meta"):
+        model = Llama(ckpt.args)
+    state = {}
+    fds: dict[Path, int] = {}
+    try:
+        for name, entry in ckpt.entries.items():
+            if entry.path not in fds:
+                fds[entry.path] = os.open(entry.path, os.O_RDONLY)
+            state[name] = read_tensor(entry, fds[entry.path]).to(device=device, dtype=dtype)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    if ckpt.args.tie_word_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if ckpt.args.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.init_buffers(device)
+    return model.eval()
+
+
+def read_provenance(path: str | Path) -> dict[str, Any] | None:
+    """The growth provenance (`growth.json`) of a grown checkpoint, or None if it was not grown."""
+    file = Path(path) / PROVENANCE_NAME
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: unreadable or not JSON: {e}") from None
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_dir(dst: str | Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `dst` only if the block completes."""
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise CheckpointError(f"{dst}: already exists (pass overwrite to replace it)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(mode=DIR_MODE)
+    os.chmod(tmp, DIR_MODE)
+    try:
+        yield tmp
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        if dst.exists():
+            os.rename(dst, old)
+        os.rename(tmp, dst)
+        _fsync_dir(dst.parent)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+Spec = tuple[str, torch.dtype, tuple[int, ...]]
+
+
+def plan_shards(specs: list[Spec], max_shard_bytes: int) -> list[list[Spec]]:
+    """Split tensors, in order, into files of at most `max_shard_bytes` (a larger tensor gets its own)."""
+    shards: list[list[Spec]] = [[]]
+    size = 0
+    for spec in specs:
+        nbytes = math.prod(spec[2]) * spec[1].itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(spec)
+        size += nbytes
+    return shards
+
+
+def shard_names(args: ModelArgs, count: int) -> list[str]:
+    prefix = GROWING_PREFIX if args.growth is not None else PLAIN_PREFIX
+    if count == 1:
+        return [f"{prefix}.safetensors"]
+    return [f"{prefix}-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def write_index(directory: Path, args: ModelArgs, shards: list[list[Spec]], names: list[str]) -> None:
+    """config.json, and the index when the weights are sharded."""
+    write_json(directory / CONFIG_NAME, args.to_hf_config())
+    if len(shards) > 1:
+        prefix = GROWING_PREFIX if args.growth is not None else PLAIN_PREFIX
+        total = sum(math.prod(s[2]) * s[1].itemsize for shard in shards for s in shard)
+        weight_map = {spec[0]: file for shard, file in zip(shards, names, strict=True) for spec in shard}
+        write_json(
+            directory / f"{prefix}.safetensors.index.json",
+            {"metadata": {"total_size": total}, "weight_map": weight_map},
+        )
+
+
+def save(
+    model: Llama,
+    path: str | Path,
+    *,
+    dtype: torch.dtype | str | None = None,
+    overwrite: bool = True,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> None:
+    """Write `model` as a checkpoint directory (weights in `dtype`, default the model's own)."""
+    params = dict(model.state_dict())
+    dtype = to_dtype(dtype) or params["model.embed_tokens.weight"].dtype
+    args = model.args.replace(torch_dtype=dtype_name(dtype))
+    shapes = args.tensor_shapes()
+    specs = [(name, dtype, shape) for name, shape in shapes.items()]
+    for name, shape in shapes.items():
+        if tuple(params[name].shape) != shape:
+            raise CheckpointError(f"{name}: model tensor has shape {list(params[name].shape)}, args say {list(shape)}")
+    shards = plan_shards(specs, max_shard_bytes)
+    names = shard_names(args, len(shards))
+    with atomic_dir(path, overwrite) as tmp:
+        for shard, file in zip(shards, names, strict=True):
+            writer = SafetensorsWriter(tmp / file, shard)
+            for name, _, _ in shard:
+                writer.write(name, params[name].to(dtype))
+            writer.close()
+        write_index(tmp, args, shards, names)

@@ -1,0 +1,198 @@
+"""The safetensors file format, read and written one tensor at a time.
+
+motif reads and writes safetensors itself (the format is an 8-byte header length, a JSON header,
+then raw little-endian tensor bytes) rather than through the `safetensors` package because:
+
+* growth streams a 200 GB checkpoint tensor by tensor, and copies unchanged tensors byte for byte
+  with `copy_file_range` without ever decoding them;
+* `safe_open` hands out mmap views that share storage, which `save_file` refuses, and its errors do
+  not say which file is truncated; every error here is a `CheckpointError` naming the file;
+* `safetensors.save_file` writes mode 0600 whatever the umask, unreadable by a pod of another UID.
+
+Nothing here ever unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from motif.errors import CheckpointError
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+MAX_HEADER_BYTES = 100 * 2**20
+FILE_MODE = 0o644
+_COPY_CHUNK = 1 << 30
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lives: file, dtype, shape and absolute byte offset."""
+
+    path: Path
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int  # absolute, from the start of the file
+    nbytes: int
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+    """Parse and check a header: every tensor lies inside the file and the file is not truncated."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) < 8:
+                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
+            (n,) = struct.unpack("<Q", raw_len)
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise CheckpointError(f"{path}: corrupt or truncated safetensors header (declares {n} bytes)")
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    data_start, data_len = 8 + n, size - 8 - n
+    entries: dict[str, TensorEntry] = {}
+    end_max = 0
+    for name, info in header.items():
+        try:
+            dtype = DTYPES[info["dtype"]]
+            shape = tuple(int(s) for s in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {name}: bad header entry {info!r}") from None
+        nbytes = math.prod(shape) * dtype.itemsize
+        if end - begin != nbytes or begin < 0:
+            raise CheckpointError(f"{path}: tensor {name}: offsets {begin}..{end} do not hold shape {list(shape)}")
+        if end > data_len:
+            raise CheckpointError(
+                f"{path}: truncated: tensor {name} ends at byte {data_start + end}, the file has {size} bytes"
+            )
+        end_max = max(end_max, end)
+        entries[name] = TensorEntry(path, name, dtype, shape, data_start + begin, nbytes)
+    if end_max != data_len:
+        raise CheckpointError(f"{path}: {data_len - end_max} trailing bytes after the last tensor (corrupt file)")
+    return entries, metadata
+
+
+def read_tensor(entry: TensorEntry, fd: int | None = None) -> torch.Tensor:
+    """Read one tensor into fresh memory it owns (no mmap view shared with anything)."""
+    buf = bytearray(entry.nbytes)
+    own = fd is None
+    if own:
+        fd = os.open(entry.path, os.O_RDONLY)
+    try:
+        view, done = memoryview(buf), 0
+        while done < entry.nbytes:
+            n = os.preadv(fd, [view[done:]], entry.offset + done)
+            if n == 0:
+                raise CheckpointError(f"{entry.path}: truncated while reading tensor {entry.name}")
+            done += n
+    except OSError as e:
+        raise CheckpointError(f"{entry.path}: cannot read tensor {entry.name}: {e.strerror or e}") from None
+    finally:
+        if own:
+            os.close(fd)
+    if entry.nbytes == 0:
+        return torch.empty(entry.shape, dtype=entry.dtype)
+    return torch.frombuffer(buf, dtype=entry.dtype).reshape(entry.shape)
+
+
+class SafetensorsWriter:
+    """Writes one file whose tensor list is known up front, in that order, tensor by tensor.
+
+    The header comes first, so every tensor's place is fixed before any data is written; a tensor
+    can then be written from memory, copied byte for byte from another file, or zero-filled.
+    """
+
+    def __init__(
+        self, path: Path, specs: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str] | None = None
+    ) -> None:
+        self.path = path
+        header: dict[str, Any] = {"__metadata__": {"format": "pt", **(metadata or {})}}
+        self._order: list[tuple[str, int]] = []
+        offset = 0
+        for name, dtype, shape in specs:
+            nbytes = math.prod(shape) * dtype.itemsize
+            header[name] = {
+                "dtype": DTYPE_NAMES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
+            self._order.append((name, nbytes))
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned
+        self._next = 0
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        os.fchmod(self._fd, FILE_MODE)  # the umask must not make it private
+        os.write(self._fd, struct.pack("<Q", len(raw)) + raw)
+
+    def _expect(self, name: str) -> int:
+        want, nbytes = self._order[self._next]
+        if name != want:
+            raise RuntimeError(f"{self.path}: tensor {name} written out of order (expected {want})")
+        self._next += 1
+        return nbytes
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        nbytes = self._expect(name)
+        t = tensor.detach().contiguous().cpu()
+        if t.numel() * t.element_size() != nbytes:
+            raise RuntimeError(
+                f"{self.path}: tensor {name} has {t.numel() * t.element_size()} bytes, expected {nbytes}"
+            )
+        if nbytes:
+            _write_all(self._fd, t.view(-1).view(torch.uint8).numpy().data)
+
+    def copy(self, name: str, src_fd: int, src_offset: int) -> None:
+        """Copy the tensor's bytes from another file without decoding them (kernel copy where possible)."""
+        nbytes, done = self._expect(name), 0
+        while done < nbytes:
+            try:
+                n = os.copy_file_range(src_fd, self._fd, min(nbytes - done, _COPY_CHUNK), src_offset + done)
+            except OSError:  # cross-device or unsupported filesystem: plain read/write
+                n = os.write(self._fd, os.pread(src_fd, min(nbytes - done, 64 << 20), src_offset + done))
+            if n == 0:
+                raise CheckpointError(f"{name}: source file ended while copying")
+            done += n
+
+    def zeros(self, name: str) -> None:
+        nbytes, chunk = self._expect(name), bytes(min(64 << 20, self._order[self._next - 1][1]) or 1)
+        done = 0
+        while done < nbytes:
+            done += os.write(self._fd, memoryview(chunk)[: min(len(chunk), nbytes - done)])
+
+    def close(self) -> None:
+        if self._next != len(self._order):
+            raise RuntimeError(f"{self.path}: {len(self._order) - self._next} tensors were never written")
+        os.fsync(self._fd)
+        os.close(self._fd)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    data = memoryview(data).cast("B")
+    while len(data):
+        data = data[os.write(fd, data) :]

@@ -1,0 +1,1 @@
+"""Grafana dashboards, built with grafana-foundation-sdk. Each module's `build()` returns one dashboard."""

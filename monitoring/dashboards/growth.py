@@ -1,0 +1,146 @@
+"""Growth view: the stages of a growth recipe side by side (loss across growth events, mask ramp, tokens).
+
+Each stage is its own job; series are labelled with their stage by joining on `motif_stage_info`
+at every evaluation point, so a process that trains several stages in turn (the local demo) is
+still split correctly.
+"""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard
+
+from monitoring import config
+from monitoring.dashboards.common import (
+    DATASOURCE,
+    SEL,
+    STAGE_INFO,
+    Layout,
+    bars,
+    graph,
+    grid,
+    new_dashboard,
+    query,
+    with_stage,
+)
+from monitoring.promql import series
+from motif.metrics import names
+
+UID = "motif-growth"
+R = config.DASHBOARD_RATE
+WHOLE = "[$__range:$__interval]"
+
+
+def build() -> dashboard.Dashboard:
+    b = new_dashboard(
+        UID,
+        "motif / Growth",
+        "growth",
+        "Growth stages compared: loss before and after each growth event, MSG mask ramp, tokens per stage.",
+        config.GROWTH_DASHBOARD_TIME,
+    )
+    info = series(names.STAGE_INFO, SEL)
+    b = b.annotation(
+        dashboard.AnnotationQuery()
+        .name("Stage start")
+        .datasource(DATASOURCE)
+        .enable(True)
+        .icon_color("orange")
+        # A stage_info series that did not exist a minute earlier: a stage (growth event) began.
+        .expr(f"max by (job, stage, growth) ({STAGE_INFO} unless {info} offset 1m)")
+        .title_format("{{stage}} started")
+        .text_format("growth: {{growth}}, job: {{job}}")
+        .step("1m")
+    )
+    g = Layout(b)
+    loss = with_stage(series(names.LOSS, SEL))
+    step = series(names.STEP, SEL)
+    early = config.GROWTH_EARLY_STEPS
+
+    g.row(1, "Stages")
+    g.add(
+        2,
+        grid(
+            "Stages",
+            "Every stage trained in the time range: growth method, size, parallelism.",
+            query(
+                f"max by (job, stage, growth, params, world_size, engine) (last_over_time({STAGE_INFO}[$__range]))",
+                instant=True,
+            ),
+        ),
+        w=12,
+        h=7,
+    )
+    g.add(
+        3,
+        bars(
+            "Tokens per stage",
+            "Training tokens consumed by each stage and language (largest counter value).",
+            query(
+                f"sum by (stage, language) (max_over_time({with_stage(series(names.TOKENS, SEL))}{WHOLE}))",
+                "{{stage}} {{language}}",
+                instant=True,
+            ),
+        ),
+        w=12,
+        h=7,
+    )
+
+    g.row(10, "Loss across growth events")
+    g.add(
+        11,
+        graph(
+            "Loss by stage",
+            "Loss per stage and language: a growth event should not move it (function preserved).",
+            query(f"avg by (stage, language) ({loss})", "{{stage}} {{language}}"),
+        ),
+        w=24,
+        h=9,
+    )
+    g.add(
+        12,
+        grid(
+            "Loss at the start and end of each stage",
+            f"Mean loss over a stage's first {early} steps against its last loss: the start of one stage should "
+            "match the end of the stage it grew from.",
+            query(
+                f"avg by (stage, language) (avg_over_time(({loss} and on ({', '.join(config.TARGET_LABELS)}) "
+                f"({step} <= {early})){WHOLE}))",
+                instant=True,
+            ),
+            query(f"avg by (stage, language) (last_over_time({loss}{WHOLE}))", ref="B", instant=True),
+            columns={"Value #A": f"loss, first {early} steps", "Value #B": "loss, last step"},
+        ),
+        w=24,
+        h=7,
+    )
+
+    g.row(20, "Growth progress")
+    g.add(
+        21,
+        graph(
+            "MSG mask ramp",
+            "Mask value per stage: 0 -> 1 over ramp_steps after an MSG growth event.",
+            query(f"max by (stage) ({with_stage(series(names.GROWTH_MASK, SEL))})", "{{stage}}"),
+            unit="percentunit",
+        ),
+        w=8,
+    )
+    g.add(
+        22,
+        graph(
+            "Step by stage",
+            "Optimizer steps completed, per stage.",
+            query(f"max by (stage) ({with_stage(step)})", "{{stage}}"),
+        ),
+        w=8,
+    )
+    g.add(
+        23,
+        graph(
+            "Tokens/s by stage",
+            "Training throughput per stage: growth makes each step more expensive.",
+            query(f"sum by (stage) ({with_stage(f'rate({series(names.TOKENS, SEL)}[{R}])')})", "{{stage}}"),
+        ),
+        w=8,
+    )
+    return g.b

@@ -1,0 +1,1 @@
+"""Prometheus alerting rules (`alerts.py`) and their promtool unit tests."""

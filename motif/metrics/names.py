@@ -35,6 +35,15 @@ STEP_SECONDS = Metric("motif_step_seconds", "histogram", "Wall time of one optim
 CHECKPOINT_SECONDS = Metric(
     "motif_checkpoint_seconds", "histogram", "Wall time to write one checkpoint.", buckets=CHECKPOINT_BUCKETS
 )
+TOKENS_PER_SECOND = Metric(
+    "motif_tokens_per_second", "gauge", "Training tokens per second of the last step, all ranks."
+)
+GROWTH_LOSS = Metric(
+    "motif_growth_loss",
+    "gauge",
+    "Loss on the first batch of a stage that grows: of the input model (before) and the grown one (after).",
+    ("when",),
+)
 LAST_CHECKPOINT = Metric(
     "motif_last_checkpoint_timestamp_seconds", "gauge", "Unix time of the last completed checkpoint."
 )
@@ -62,4 +71,6 @@ ALL: tuple[Metric, ...] = (
     RESTARTS,
     WORLD_SIZE,
     STAGE_INFO,
+    TOKENS_PER_SECOND,
+    GROWTH_LOSS,
 )

@@ -1,0 +1,100 @@
+"""The tokenizer of a stage: an HF tokenizer directory (`tokenizer.json`, as Llama 3 ships it).
+
+We drive the Rust `tokenizers` library directly rather than transformers' `AutoTokenizer`: it is the
+same fast tokenizer, loads in milliseconds, and needs no model hub. BOS/EOS come from
+`tokenizer_config.json` when the directory has one (Llama 3: `<|begin_of_text|>`, `<|end_of_text|>`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from motif.errors import DataError
+
+BOS = "<|begin_of_text|>"
+EOS = "<|end_of_text|>"
+
+
+def _token_text(value) -> str | None:
+    # tokenizer_config.json stores special tokens either as strings or as AddedToken dicts.
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+class Tokenizer:
+    """Encode documents to token ids, framed as `[bos] + ids + [eos]`."""
+
+    def __init__(self, path: str | Path):
+        from tokenizers import Tokenizer as _Tok
+
+        self.path = Path(path)
+        file = self.path / "tokenizer.json" if self.path.is_dir() else self.path
+        if not file.is_file():
+            raise DataError(f"{self.path}: no tokenizer.json (motif.data.tokenizer must be an HF tokenizer directory)")
+        try:
+            self._tok = _Tok.from_file(str(file))
+        except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+            raise DataError(f"{file}: cannot read tokenizer: {e}") from None
+        config = {}
+        config_file = file.parent / "tokenizer_config.json"
+        if config_file.is_file():
+            config = json.loads(config_file.read_text())
+        self.bos_id = self._id(_token_text(config.get("bos_token")) or BOS)
+        self.eos_id = self._id(_token_text(config.get("eos_token")) or EOS)
+        if self.eos_id is None:
+            raise DataError(f"{file}: no end-of-text token (set eos_token in tokenizer_config.json)")
+        # Llama 3's base tokenizer adds BOS in its post-processor; we frame documents ourselves.
+        self._tok.no_padding()
+        self._tok.no_truncation()
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self._tok.token_to_id(token)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, framed with BOS (if the tokenizer has one) and EOS."""
+        encodings = self._tok.encode_batch(texts, add_special_tokens=False)
+        head = [] if self.bos_id is None else [self.bos_id]
+        return [head + e.ids + [self.eos_id] for e in encodings]
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> Path:
+    """Train a byte-level BPE tokenizer (Llama 3's kind) and write an HF tokenizer directory.
+
+    The directory loads with both `Tokenizer` above and transformers' `AutoTokenizer`.
+    """
+    from tokenizers import Tokenizer as _Tok
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = _Tok(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "model_max_length": 1_000_000,
+        "clean_up_tokenization_spaces": False,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "special_tokens_map.json").write_text(json.dumps({"bos_token": BOS, "eos_token": EOS}, indent=2) + "\n")
+    return out

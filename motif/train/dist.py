@@ -1,0 +1,140 @@
+"""Process group set-up from the environment torchrun and the PyTorchJob operator provide.
+
+`RANK`/`WORLD_SIZE`/`LOCAL_RANK` are per process under torchrun (the PyTorchJob's own per-pod
+values are consumed by torchrun as PET_* defaults). A bare process with none of them set is a
+world of one and needs no rendezvous. NCCL on GPU, gloo on CPU; the collective timeout is the
+stage's `parallel.collective_timeout_s`, so when a rank dies the survivors get an error from their
+next collective instead of blocking forever, and exit non-zero (`fail_fast`) for the job's restart
+policy to restart the gang from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+# Exit status of a rank that lost a peer: 1-127 so a PyTorchJob with restartPolicy ExitCode fails
+# rather than recreating the pod in a loop; OnFailure restarts it in place.
+EXIT_LOST_RANK = 3
+
+
+@dataclass
+class World:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None  # None: a single process without a process group
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+def init(device_kind: str, timeout_s: int, *, force_group: bool = False) -> World:
+    """Join the process group described by the environment.
+
+    `force_group`: create a group even for a world of one (DeepSpeed needs one).
+    """
+    rank = _env_int("RANK", 0)
+    world_size = _env_int("WORLD_SIZE", 1)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if device_kind == "cuda":
+        if not torch.cuda.is_available():
+            from motif.errors import MotifError
+
+            raise MotifError(
+                "motif.parallel.device: cuda, but no GPU is visible here (set device: cpu to train on CPU)"
+            )
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if world_size == 1 and not force_group:
+        return World(0, 1, 0, device, None)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    os.environ.setdefault("RANK", str(rank))
+    os.environ.setdefault("WORLD_SIZE", str(world_size))
+    os.environ.setdefault("LOCAL_RANK", str(local_rank))
+    if backend == "nccl":
+        # Turn a stuck NCCL collective into an error (and a non-zero exit) at the timeout.
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    dist.init_process_group(
+        backend=backend,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        rank=rank,
+        world_size=world_size,
+        device_id=device if backend == "nccl" else None,
+    )
+    log.info(
+        "rank %d/%d (local %d) joined the %s group at %s:%s",
+        rank,
+        world_size,
+        local_rank,
+        backend,
+        os.environ["MASTER_ADDR"],
+        os.environ["MASTER_PORT"],
+    )
+    return World(rank, world_size, local_rank, device, backend)
+
+
+def store():
+    """The process group's key-value store (the rendezvous store), for small control messages."""
+    return dist.distributed_c10d._get_default_store()
+
+
+def describe_failure(err: BaseException) -> str:
+    """A one-line account of a failed collective, naming the lost peer when the error does."""
+    text = " ".join(str(err).split())
+    if len(text) > 400:
+        text = text[:400] + "..."
+    return text
+
+
+def fail_fast(world: World, step: int, err: BaseException) -> None:
+    """Exit this rank at once: a peer is gone, and a clean shutdown would block on it."""
+    print(
+        f"motif train: rank {world.rank}/{world.world_size}: lost contact with a peer rank at step {step} "
+        f"(collective failed or timed out): {describe_failure(err)}; exiting with status {EXIT_LOST_RANK} "
+        "so the job restarts from the last checkpoint",
+        file=sys.stderr,
+        flush=True,
+    )
+    logging.shutdown()
+    os._exit(EXIT_LOST_RANK)
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(world: World, t: torch.Tensor) -> torch.Tensor:
+    if world.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def close(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()

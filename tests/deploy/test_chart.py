@@ -1,0 +1,222 @@
+"""The motif-stage chart, rendered by real Helm for every stage file and ci scenario.
+
+Each render must lint clean (strict), and every object must validate: core kinds against the
+Kubernetes 1.31 OpenAPI schemas, custom resources against their CRD schemas made strict.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from motif import config
+from motif.deploy import render as r
+
+VALUES_FILES = r.stage_files() + r.ci_files()
+IDS = [str(p.relative_to(r.ROOT)) for p in VALUES_FILES]
+NAMESPACED = {"ConfigMap", "Job", "PyTorchJob", "TrainJob", "ServiceAccount", "PersistentVolumeClaim",
+              "PodMonitor", "PrometheusRule", "NetworkPolicy"}  # fmt: skip
+
+
+def _render(path: Path, name: str | None = None) -> list[dict]:
+    values = r.load_values(path)
+    return r.objects(r.render(values, name or r.release_name(values)))
+
+
+def _workload(objs: list[dict]) -> dict:
+    (job,) = [o for o in objs if o["kind"] in ("PyTorchJob", "TrainJob")]
+    return job
+
+
+def _stage_config(objs: list[dict]) -> dict:
+    (cm,) = [o for o in objs if o["kind"] == "ConfigMap" and "stage.yaml" in o.get("data", {})]
+    return cm
+
+
+def test_every_stage_file_and_scenario_is_found():
+    assert len(r.stage_files()) >= 6
+    names = [p.name for p in r.ci_files()]
+    for scenario in ("hostnetwork-rdma", "volcano", "kueue", "new-pvcs", "trainjob"):
+        assert any(scenario in n for n in names), f"no ci/NN-{scenario}-values.yaml in {names}"
+
+
+@pytest.mark.parametrize("path", VALUES_FILES, ids=IDS)
+def test_renders_lints_and_validates(path):
+    values = r.load_values(path)
+    objs = _render(path)
+    assert {"ConfigMap"} <= {o["kind"] for o in objs}
+    assert r.lint(values) == []
+    for obj in objs:
+        r.validate(obj)
+        meta = obj["metadata"]
+        if obj["kind"] in NAMESPACED:
+            assert meta["namespace"] == r.NAMESPACE, f"{obj['kind']}/{meta['name']} has no namespace"
+        labels = meta["labels"]
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                    "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "helm.sh/chart"):  # fmt: skip
+            assert key in labels, f"{obj['kind']}/{meta['name']} lacks label {key}"
+        assert labels["motif/stage"] == values["motif"]["name"]
+
+
+@pytest.mark.parametrize("path", r.stage_files(), ids=[str(p.relative_to(r.ROOT)) for p in r.stage_files()])
+def test_stage_config_configmap_is_the_stage_files_motif_section(path):
+    """The pods read exactly what the stage file says (floats like 1e-05 included)."""
+    cm = _stage_config(_render(path))
+    shipped = config.parse_stage(yaml.safe_load(cm["data"]["stage.yaml"])["motif"])
+    original = config.load_stage(path)
+    original.source_file = None
+    assert shipped == original
+
+
+@pytest.mark.parametrize("path", VALUES_FILES, ids=IDS)
+def test_workload_layout_comes_from_motif_parallel(path):
+    values = r.load_values(path)
+    par = values["motif"]["parallel"]
+    nodes, procs, gpu = par.get("nodes", 1), par.get("procs_per_node", 1), par.get("device", "cuda") == "cuda"
+    job = _workload(_render(path))
+    if job["kind"] == "TrainJob":
+        trainer = job["spec"]["trainer"]
+        assert (trainer["numNodes"], trainer["numProcPerNode"]) == (nodes, procs)
+        assert (trainer["resourcesPerNode"]["limits"].get("nvidia.com/gpu") == procs) == gpu
+        return
+    spec = job["spec"]
+    assert spec["nprocPerNode"] == str(procs)
+    replicas = spec["pytorchReplicaSpecs"]
+    assert replicas["Master"]["replicas"] == 1
+    assert replicas.get("Worker", {"replicas": 0})["replicas"] == nodes - 1
+    assert sorted(replicas) == (["Master", "Worker"] if nodes > 1 else ["Master"])
+    for rtype, rs in replicas.items():
+        pod = rs["template"]
+        assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+        (c,) = pod["spec"]["containers"]
+        assert c["name"] == "pytorch", rtype
+        assert c["command"] == ["torchrun", "-m", "motif", "train", "/etc/motif/stage.yaml"]
+        assert c["args"] == ["--resume", "auto"]
+        limits = c["resources"]["limits"]
+        assert (limits.get("nvidia.com/gpu") == procs) if gpu else ("nvidia.com/gpu" not in limits)
+        assert {"name": "metrics", "containerPort": values["motif"].get("metrics", {}).get("port", 9401),
+                "protocol": "TCP"} in c["ports"]  # fmt: skip
+        shm = [v for v in pod["spec"]["volumes"] if v["name"] == "shm"]
+        assert shm and shm[0]["emptyDir"]["medium"] == "Memory"
+        assert {"name": "shm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+        sc, psc = c["securityContext"], pod["spec"]["securityContext"]
+        assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert psc["runAsNonRoot"] and psc["fsGroup"] and psc["seccompProfile"]["type"] == "RuntimeDefault"
+        assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("path", r.stage_files(), ids=[str(p.relative_to(r.ROOT)) for p in r.stage_files()])
+def test_stage_chaining(path):
+    """Growth runs once as a hook Job; training waits for a complete start checkpoint; the stage
+    can write only its own checkpoint directory."""
+    values = r.load_values(path)
+    m = values["motif"]
+    objs = _render(path)
+    grow = [o for o in objs if o["kind"] == "Job"]
+    job = _workload(objs)
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    if m.get("growth"):
+        (g,) = grow
+        assert g["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
+        assert g["spec"]["template"]["spec"]["containers"][0]["command"] == [
+            "motif", "grow", "--stage", "/etc/motif/stage.yaml"]  # fmt: skip
+    else:
+        assert grow == []
+
+    def absolute(p: str) -> str:
+        return p if p.startswith("/") else f"{values.get('workingDir', '/workspace')}/{p}"
+
+    start = m.get("growth", {}).get("output") or m.get("input")
+    init = pod.get("initContainers", [])
+    if start:
+        (wait,) = init
+        assert wait["command"][-1] == absolute(start)
+        assert "motif-complete.json" in wait["command"][2]
+    else:
+        assert init == []
+    mounts = pod["containers"][0]["volumeMounts"]
+    ckpt = [mt for mt in mounts if mt.get("subPath")]
+    assert len(ckpt) == 1 and ckpt[0]["mountPath"] == absolute(m["checkpoint"]["dir"])
+    parent = [mt for mt in mounts if mt["name"] == ckpt[0]["name"] and not mt.get("subPath")]
+    assert parent[0]["readOnly"] is True
+
+
+def test_102b_stage_files_ask_for_the_cluster():
+    for path in sorted((r.ROOT / "jobs" / "llama3-motif-102b").glob("*.yaml")):
+        pod = _workload(_render(path))["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+        c = pod["containers"][0]
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == 8
+        assert c["resources"]["limits"]["rdma/rdma_shared_device_a"] == 1
+        assert "IPC_LOCK" in c["securityContext"]["capabilities"]["add"]
+        assert pod["hostNetwork"] and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+        assert pod["schedulerName"] == "volcano"
+        assert any(e["name"] == "NCCL_IB_HCA" for e in c["env"])
+
+
+def test_monitoring_ships_from_the_monitoring_folder_without_copies():
+    link = r.CHART / "monitoring"
+    assert link.is_symlink() and Path(link.readlink()) == Path("../../monitoring")
+    objs = _render(r.ROOT / "jobs" / "llama3-motif-102b" / "stage1-depth.yaml")
+    rules = {o["metadata"]["name"]: o for o in objs if o["kind"] == "PrometheusRule"}
+    rule_files = sorted((r.ROOT / "monitoring" / "rules").glob("*.yaml"))
+    assert len(rules) == len(rule_files)
+    for f in rule_files:
+        rule = rules[f"motif-s1-depth-{f.stem.lower().replace('_', '-')}"]
+        assert rule["spec"]["groups"] == yaml.safe_load(f.read_text())["groups"]
+    dashboards = [o for o in objs if o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    dash_files = sorted((r.ROOT / "monitoring" / "dashboards").glob("*.json"))
+    assert len(dashboards) == len(dash_files)
+    for f, cm in zip(dash_files, sorted(dashboards, key=lambda o: o["metadata"]["name"]), strict=True):
+        assert json.loads(cm["data"][f.name]) == json.loads(f.read_text())
+    (pm,) = [o for o in objs if o["kind"] == "PodMonitor"]
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_notes_print_commands_for_the_objects_it_made():
+    values = r.load_values(r.ROOT / "jobs" / "llama3-motif-102b" / "stage1-depth.yaml")
+    rendered = r.render(values, "motif-s1")
+    notes = rendered["motif-stage/templates/NOTES.txt"]
+    commands = [line.strip() for line in notes.splitlines() if line.strip().startswith("kubectl ")]
+    assert "kubectl -n motif get pytorchjob motif-s1 -w" in commands
+    assert "kubectl -n motif logs -f job/motif-s1-grow" in commands
+    assert "kubectl -n motif logs -f motif-s1-master-0 -c pytorch" in commands
+    assert "kubectl -n motif wait --for=condition=Succeeded pytorchjob/motif-s1 --timeout=-1s" in commands
+    selector = next(c for c in commands if " -l " in c).split(" -l ")[1]
+    pod_labels = r.objects(rendered)
+    (job,) = [o for o in pod_labels if o["kind"] == "PyTorchJob"]
+    labels = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]
+    assert all(labels[k] == v for k, v in (kv.split("=") for kv in selector.split(",")))
+
+
+def test_validators_reject_what_they_should():
+    """The validators are real: an unknown field in a custom resource and a wrong type in a core
+    object are both errors."""
+    objs = _render(r.ROOT / "jobs" / "tiny" / "stage1-depth.yaml")
+    job = copy.deepcopy(_workload(objs))
+    job["spec"]["runPolicy"]["backofLimit"] = 3
+    with pytest.raises(r.RenderError, match="backofLimit"):
+        r.validate(job)
+    job = copy.deepcopy(_workload(objs))
+    job["spec"]["nprocPerNode"] = 2
+    with pytest.raises(r.RenderError, match="nprocPerNode"):
+        r.validate(job)
+    (sa,) = [copy.deepcopy(o) for o in objs if o["kind"] == "ServiceAccount"]
+    sa["automountServiceAccountToken"] = "no"
+    with pytest.raises(r.RenderError, match="automountServiceAccountToken"):
+        r.validate(sa)
+    (grow,) = [copy.deepcopy(o) for o in objs if o["kind"] == "Job"]
+    grow["spec"]["template"]["spec"]["containers"][0]["volumeMount"] = []
+    with pytest.raises(r.RenderError, match="volumeMount"):
+        r.validate(grow)
+
+
+def test_render_command_line(tmp_path, capsys):
+    assert r.main(["--lint", "--validate", "-o", str(tmp_path), str(r.ROOT / "jobs/tiny/stage0-base.yaml")]) == 0
+    assert "ok   jobs/tiny/stage0-base.yaml" in capsys.readouterr().out
+    docs = list(yaml.safe_load_all((tmp_path / "tiny-stage0-base.yaml").read_text()))
+    assert "PyTorchJob" in {d["kind"] for d in docs}

@@ -136,7 +136,7 @@ def test_stage_chaining(path):
     if start:
         (wait,) = init
         assert wait["command"][-1] == absolute(start)
-        assert "motif-complete.json" in wait["command"][2]
+        assert "config.json" in wait["command"][2]
     else:
         assert init == []
     mounts = pod["containers"][0]["volumeMounts"]
@@ -220,3 +220,12 @@ def test_render_command_line(tmp_path, capsys):
     assert "ok   jobs/tiny/stage0-base.yaml" in capsys.readouterr().out
     docs = list(yaml.safe_load_all((tmp_path / "tiny-stage0-base.yaml").read_text()))
     assert "PyTorchJob" in {d["kind"] for d in docs}
+
+
+def test_without_the_growth_job_rank_0_grows_and_nothing_waits():
+    values = r.load_values(r.ROOT / "jobs" / "tiny" / "stage2-width.yaml")
+    values["grow"] = {"enabled": False}
+    objs = r.objects(r.render(values, "motif-s2"))
+    assert [o for o in objs if o["kind"] == "Job"] == []
+    pod = _workload(objs)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert "initContainers" not in pod

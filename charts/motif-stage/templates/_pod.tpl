@@ -6,7 +6,13 @@ PET_MASTER_PORT injected by the operator, so the command carries no launcher arg
 {{- define "motif-stage.trainPodSpec" -}}
 {{- $v := .Values -}}
 {{- $procs := int (include "motif-stage.procsPerNode" .) -}}
-{{- $start := include "motif-stage.startCheckpoint" . -}}
+{{- /* Without the growth Job, rank 0 grows the checkpoint itself: nothing to wait for then. */}}
+{{- $start := "" -}}
+{{- if not .Values.motif.growth -}}
+{{- $start = include "motif-stage.startCheckpoint" . -}}
+{{- else if .Values.grow.enabled -}}
+{{- $start = include "motif-stage.startCheckpoint" . -}}
+{{- end -}}
 serviceAccountName: {{ include "motif-stage.serviceAccountName" . }}
 automountServiceAccountToken: {{ $v.serviceAccount.automountToken }}
 {{- if $v.hostNetwork }}

@@ -1,0 +1,43 @@
+"""Growth of an in-memory model: the plan applied tensor by tensor to a state dict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from motif.growth.operators import plan_growth
+from motif.growth.provenance import make_provenance
+from motif.growth.targets import GrowthTargets
+from motif.growth.tensors import grow_tensor
+from motif.model.model import Llama
+
+
+@torch.no_grad()
+def grow_model(
+    model: Llama, targets: GrowthTargets, depth_method: str = "llamapro", seed: int = 0
+) -> tuple[Llama, dict[str, Any]]:
+    """A new, grown `Llama` (same dtype, device and train/eval mode) and its provenance.
+
+    The grown model computes exactly the source's function: LlamaPro blocks are identities, and MSG
+    parts are masked with m = 0 (`model.growth_mask`).
+    """
+    plan = plan_growth(model.args, targets, depth_method)
+    state = model.state_dict()
+    device = state["model.embed_tokens.weight"].device
+    grown = {}
+    for name, tp in plan.tensors.items():
+        source = state[tp.source].detach().cpu()
+        out = grow_tensor(tp, source, name, seed)
+        grown[name] = (out.clone() if out is source else out).to(device)
+    with torch.device("meta"):
+        new = Llama(plan.args)
+    if plan.args.tie_word_embeddings:
+        grown["lm_head.weight"] = grown["model.embed_tokens.weight"]
+    new.load_state_dict(grown, strict=True, assign=True)
+    if plan.args.tie_word_embeddings:
+        new.lm_head.weight = new.model.embed_tokens.weight
+    new.init_buffers(device)
+    new.set_activation_checkpointing(model.activation_checkpointing)
+    new.train(model.training)
+    return new, make_provenance(plan, targets, depth_method, seed)

@@ -1,0 +1,115 @@
+"""Growth targets and the checks that reject impossible ones before any weight is read."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from motif.config import GrowthConfig
+from motif.errors import GrowthError
+from motif.model.args import ModelArgs
+
+DEPTH_METHODS = ("llamapro", "msg")
+
+
+@dataclass(frozen=True)
+class GrowthTargets:
+    """The grown shape. None keeps that dimension as it is."""
+
+    layers: int | None = None
+    hidden: int | None = None
+    intermediate: int | None = None
+    heads: int | None = None
+    kv_heads: int | None = None
+
+    @classmethod
+    def from_config(cls, growth: GrowthConfig) -> GrowthTargets:
+        return cls(growth.layers, growth.hidden, growth.intermediate, growth.heads, growth.kv_heads)
+
+    def to_dict(self) -> dict[str, int | None]:
+        return dataclasses.asdict(self)
+
+    def resolve(self, args: ModelArgs) -> GrowthTargets:
+        """Targets with every None replaced by the source's value."""
+        return GrowthTargets(
+            layers=self.layers or args.num_hidden_layers,
+            hidden=self.hidden or args.hidden_size,
+            intermediate=self.intermediate or args.intermediate_size,
+            heads=self.heads or args.num_attention_heads,
+            kv_heads=self.kv_heads or args.num_key_value_heads,
+        )
+
+
+def check_targets(args: ModelArgs, targets: GrowthTargets, depth_method: str = "llamapro") -> GrowthTargets:
+    """Validate `targets` against the source shape; return them resolved. Raises GrowthError."""
+    if depth_method not in DEPTH_METHODS:
+        raise GrowthError(f"depth_method: expected one of {', '.join(DEPTH_METHODS)}, got {depth_method!r}")
+    if args.growth is not None:
+        raise GrowthError(
+            f"the source still has growth masks pending (m = {args.growth.mask}); finish that growth stage "
+            "(ramp the mask to 1, remove the masks) before growing again"
+        )
+    t = targets.resolve(args)
+    before = {
+        "layers": args.num_hidden_layers,
+        "hidden": args.hidden_size,
+        "intermediate": args.intermediate_size,
+        "heads": args.num_attention_heads,
+        "kv_heads": args.num_key_value_heads,
+    }
+    for key, old in before.items():
+        new = getattr(t, key)
+        if isinstance(new, bool) or not isinstance(new, int) or new <= 0:
+            raise GrowthError(f"{key}: expected a positive integer, got {new!r}")
+        if new < old:
+            raise GrowthError(f"{key}: {new} would shrink the model (source has {old}); growth only adds")
+    if all(getattr(t, k) == v for k, v in before.items()):
+        raise GrowthError(f"nothing to grow: every target equals the source shape ({_describe(before)})")
+    hd = args.head_dim
+    if t.hidden % hd:
+        raise GrowthError(f"hidden: {t.hidden} is not a multiple of head_dim {hd} (head_dim never changes)")
+    if t.heads % t.kv_heads:
+        raise GrowthError(f"heads: {t.heads} query heads is not a multiple of {t.kv_heads} KV heads")
+    if t.heads // t.kv_heads < args.n_rep:
+        raise GrowthError(
+            f"kv_heads: {t.kv_heads} KV heads for {t.heads} query heads gives {t.heads // t.kv_heads} query heads "
+            f"per KV head, fewer than the source's {args.n_rep}: the old heads of a group could not keep their KV head"
+        )
+    added = t.layers - args.num_hidden_layers
+    if added and args.num_hidden_layers % added:
+        raise GrowthError(
+            f"layers: {args.num_hidden_layers} -> {t.layers} adds {added} blocks, which does not divide "
+            f"{args.num_hidden_layers} ({depth_method} inserts one block after every L/(L'-L) blocks)"
+        )
+    return t
+
+
+def grown_args(args: ModelArgs, targets: GrowthTargets) -> ModelArgs:
+    """The shape after growth (no masks; the operators add the pending mask state)."""
+    return args.replace(
+        num_hidden_layers=targets.layers or args.num_hidden_layers,
+        hidden_size=targets.hidden or args.hidden_size,
+        intermediate_size=targets.intermediate or args.intermediate_size,
+        num_attention_heads=targets.heads or args.num_attention_heads,
+        num_key_value_heads=targets.kv_heads or args.num_key_value_heads,
+        head_dim=args.head_dim,  # explicit: hidden / heads may no longer give it
+        growth=None,
+    )
+
+
+def shape_dict(args: ModelArgs) -> dict[str, Any]:
+    return {
+        "layers": args.num_hidden_layers,
+        "hidden": args.hidden_size,
+        "intermediate": args.intermediate_size,
+        "heads": args.num_attention_heads,
+        "kv_heads": args.num_key_value_heads,
+        "head_dim": args.head_dim,
+        "vocab": args.vocab_size,
+        "params": args.num_params(),
+    }
+
+
+def _describe(shape: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in shape.items())

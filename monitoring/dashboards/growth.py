@@ -110,7 +110,22 @@ def build() -> dashboard.Dashboard:
             query(f"avg by (stage, language) (last_over_time({loss}{WHOLE}))", ref="B", instant=True),
             columns={"Value #A": f"loss, first {early} steps", "Value #B": "loss, last step"},
         ),
-        w=24,
+        w=14,
+        h=7,
+    )
+    g.add(
+        13,
+        grid(
+            "Growth check: loss before and after growing",
+            "Loss of the input model and of the grown one on the same first batch of a growing stage "
+            "(motif_growth_loss): equal when the growth preserved the model's function.",
+            query(
+                f"max by (stage, when) (last_over_time({with_stage(series(names.GROWTH_LOSS, SEL))}{WHOLE}))",
+                instant=True,
+            ),
+            columns={"Value": "loss"},
+        ),
+        w=10,
         h=7,
     )
 

@@ -1,0 +1,197 @@
+"""A local Prometheus for motif runs on this machine (`make monitor`), also used by the tests.
+
+    python -m monitoring.local                          # scrape 127.0.0.1:9401 (the default metrics.port)
+    python -m monitoring.local --target 127.0.0.1:9555  # another exporter; repeat for several
+    python -m monitoring.local --port 9090              # a fixed Prometheus port (default: a free one)
+
+Prometheus listens on 127.0.0.1 only, keeps its data in a temporary directory (removed on exit),
+loads the motif alert rules, and gives local targets the labels a PodMonitor gives pods in the
+cluster (`namespace`, `job`, `pod`, `container`), so the dashboards and alerts work unchanged.
+Grafana: `monitoring/compose.yaml` (see docs/monitoring.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from monitoring import config
+from monitoring.generate import RULES_FILE
+from motif.config import MetricsConfig
+
+DEFAULT_TARGET = f"127.0.0.1:{MetricsConfig().port}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def target_labels(job: str) -> dict[str, str]:
+    """Labels of a local trainer target, the same ones a PodMonitor gives a rank-0 pod."""
+    return {"namespace": "local", "pod": f"{job}-master-0", "container": config.TRAINER_CONTAINER}
+
+
+def prometheus_config(targets: list[str], job: str, interval: str, rules: list[Path]) -> dict:
+    return {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [str(p.resolve()) for p in rules],
+        "scrape_configs": [
+            {
+                "job_name": job,
+                "scrape_interval": interval,
+                "scrape_timeout": interval,
+                "static_configs": [{"targets": targets, "labels": target_labels(job)}],
+            }
+        ],
+    }
+
+
+class Prometheus:
+    """A real Prometheus process on 127.0.0.1 with a throwaway data directory; a context manager."""
+
+    def __init__(
+        self,
+        targets: list[str],
+        job: str = "motif-local",
+        interval: str = "5s",
+        port: int | None = None,
+        rules: list[Path] | None = None,
+        binary: str | None = None,
+    ) -> None:
+        self.binary = binary or shutil.which("prometheus")
+        if not self.binary:
+            raise FileNotFoundError("prometheus not found: run `make deps` (Debian package prometheus)")
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.targets, self.job, self.interval = targets, job, interval
+        self.rules = [RULES_FILE] if rules is None else rules
+        self.proc: subprocess.Popen | None = None
+        self.dir: Path | None = None
+
+    def start(self, timeout: float = 30.0) -> Prometheus:
+        self.dir = Path(tempfile.mkdtemp(prefix="motif-prometheus-"))
+        cfg = self.dir / "prometheus.yml"
+        cfg.write_text(yaml.safe_dump(prometheus_config(self.targets, self.job, self.interval, self.rules)))
+        self.log = (self.dir / "prometheus.log").open("w")
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
+                "--storage.tsdb.retention.time=1d",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"prometheus not ready after {timeout}s")
+
+    def logs(self) -> str:
+        return (self.dir / "prometheus.log").read_text() if self.dir else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if self.dir is not None:
+            self.log.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def __enter__(self) -> Prometheus:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---- HTTP API ------------------------------------------------------------------------------
+
+    def api(self, path: str, **params: str) -> dict:
+        """GET /api/v1/<path>; returns `data`, raises ValueError with Prometheus' error otherwise."""
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r:
+                body = json.load(r)
+        except urllib.error.HTTPError as e:
+            body = json.load(e)
+        if body.get("status") != "success":
+            raise ValueError(f"{body.get('errorType')}: {body.get('error')}")
+        return body["data"]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict]:
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        return self.api("query", **params)["result"]
+
+    def query_range(self, expr: str, start: float, end: float, step: str) -> list[dict]:
+        return self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=step)["result"]
+
+    def targets_up(self) -> list[dict]:
+        return [t for t in self.api("targets")["activeTargets"] if t["health"] == "up"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.local", description=__doc__.splitlines()[0])
+    parser.add_argument("--target", action="append", metavar="HOST:PORT", help=f"exporter (default {DEFAULT_TARGET})")
+    parser.add_argument("--job", default="motif-local", help="job label of the targets (default motif-local)")
+    parser.add_argument("--port", type=int, default=None, help="Prometheus port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--interval", default="5s", help="scrape and rule evaluation interval (default 5s)")
+    args = parser.parse_args(argv)
+    prom = Prometheus(args.target or [DEFAULT_TARGET], job=args.job, interval=args.interval, port=args.port)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with prom:
+        print(f"Prometheus: {prom.url}  (scraping {', '.join(prom.targets)} as job {args.job!r})", flush=True)
+        print(f"  targets: {prom.url}/targets   alerts: {prom.url}/alerts", flush=True)
+        print(
+            f"  Grafana: PROMETHEUS_URL={prom.url} "
+            "podman compose -f monitoring/compose.yaml up   (then http://127.0.0.1:3000)",
+            flush=True,
+        )
+        print("Ctrl-C stops it (its data directory is removed).", flush=True)
+        try:
+            while prom.proc is not None and prom.proc.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        if prom.proc is not None and prom.proc.poll() is not None:
+            print(f"prometheus exited:\n{prom.logs()[-2000:]}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

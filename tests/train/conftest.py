@@ -16,6 +16,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 VOCAB = 384
+# The `motif train` command; `-m motif.train` runs the same command module without the other commands.
+MOTIF_TRAIN = ["-m", "motif.train"]
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +103,7 @@ def motif_train(workdir: Path, stage_file: Path, *args: str, nproc: int = 1, tim
 
 
 def train_command(stage_file: Path, *args: str, nproc: int = 1) -> list[str]:
-    tail = ["-m", "motif", "train", str(stage_file), "--metrics-port", "0", *args]
+    tail = [*MOTIF_TRAIN, str(stage_file), "--metrics-port", "0", *args]
     if nproc == 1:
         return [PYTHON, *tail]
     return [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *tail]
@@ -113,3 +115,40 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_in_process(section: dict, workdir: Path, monkeypatch, **options):
+    """Train a stage in this process (a world of one), from `workdir`; returns the Trainer."""
+    from motif.config import parse_stage
+    from motif.train.trainer import RunOptions, Trainer
+
+    monkeypatch.chdir(workdir)
+    stage = parse_stage(section, source=f"{section['name']}.yaml")
+    trainer = Trainer(stage, RunOptions(metrics_port=0, **options))
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+        trainer.linger()
+    return trainer
+
+
+def grown_sections() -> tuple[dict, dict, dict]:
+    """Stage 0 (from scratch), stage 1 (LlamaPro 2 -> 4, new blocks only), stage 2 (MSG width, ramp 4)."""
+    s0 = stage_section("t-s0", train={"max_steps": 6})
+    s1 = stage_section(
+        "t-s1",
+        model=None,
+        input="out/t-s0",
+        growth={"output": "out/t-s1-grown", "layers": 4, "depth_method": "llamapro"},
+        train={"max_steps": 5, "freeze": "new_blocks"},
+    )
+    s2 = stage_section(
+        "t-s2",
+        model=None,
+        input="out/t-s1",
+        growth={"output": "out/t-s2-grown", "hidden": 96, "intermediate": 192, "heads": 6, "ramp_steps": 4},
+        optim={"rewarm_steps": 3},
+        train={"max_steps": 6},
+    )
+    return s0, s1, s2

@@ -1,0 +1,79 @@
+"""SIGKILL in the middle of a run, then `--resume auto`: the final weights are bit-identical to an
+uninterrupted run's, with 1 process and with 2 (torchrun)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .conftest import motif_train, stage_section, subprocess_env, train_command, write_stage
+
+
+def _tensors(directory):
+    out = {}
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        out.update({f"{name}:{k}": v for k, v in load_file(str(directory / name)).items()})
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_sigkill_then_resume_is_bit_identical(workdir, nproc):
+    section = stage_section(
+        f"kill{nproc}",
+        train={"max_steps": 60, "micro_batch_size": 4, "grad_accum_steps": 2},
+        checkpoint={"every_steps": 5, "keep_last": 2},
+        parallel={"procs_per_node": nproc},
+    )
+    stage = write_stage(workdir, section)
+    out, ck = workdir / "out" / section["name"], workdir / "ck" / section["name"]
+
+    done = motif_train(workdir, stage, nproc=nproc)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = _tensors(out)
+    shutil.rmtree(out)
+    shutil.rmtree(ck)
+
+    # The same run, SIGKILLed (the whole process group: torchrun and its workers) after its
+    # second checkpoint, somewhere between two checkpoints.
+    proc = subprocess.Popen(
+        train_command(stage, nproc=nproc),
+        cwd=workdir,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 180
+    while not (ck / "step_00000010").is_dir() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists(), "the run finished before it could be killed"
+    killed_at = max(int(p.name.split("_")[1]) for p in ck.glob("step_*"))
+    assert 10 <= killed_at < 60
+
+    resumed = motif_train(workdir, stage, "--resume", "auto", nproc=nproc)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    final = _tensors(out)
+    assert final.keys() == reference.keys()
+    mismatched = [k for k in reference if not torch.equal(reference[k], final[k])]
+    assert not mismatched, mismatched[:5]
+
+
+@pytest.mark.slow
+def test_resume_none_starts_over_and_a_path_resumes_from_that_checkpoint(workdir):
+    section = stage_section("paths", train={"max_steps": 8}, checkpoint={"every_steps": 4, "keep_last": 3})
+    stage = write_stage(workdir, section)
+    assert motif_train(workdir, stage).returncode == 0
+    again = motif_train(workdir, stage, "--resume", str(workdir / "ck/paths/step_00000004"))
+    assert again.returncode == 0 and "step_00000004 at step 4" in again.stderr
+    fresh = motif_train(workdir, stage, "--resume", "none")
+    assert fresh.returncode == 0 and "resumed from" not in fresh.stderr

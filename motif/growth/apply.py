@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from motif.growth.operators import plan_growth
+from motif.growth.operators import GrowthPlan, plan_growth
 from motif.growth.provenance import make_provenance
 from motif.growth.targets import GrowthTargets
 from motif.growth.tensors import grow_tensor
@@ -23,6 +23,12 @@ def grow_model(
     parts are masked with m = 0 (`model.growth_mask`).
     """
     plan = plan_growth(model.args, targets, depth_method)
+    return apply_plan(model, plan, seed), make_provenance(plan, targets, depth_method, seed)
+
+
+@torch.no_grad()
+def apply_plan(model: Llama, plan: GrowthPlan, seed: int = 0) -> Llama:
+    """The grown model a plan describes (any composition of `OPERATORS`), from `model`'s weights."""
     state = model.state_dict()
     device = state["model.embed_tokens.weight"].device
     grown = {}
@@ -39,5 +45,4 @@ def grow_model(
         new.lm_head.weight = new.model.embed_tokens.weight
     new.init_buffers(device)
     new.set_activation_checkpointing(model.activation_checkpointing)
-    new.train(model.training)
-    return new, make_provenance(plan, targets, depth_method, seed)
+    return new.train(model.training)

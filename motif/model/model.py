@@ -73,7 +73,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm in fp32; with a mask, the statistic is mask-weighted so new (zero) dims do not dilute it."""
+    """RMSNorm in (at least) fp32; with a mask, the statistic is mask-weighted so new (zero) dims do not dilute it."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -82,11 +82,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         dtype = x.dtype
-        x = x.float()
+        x = x.to(torch.promote_types(dtype, torch.float32))  # fp32 statistics for bf16; fp64 stays fp64
         if mask is None:
             var = x.pow(2).mean(-1, keepdim=True)
         else:
-            mask = mask.float()
+            mask = mask.to(x.dtype)
             var = (x.pow(2) * mask).sum(-1, keepdim=True) / mask.sum()
         x = x * torch.rsqrt(var + self.eps)
         return self.weight * x.to(dtype)
@@ -200,6 +200,8 @@ class Llama(nn.Module):
             if device.type == "meta":
                 device = torch.device("cpu")
         self.register_buffer("inv_freq", rope_inv_freq(self.args).to(device), persistent=False)
+        # Masks follow the weights' dtype, as `.to(dtype)` would make them anyway (never below fp32).
+        dtype = torch.promote_types(self.model.embed_tokens.weight.dtype, torch.float32)
         g = self.args.growth
         a = self.args
         new_hidden = _new_prefix(a.hidden_size, g.hidden if g else None)
@@ -210,9 +212,9 @@ class Llama(nn.Module):
         for name, flags in (("hidden", new_hidden), ("ffn", new_ffn), ("heads", new_heads)):
             # `_new_*`: which entries are new (fixed); `_mask_*`: their current value (updated in place).
             self.register_buffer(f"_new_{name}", None if flags is None else flags.to(device), persistent=False)
-            mask = None if flags is None else torch.ones(len(flags), device=device)
+            mask = None if flags is None else torch.ones(len(flags), device=device, dtype=dtype)
             self.register_buffer(f"_mask_{name}", mask, persistent=False)
-        blend = torch.tensor(1.0, device=device) if g and g.blend_layers else None
+        blend = torch.tensor(1.0, device=device, dtype=dtype) if g and g.blend_layers else None
         self.register_buffer("_mask_blend", blend, persistent=False)
         self._blend_layers = frozenset(g.blend_layers) if g else frozenset()
         if g is not None:
@@ -279,14 +281,14 @@ class Llama(nn.Module):
     # ---- forward ----------------------------------------------------------------------------------
 
     def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits [B, T, V] (float). With a `cache`, tokens continue the cached sequence."""
+        """Logits [B, T, V] in fp32 (fp64 for an fp64 model). With a `cache`, tokens continue the cached sequence."""
         start = cache.length if cache is not None else 0
         masks = self.masks()
         h = self.model.embed_tokens(tokens)
         if masks is not None and masks.hidden is not None:
             h = h * masks.hidden.to(h.dtype)
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device, dtype=torch.float32)
-        freqs = positions[:, None] * self.inv_freq[None, :]
+        freqs = positions[:, None] * self.inv_freq.float()[None, :]  # fp32, as transformers, whatever the dtype
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(h.dtype), emb.sin().to(h.dtype)
         for i, layer in enumerate(self.model.layers):
@@ -299,7 +301,8 @@ class Llama(nn.Module):
                 out = h + masks.blend.to(h.dtype) * (out - h)
             h = out
         h = self.model.norm(h, masks.hidden if masks is not None else None)
-        return self.lm_head(h).float()
+        logits = self.lm_head(h)
+        return logits if logits.dtype == torch.float64 else logits.float()
 
 
 def _new_prefix(size: int, old: int | None) -> torch.Tensor | None:

@@ -106,7 +106,8 @@ class Prometheus:
                 raise RuntimeError(f"prometheus exited with {self.proc.returncode}:\n{self.logs()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
+                    # Ready, and the scrape targets synced (they appear a few seconds after start).
+                    if r.status == 200 and len(self.api("targets")["activeTargets"]) == len(self.targets):
                         return self
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass

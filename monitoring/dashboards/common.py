@@ -70,10 +70,15 @@ def variables(b: dashboard.Dashboard) -> dashboard.Dashboard:
     return b
 
 
-def query(expr: str, legend: str = "", ref: str = "A", instant: bool = False) -> prometheus.Dataquery:
+def query(
+    expr: str, legend: str = "", ref: str = "A", instant: bool = False, table: bool | None = None
+) -> prometheus.Dataquery:
+    """A Prometheus target; `instant` queries default to table format (one row per series)."""
     q = prometheus.Dataquery().expr(expr).ref_id(ref).legend_format(legend or "__auto")
     if instant:
-        q = q.instant().format(PromQueryFormat.TABLE)
+        q = q.instant()
+    if instant if table is None else table:
+        q = q.format(PromQueryFormat.TABLE)
     return q
 
 

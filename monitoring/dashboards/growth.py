@@ -79,6 +79,7 @@ def build() -> dashboard.Dashboard:
                 f"sum by (stage, language) (max_over_time({with_stage(series(names.TOKENS, SEL))}{WHOLE}))",
                 "{{stage}} {{language}}",
                 instant=True,
+                table=False,
             ),
         ),
         w=12,

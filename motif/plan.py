@@ -1,0 +1,208 @@
+"""`motif plan`: shapes, parameter counts and memory per GPU of every stage of a recipe.
+
+A recipe is a directory of stage files, run in file-name order. The shape a stage starts from is
+its `motif.model` when given, else the shape produced by the earlier stage whose `output` is this
+stage's `input`, else the input checkpoint's config.json. Nothing here reads a weight.
+
+Memory per GPU is an estimate for mixed-precision training with DeepSpeed/FSDP conventions: bf16
+weights (2 bytes/param) and gradients (2 bytes per trainable param), an fp32 master copy and the two
+Adam moments (12 bytes per trainable param), split over the data-parallel world as the ZeRO stage
+says (1: optimizer states, 2: + gradients, 3: + weights); activations are counted tensor by tensor
+for a block with fused (flash) attention, so no seq_len^2 term; logits and their fp32 loss copy are
+counted once; ZeRO-3 holds two gathered blocks (current + prefetch); a fixed allowance covers the
+CUDA context, communication buffers and fragmentation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+HELP = "shapes, parameter counts and memory per GPU of each stage of a recipe"
+DESCRIPTION = """\
+Print, for every stage file in RECIPE (a directory, processed in file-name order): the shape before
+and after growth, exact parameter counts, trainable parameters (LlamaPro freezes all but the new
+blocks), and memory per GPU for the stage's world size and ZeRO stage, against its GPU memory.
+
+Example:
+  motif plan jobs/llama3-motif-102b
+  motif plan jobs/llama3-motif-102b --json
+"""
+
+GIB = 2**30
+OVERHEAD_BYTES = 4 * GIB  # CUDA context, NCCL buffers, allocator fragmentation
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", metavar="RECIPE", help="directory of stage files (e.g. jobs/llama3-motif-102b)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output with exact integer counts")
+
+
+@dataclass
+class Memory:
+    """Bytes per GPU."""
+
+    weights: int
+    grads: int
+    optimizer: int
+    activations_checkpointed: int
+    activations_full: int
+    gathered: int  # ZeRO-3: whole blocks gathered for compute
+    overhead: int
+    activation_checkpointing: bool
+
+    @property
+    def total(self) -> int:
+        act = self.activations_checkpointed if self.activation_checkpointing else self.activations_full
+        return self.weights + self.grads + self.optimizer + act + self.gathered + self.overhead
+
+
+def memory_per_gpu(args: Any, trainable: int, stage: Any) -> Memory:
+    """Estimate (see module docstring) for `args` (ModelArgs) trained as `stage` (StageConfig) says."""
+    p, world = stage.parallel, stage.parallel.world_size
+    zero = p.zero_stage if p.engine == "deepspeed" else (3 if p.engine == "fsdp" else 0)
+    n = args.num_params()
+    bytes_w = 2 if stage.train.precision == "bf16" else 4
+    master = 4 if stage.train.precision == "bf16" else 0
+    weights = bytes_w * n
+    grads = bytes_w * trainable
+    optimizer = (master + 8) * trainable
+    if zero >= 1:
+        optimizer //= world
+    if zero >= 2:
+        grads //= world
+    if zero >= 3:
+        weights //= world
+    tokens = stage.train.micro_batch_size * stage.data.seq_len
+    d, f = args.hidden_size, args.intermediate_size
+    q, kv = args.num_attention_heads * args.head_dim, args.num_key_value_heads * args.head_dim
+    # Saved for backward in one block: 2 norm inputs + 2 norm outputs, q, k, v, attention output,
+    # rotated q and k, gate, up, silu(gate) and the product fed to down_proj.
+    per_block = bytes_w * tokens * (4 * d + 3 * q + 3 * kv + 4 * f)
+    logits = tokens * args.vocab_size * (bytes_w + 4)  # logits and the fp32 copy the loss uses
+    layers = args.num_hidden_layers
+    full = layers * per_block + logits
+    checkpointed = layers * bytes_w * tokens * d + per_block + logits  # block inputs + one recomputed block
+    block_params = (args.num_params() - 2 * args.vocab_size * d) // layers
+    gathered = 2 * bytes_w * block_params if zero >= 3 else 0
+    overhead = OVERHEAD_BYTES if p.device == "cuda" else 0
+    return Memory(
+        weights, grads, optimizer, checkpointed, full, gathered, overhead, stage.train.activation_checkpointing
+    )
+
+
+def plan_recipe(recipe: str | Path) -> list[dict[str, Any]]:
+    from motif.config import load_stage
+    from motif.errors import MotifError
+    from motif.growth.operators import plan_growth
+    from motif.growth.targets import GrowthTargets, shape_dict
+    from motif.model.args import ModelArgs
+    from motif.model.checkpoint import read_args
+
+    recipe = Path(recipe)
+    files = sorted(p for p in recipe.glob("*.y*ml") if p.suffix in (".yaml", ".yml")) if recipe.is_dir() else []
+    if not files:
+        raise MotifError(f"{recipe}: no stage files (*.yaml) in this directory")
+    produced: dict[str, ModelArgs] = {}
+    rows = []
+    for file in files:
+        stage = load_stage(file)
+        if stage.model is not None:
+            args = ModelArgs(**asdict(stage.model))
+        elif stage.input in produced:
+            args = produced[stage.input]
+        else:
+            try:
+                args = read_args(stage.input)
+            except MotifError as e:
+                raise MotifError(
+                    f"{file}: motif.input: {stage.input} is neither an earlier stage's output nor a readable "
+                    f"checkpoint ({e}); set motif.model to the shape it has"
+                ) from None
+        after, new_layers = args, []
+        if stage.growth is not None:
+            try:
+                plan = plan_growth(args, GrowthTargets.from_config(stage.growth), stage.growth.depth_method)
+            except MotifError as e:
+                raise MotifError(f"{file}: motif.growth: {e}") from None
+            after, new_layers = plan.args.replace(growth=None), plan.new_layers
+        produced[stage.output] = after
+        trainable = after.num_params()
+        if stage.train.freeze == "new_blocks":
+            shapes = after.tensor_shapes()
+            trainable = sum(
+                _numel(s)
+                for n, s in shapes.items()
+                if n.startswith("model.layers.") and int(n.split(".")[2]) in new_layers
+            )
+        mem = memory_per_gpu(after, trainable, stage)
+        capacity = int(stage.parallel.gpu_memory_gib * GIB)
+        rows.append(
+            {
+                "file": str(file),
+                "stage": stage.name,
+                "before": shape_dict(args),
+                "after": shape_dict(after),
+                "params": after.num_params(),
+                "trainable_params": trainable,
+                "new_layers": new_layers,
+                "world_size": stage.parallel.world_size,
+                "zero_stage": stage.parallel.zero_stage,
+                "engine": stage.parallel.engine,
+                "activation_checkpointing": stage.train.activation_checkpointing,
+                "memory_bytes": {
+                    "weights": mem.weights,
+                    "grads": mem.grads,
+                    "optimizer": mem.optimizer,
+                    "activations_checkpointed": mem.activations_checkpointed,
+                    "activations_full": mem.activations_full,
+                    "gathered_blocks": mem.gathered,
+                    "overhead": mem.overhead,
+                    "total": mem.total,
+                },
+                "gpu_memory_bytes": capacity,
+                "fits": mem.total <= capacity,
+            }
+        )
+    return rows
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _shape(s: dict[str, int]) -> str:
+    return f"L{s['layers']} d{s['hidden']} f{s['intermediate']} h{s['heads']}/{s['kv_heads']}"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'stage':<14} {'shape before -> after':<58} {'params':>9} {'trainable':>9} {'GPUs':>5} {'ZeRO':>4} "
+        f"{'w+g+opt':>8} {'act ckpt/full':>13} {'total':>7} {'GPU':>5}  fits"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        m = r["memory_bytes"]
+        shape = _shape(r["before"]) + (" -> " + _shape(r["after"]) if r["after"] != r["before"] else "")
+        states = (m["weights"] + m["grads"] + m["optimizer"]) / GIB
+        act = f"{m['activations_checkpointed'] / GIB:.1f}/{m['activations_full'] / GIB:.1f}"
+        act += "*" if r["activation_checkpointing"] else " "
+        lines.append(
+            f"{r['stage']:<14} {shape:<58} {r['params'] / 1e6:>8,.0f}M {r['trainable_params'] / 1e6:>8,.0f}M "
+            f"{r['world_size']:>5} {r['zero_stage']:>4} {states:>7.1f}G {act:>13} {m['total'] / GIB:>6.1f}G "
+            f"{r['gpu_memory_bytes'] / GIB:>4.0f}G  {'yes' if r['fits'] else 'NO'}"
+        )
+    lines.append("Memory per GPU in GiB; * marks the activation setting the stage uses (checkpointing on or off).")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = plan_recipe(args.recipe)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0 if all(r["fits"] for r in rows) else 1

@@ -24,6 +24,7 @@ TRAINER_CONTAINER = "pytorch"
 # PyTorchJob pod names are <job>-master-0 and <job>-worker-N: GPU and kube-state-metrics series
 # are joined to a job on the `pod` label through this pattern ($1 = the job name).
 JOB_POD_REGEX = "(.+)-(?:master|worker)-[0-9]+"
+JOB_MASTER_POD_REGEX = "(.+)-master-0"
 
 # Template-variable selectors the dashboards put into every motif query.
 DASHBOARD_SELECTOR = 'namespace=~"$namespace", job=~"$job"'
@@ -74,6 +75,10 @@ class Thresholds:
     low_mfu_for: str = "30m"
     # Trainer target down (scrape failing) for this long.
     target_down_for: str = "5m"
+    # Master pod Running (kube-state-metrics) but no trainer target, for a job that exported
+    # metrics within the lookback: the PodMonitor lost it.
+    absent_lookback: str = "1h"
+    absent_for: str = "10m"
     # GPUs visible for a job (DCGM) fewer than motif_world_size for this long.
     ranks_missing_for: str = "5m"
     # Restarts (resumes from a checkpoint, or container restarts) in the window.

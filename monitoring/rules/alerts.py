@@ -19,11 +19,16 @@ T = config.THRESHOLDS
 JOB = by(config.JOB_LABELS)
 TRAINER_UP = f'up{{container="{config.TRAINER_CONTAINER}"}}'
 POD_RE = config.JOB_POD_REGEX
+MASTER_RE = config.JOB_MASTER_POD_REGEX
 
 
 def _job_from_pod(expr: str) -> str:
     """Set `job` to the PyTorchJob name taken from the pod name (DCGM and kube-state-metrics series)."""
     return f'label_replace({expr}, "job", "$1", "pod", "{POD_RE}")'
+
+
+def _job_from_master(expr: str) -> str:
+    return f'label_replace({expr}, "job", "$1", "pod", "{MASTER_RE}")'
 
 
 def _pods(name: str, extra: str = "") -> str:
@@ -86,11 +91,14 @@ RESTARTS = series(names.RESTARTS)
 NONFINITE = series(names.NONFINITE_STEPS)
 WORLD = series(names.WORLD_SIZE)
 CKPT = series(names.LAST_CHECKPOINT)
+STAGE_INFO = series(names.STAGE_INFO)
+MASTER_RUNNING = f'kube_pod_status_phase{{phase="Running", pod=~"{MASTER_RE}"}}'
 KUBE_RESTARTS = _pods("kube_pod_container_status_restarts_total", f'container="{config.TRAINER_CONTAINER}"')
 
 # Target labels of a trainer process in the test series.
 _T = 'namespace="ml", job="s1", instance="10.0.0.1:9401", pod="s1-master-0", container="pytorch"'
 _J = {"namespace": "ml", "job": "s1"}
+_KSM = 'job="kube-state-metrics", instance="10.0.0.9:8080"'
 _GPU = 'namespace="ml", pod="s1-{role}-{i}", gpu="{g}", job="dcgm", container="pytorch"'
 
 
@@ -240,6 +248,47 @@ ALERTS: tuple[Alert, ...] = (
                 [{**_J, "instance": "10.0.0.1:9401", "pod": "s1-master-0", "container": "pytorch"}],
             ),
             Case("scrapes succeed", {f"up{{{_T}}}": "1x30"}, "20m"),
+        ),
+    ),
+    Alert(
+        "MotifTrainerAbsent",
+        f"max by ({JOB}) ({_job_from_master(MASTER_RUNNING)}) == 1 and on ({JOB}) max by ({JOB}) "
+        f"(max_over_time({STAGE_INFO}[{T.absent_lookback}])) unless on ({JOB}) max by ({JOB}) ({TRAINER_UP})",
+        T.absent_for,
+        "warning",
+        "Trainer of {{ $labels.namespace }}/{{ $labels.job }} is no longer scraped",
+        "The job's master pod is Running and its trainer exported metrics in the last "
+        f"{T.absent_lookback}, but Prometheus has no trainer target for it any more: the PodMonitor no longer "
+        "selects the pod, or the metrics port changed. The job runs unwatched.",
+        (
+            Case(
+                "target vanishes",
+                {
+                    f'kube_pod_status_phase{{namespace="ml", pod="s1-master-0", phase="Running", {_KSM}}}': "1x60",
+                    f'{STAGE_INFO}{{{_T}, stage="s1-depth"}}': "1x20",
+                    f"up{{{_T}}}": "1x20",
+                },
+                "40m",
+                [_J],
+            ),
+            Case(
+                "target present",
+                {
+                    f'kube_pod_status_phase{{namespace="ml", pod="s1-master-0", phase="Running", {_KSM}}}': "1x60",
+                    f'{STAGE_INFO}{{{_T}, stage="s1-depth"}}': "1x60",
+                    f"up{{{_T}}}": "1x60",
+                },
+                "40m",
+            ),
+            Case(
+                "job finished",
+                {
+                    f'kube_pod_status_phase{{namespace="ml", pod="s1-master-0", phase="Running", {_KSM}}}': "1x20 0x40",
+                    f'{STAGE_INFO}{{{_T}, stage="s1-depth"}}': "1x20",
+                    f"up{{{_T}}}": "1x20",
+                },
+                "40m",
+            ),
         ),
     ),
     Alert(

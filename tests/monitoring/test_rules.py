@@ -67,6 +67,7 @@ def test_issue_alerts_are_present():
         "MotifThroughputDrop",
         "MotifLowMFU",
         "MotifTrainerDown",
+        "MotifTrainerAbsent",
         "MotifRanksMissing",
         "MotifRepeatedRestarts",
         "MotifGPUXidError",

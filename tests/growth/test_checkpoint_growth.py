@@ -218,7 +218,7 @@ def test_cli_errors_are_one_line_with_exit_2(src, tmp_path, capsys):
 
 
 def _stage_file(tmp_path, src, **growth):
-    doc = yaml.safe_load(Path("jobs/tiny/stage1-depth.yaml").read_text())
+    doc = yaml.safe_load((Path(__file__).parents[2] / "jobs/tiny/stage1-depth.yaml").read_text())
     doc["motif"]["input"] = str(src)
     doc["motif"]["growth"] = {"output": str(tmp_path / "grown"), "layers": 6, **growth}
     path = tmp_path / f"stage-{len(growth)}.yaml"

@@ -1,11 +1,14 @@
 """`motif plan`: shapes chained through a recipe, exact counts, memory per GPU, and the CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from motif import cli
 from motif.plan import plan_recipe
+
+JOBS = Path(__file__).parents[2] / "jobs"
 
 
 @pytest.fixture
@@ -16,7 +19,7 @@ def run_cli(monkeypatch):
 
 
 def test_102b_recipe_chains_shapes_and_fits_its_gpus():
-    rows = {r["stage"]: r for r in plan_recipe("jobs/llama3-motif-102b")}
+    rows = {r["stage"]: r for r in plan_recipe(JOBS / "llama3-motif-102b")}
     s1, s2, s3 = rows["s1-depth"], rows["s2-width"], rows["s3-cpt"]
     assert s1["before"]["params"] == 70_553_706_496 and s1["after"]["layers"] == 96
     assert s1["new_layers"] == [6 * k + 5 for k in range(16)]
@@ -29,17 +32,17 @@ def test_102b_recipe_chains_shapes_and_fits_its_gpus():
 
 
 def test_memory_shrinks_with_zero_stage_and_checkpointing():
-    s2 = plan_recipe("jobs/llama3-motif-102b")[1]
+    s2 = plan_recipe(JOBS / "llama3-motif-102b")[1]
     m = s2["memory_bytes"]
     assert m["activations_checkpointed"] < m["activations_full"] / 5
     assert m["optimizer"] == 12 * s2["params"] // 128  # fp32 master + Adam, split 128 ways (ZeRO-3)
 
 
 def test_plan_cli_table_and_json(run_cli, capsys):
-    assert run_cli(["plan", "jobs/llama3-motif-102b"]) == 0
+    assert run_cli(["plan", str(JOBS / "llama3-motif-102b")]) == 0
     table = capsys.readouterr().out
     assert "102,022M" in table and "s1-depth" in table and "NO" not in table
-    assert run_cli(["plan", "jobs/tiny", "--json"]) == 0
+    assert run_cli(["plan", str(JOBS / "tiny"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["stage"] for r in rows] == ["tiny-s0-base", "tiny-s1-depth", "tiny-s2-width"]
     assert rows[2]["before"]["layers"] == 6 and rows[2]["after"]["hidden"] == 192

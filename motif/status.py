@@ -1,0 +1,324 @@
+"""`motif status`: the growth stages running on a cluster, one line per stage.
+
+Reads what the motif-stage chart created (objects labelled `app.kubernetes.io/part-of=motif`):
+the PyTorchJob (or TrainJob) of each stage and its phase from the job conditions, its pods (ready,
+restarts), the growth Job, and where the stage writes its checkpoints (the chart's `motif/*`
+annotations, else the stage ConfigMap). Also runs as `kubectl motif status`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import yaml
+
+from motif.errors import MotifError
+
+HELP = "Stages on the cluster: job phase, replicas, restarts, age, checkpoint location"
+DESCRIPTION = """\
+Show every motif stage installed in a namespace: the phase of its PyTorchJob (from the job's
+conditions), pods ready / active / succeeded / failed, container restarts, age, the growth Job, and
+where the stage writes its checkpoints and final model.
+
+Uses the current kubeconfig context (KUBECONFIG, ~/.kube/config) or the in-cluster service account.
+"""
+
+PART_OF = "app.kubernetes.io/part-of=motif"
+TERMINAL = ("Succeeded", "Failed")
+
+
+@dataclass
+class StageStatus:
+    """One stage as `motif status` reports it."""
+
+    namespace: str
+    release: str
+    stage: str
+    kind: str
+    phase: str
+    replicas: int = 0
+    ready: int = 0
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    restarts: int = 0
+    age_seconds: int | None = None
+    grow: str = "-"
+    checkpoint_dir: str | None = None
+    output: str | None = None
+    input: str | None = None
+    message: str = ""
+    replica_types: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+# ---- pure functions over API objects (dicts, as the API server returns them) ------------------
+
+
+def job_phase(job: dict[str, Any]) -> tuple[str, str]:
+    """(phase, message) of a PyTorchJob/TrainJob from its conditions: a terminal condition wins,
+    else the most recent condition whose status is True."""
+    conditions = (job.get("status") or {}).get("conditions") or []
+    true = [c for c in conditions if str(c.get("status")) == "True"]
+    for c in true:
+        if c.get("type") in TERMINAL:
+            return c["type"], c.get("message", "")
+    spec = job.get("spec") or {}
+    suspended = (spec.get("runPolicy") or {}).get("suspend") or spec.get("suspend")
+    if suspended and (not true or true[-1].get("type") != "Running"):
+        return "Suspended", "waiting for admission (Kueue)"
+    if not true:
+        return "Pending", ""
+    latest = max(enumerate(true), key=lambda ic: (ic[1].get("lastTransitionTime") or "", ic[0]))[1]
+    return latest.get("type", "Unknown"), latest.get("message", "")
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and str(c.get("status")) == "True" for c in conditions)
+
+
+def _restarts(pod: dict[str, Any]) -> int:
+    status = pod.get("status") or {}
+    statuses = (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or [])
+    return sum(int(s.get("restartCount") or 0) for s in statuses)
+
+
+def _age(meta: dict[str, Any], now: dt.datetime) -> int | None:
+    created = meta.get("creationTimestamp")
+    if not created:
+        return None
+    if isinstance(created, str):
+        created = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    return max(0, int((now - created).total_seconds()))
+
+
+def _replicas(job: dict[str, Any]) -> int:
+    spec = job.get("spec") or {}
+    if "pytorchReplicaSpecs" in spec:
+        return sum(int(rs.get("replicas", 1)) for rs in spec["pytorchReplicaSpecs"].values())
+    return int((spec.get("trainer") or {}).get("numNodes") or 1)
+
+
+def _grow_state(job: dict[str, Any] | None) -> str:
+    if job is None:
+        return "-"
+    status = job.get("status") or {}
+    for c in status.get("conditions") or []:
+        if str(c.get("status")) == "True" and c.get("type") in ("Complete", "Failed"):
+            return c["type"]
+    if status.get("active"):
+        return "Running"
+    return "Pending"
+
+
+def _paths_from_configmap(cm: dict[str, Any] | None) -> dict[str, str | None]:
+    if not cm:
+        return {}
+    try:
+        motif = (yaml.safe_load((cm.get("data") or {}).get("stage.yaml") or "") or {}).get("motif") or {}
+    except yaml.YAMLError:
+        return {}
+    return {
+        "checkpoint_dir": (motif.get("checkpoint") or {}).get("dir"),
+        "output": motif.get("output"),
+        "input": motif.get("input"),
+    }
+
+
+def collect(
+    jobs: list[dict[str, Any]],
+    pods: list[dict[str, Any]],
+    configmaps: list[dict[str, Any]],
+    grow_jobs: list[dict[str, Any]],
+    now: dt.datetime | None = None,
+) -> list[StageStatus]:
+    """One StageStatus per training job, joined with its pods, growth Job and stage ConfigMap
+    by the release label (`app.kubernetes.io/instance`)."""
+    now = now or dt.datetime.now(dt.UTC)
+
+    def release_of(obj: dict[str, Any]) -> tuple[str, str]:
+        meta = obj.get("metadata") or {}
+        return meta.get("namespace", ""), (meta.get("labels") or {}).get("app.kubernetes.io/instance", "")
+
+    cms = {release_of(c): c for c in configmaps}
+    grows = {release_of(j): j for j in grow_jobs}
+    out = []
+    for job in jobs:
+        meta = job.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        annotations = meta.get("annotations") or {}
+        key = release_of(job)
+        phase, message = job_phase(job)
+        job_pods = [
+            p
+            for p in pods
+            if release_of(p) == key
+            and (p["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "trainer"
+        ]
+        replica_statuses = (job.get("status") or {}).get("replicaStatuses") or {}
+        counts = {
+            rtype: {k: int(v.get(k) or 0) for k in ("active", "succeeded", "failed")}
+            for rtype, v in replica_statuses.items()
+        }
+        paths = _paths_from_configmap(cms.get(key))
+        out.append(
+            StageStatus(
+                namespace=meta.get("namespace", ""),
+                release=key[1] or meta.get("name", ""),
+                stage=labels.get("motif/stage", meta.get("name", "")),
+                kind=job.get("kind", ""),
+                phase=phase,
+                replicas=_replicas(job),
+                ready=sum(_pod_ready(p) for p in job_pods),
+                active=sum(c["active"] for c in counts.values()),
+                succeeded=sum(c["succeeded"] for c in counts.values()),
+                failed=sum(c["failed"] for c in counts.values()),
+                restarts=sum(_restarts(p) for p in job_pods),
+                age_seconds=_age(meta, now),
+                grow=_grow_state(grows.get(key)),
+                checkpoint_dir=annotations.get("motif/checkpoint-dir") or paths.get("checkpoint_dir"),
+                output=annotations.get("motif/output") or paths.get("output"),
+                input=annotations.get("motif/input") or paths.get("input"),
+                message=message,
+                replica_types=counts,
+            )
+        )
+    return sorted(out, key=lambda s: (s.namespace, s.release))
+
+
+def human_age(seconds: int | None) -> str:
+    """kubectl-style age: 45s, 3m12s, 5h7m, 2d3h."""
+    if seconds is None:
+        return "-"
+    units = [("d", 86400), ("h", 3600), ("m", 60), ("s", 1)]
+    for i, (unit, size) in enumerate(units[:-1]):
+        if seconds >= size:
+            small, small_size = units[i + 1]
+            rest = seconds % size // small_size
+            return f"{seconds // size}{unit}{rest}{small}" if rest else f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def format_table(stages: list[StageStatus], all_namespaces: bool = False) -> str:
+    header = ["STAGE", "RELEASE", "KIND", "PHASE", "READY", "ACTIVE", "SUCCEEDED", "FAILED", "RESTARTS", "AGE",
+              "GROW", "CHECKPOINTS"]  # fmt: skip
+    if all_namespaces:
+        header.insert(0, "NAMESPACE")
+    rows = []
+    for s in stages:
+        row = [s.stage, s.release, s.kind, s.phase, f"{s.ready}/{s.replicas}", str(s.active), str(s.succeeded),
+               str(s.failed), str(s.restarts), human_age(s.age_seconds), s.grow, s.checkpoint_dir or "-"]  # fmt: skip
+        if all_namespaces:
+            row.insert(0, s.namespace)
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+# ---- talking to the API server ---------------------------------------------------------------
+
+
+def _load_config(context: str | None) -> str:
+    """Configure the kubernetes client; returns the context's default namespace."""
+    from kubernetes import config
+
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not context and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config()
+        try:
+            with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+                return f.read().strip()
+        except OSError:
+            return "default"
+    try:
+        config.load_kube_config(context=context)
+        _, current = config.list_kube_config_contexts()
+    except (config.ConfigException, OSError) as e:
+        raise MotifError(f"no cluster to talk to: {e} (set KUBECONFIG or --context)") from None
+    if context:
+        contexts, _ = config.list_kube_config_contexts()
+        current = next((c for c in contexts if c["name"] == context), current)
+    return (current.get("context") or {}).get("namespace") or "default"
+
+
+def _list_custom(api, group: str, version: str, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        if namespace is None:
+            result = api.list_cluster_custom_object(group, version, plural, label_selector=PART_OF)
+        else:
+            result = api.list_namespaced_custom_object(group, version, namespace, plural, label_selector=PART_OF)
+    except ApiException as e:
+        if e.status == 404:  # the CRD is not installed: no such jobs
+            return []
+        raise
+    return result.get("items", [])
+
+
+def fetch(namespace: str | None) -> tuple[list, list, list, list]:
+    """(jobs, pods, configmaps, grow_jobs) as plain dicts; namespace None: all namespaces."""
+    from kubernetes import client
+
+    api_client = client.ApiClient()
+    custom = client.CustomObjectsApi(api_client)
+    core = client.CoreV1Api(api_client)
+    batch = client.BatchV1Api(api_client)
+    jobs = _list_custom(custom, "kubeflow.org", "v1", "pytorchjobs", namespace)
+    jobs += _list_custom(custom, "trainer.kubeflow.org", "v1alpha1", "trainjobs", namespace)
+
+    def plain(items) -> list[dict[str, Any]]:
+        return [api_client.sanitize_for_serialization(i) for i in items]
+
+    if namespace is None:
+        pods = core.list_pod_for_all_namespaces(label_selector=PART_OF).items
+        cms = core.list_config_map_for_all_namespaces(
+            label_selector=f"{PART_OF},app.kubernetes.io/component=stage-config"
+        ).items
+        grows = batch.list_job_for_all_namespaces(label_selector=f"{PART_OF},app.kubernetes.io/component=grow").items
+    else:
+        pods = core.list_namespaced_pod(namespace, label_selector=PART_OF).items
+        cms = core.list_namespaced_config_map(
+            namespace, label_selector=f"{PART_OF},app.kubernetes.io/component=stage-config"
+        ).items
+        grows = batch.list_namespaced_job(namespace, label_selector=f"{PART_OF},app.kubernetes.io/component=grow").items
+    return jobs, plain(pods), plain(cms), plain(grows)
+
+
+# ---- command ---------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", "--namespace", help="namespace (default: the context's namespace)")
+    parser.add_argument("-A", "--all-namespaces", action="store_true", help="stages in every namespace")
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+    parser.add_argument("--json", action="store_true", help="print JSON (one object per stage) instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    default_ns = _load_config(args.context)
+    namespace = None if args.all_namespaces else (args.namespace or default_ns)
+    try:
+        stages = collect(*fetch(namespace))
+    except ApiException as e:
+        raise MotifError(f"the API server refused a list call: {e.status} {e.reason}") from None
+    except HTTPError as e:
+        raise MotifError(f"cannot reach the API server: {e}") from None
+    if args.json:
+        json.dump([asdict(s) for s in stages], sys.stdout, indent=2)
+        print()
+    elif not stages:
+        where = "any namespace" if namespace is None else f"namespace {namespace}"
+        print(f"No motif stages in {where}.")
+    else:
+        print(format_table(stages, all_namespaces=namespace is None))
+    return 0

@@ -86,5 +86,4 @@ def apply_mask(model, step: int, ramp_steps: int) -> float:
     model.set_growth_mask(m)
     if m >= 1.0:
         model.remove_growth_masks()
-        log.info("growth masks reached 1 at step %d and were removed: the model is a plain Llama", step)
     return m

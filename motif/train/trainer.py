@@ -117,7 +117,8 @@ class Trainer:
         if self.stage.train.freeze == "new_blocks":
             layers = growth.new_block_indices(start)
             n = growth.freeze_all_but(model, layers)
-            log.info("freeze: new_blocks: training layers %s only (%s parameters)", layers, f"{n:,}")
+            if self.world.is_main:
+                log.info("freeze: new_blocks: training layers %s only (%s parameters)", layers, f"{n:,}")
         return model
 
     def _check_shape(self, args, path: str) -> None:
@@ -252,7 +253,10 @@ class Trainer:
         self._log_state()
         while self.step < self.max_steps:
             t0 = time.perf_counter()
+            pending = self.model.args.growth is not None
             mask = growth.apply_mask(self.model, self.step, self.ramp_steps)
+            if pending and self.model.args.growth is None and self.world.is_main:
+                log.info("growth masks reached 1 at step %d and were removed: the model is a plain Llama", self.step)
             lr = self.schedule(self.step)
             batches = [self.data.next_batch(s.train.micro_batch_size) for _ in range(s.train.grad_accum_steps)]
             if self.step == 0 and self.resumed_from is None and s.growth is not None:

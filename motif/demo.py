@@ -280,6 +280,7 @@ def plot_loss(out: Path, stages, rows: list[dict]) -> Path:
                 ha="center",
                 fontsize=9,
                 color="dimgray",
+                clip_on=True,
             )
         offset += row["steps"]
     if first_growth is not None and zoom_values:

@@ -1,13 +1,19 @@
 """Peak FLOP/s of a device, the denominator of MFU.
 
 GPUs: the vendor's dense peak for the training precision (table below). CPUs have no such table
-entry worth trusting, so we measure a large fp32 GEMM for a fraction of a second with the threads
-this process has; `motif.metrics.peak_flops` in the stage file overrides both.
+entry worth trusting, so we measure fp32 GEMMs for a fraction of a second with the threads this
+process has. A measurement on a busy machine comes out low (and MFU high), so the best figure seen
+on this machine is kept in `~/.cache/motif/cpu_peak_flops.json` and used when it is higher.
+`motif.metrics.peak_flops` in the stage file overrides all of this.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -34,6 +40,32 @@ def measure_gemm_flops(size: int = 1024, seconds: float = 0.5, dtype: torch.dtyp
     return best
 
 
+def _cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "motif" / "cpu_peak_flops.json"
+
+
+def cpu_peak_flops() -> float:
+    """Best of this measurement and the best one recorded on this machine for this thread count."""
+    key = f"{platform.node()}/{platform.processor() or platform.machine()}/threads={torch.get_num_threads()}"
+    measured = max(measure_gemm_flops(512, 0.3), measure_gemm_flops(1024, 0.3))
+    path = _cache_file()
+    try:
+        cache = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    best = max(measured, float(cache.get(key, 0.0)))
+    if best > cache.get(key, 0.0):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**cache, key: best}, indent=1))
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only home: use this run's figure
+    return best
+
+
 def peak_flops(device: torch.device, precision: str, configured: float | None = None) -> float:
     if configured:
         return configured
@@ -43,4 +75,4 @@ def peak_flops(device: torch.device, precision: str, configured: float | None = 
             if key in name:
                 return peaks[precision]
         return GPU_PEAKS["H100"][precision]
-    return measure_gemm_flops()
+    return cpu_peak_flops()

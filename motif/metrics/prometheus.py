@@ -51,6 +51,9 @@ class PrometheusBackend:
         return f"http://{socket.gethostname()}:{self.port}/metrics"
 
     def close(self) -> None:
+        """End of logging. The server keeps serving the last values until `stop` (see --linger-seconds)."""
+
+    def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

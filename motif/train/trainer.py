@@ -492,7 +492,7 @@ class Trainer:
             log.info("metrics: serving for %.0fs more at %s", self.options.linger_seconds, self.exporter.url)
             time.sleep(self.options.linger_seconds)
         if self.exporter is not None:
-            self.exporter.close()
+            self.exporter.stop()
 
 
 def _fault_nan(step: int) -> bool:

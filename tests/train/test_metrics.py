@@ -1,5 +1,6 @@
 """The metrics layer: names from motif.metrics.names, a real HTTP scrape of the exporter, JSONL."""
 
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -13,7 +14,8 @@ from motif.metrics.prometheus import PrometheusBackend
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
     """{(sample name, sorted labels): value} from a real HTTP GET of the exporter."""
-    text = urllib.request.urlopen(url.replace("//" + url.split("/")[2].split(":")[0], "//127.0.0.1"), timeout=5)
+    port = urllib.parse.urlsplit(url).port  # the URL names this host; scrape it on the loopback
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
     samples = {}
     for family in text_string_to_metric_families(text.read().decode()):
         for s in family.samples:
@@ -43,7 +45,7 @@ def test_exporter_serves_the_logged_values(tmp_path):
         )
         got = scrape(url)
     finally:
-        prom.close()
+        prom.stop()
     assert got[("motif_step", ())] == 2
     assert got[("motif_tokens_total", (("language", "ko"),))] == 180  # totals, not sums of totals
     assert got[("motif_tokens_total", (("language", "en"),))] == 130
@@ -91,3 +93,47 @@ def test_undeclared_names_are_refused_and_a_broken_backend_is_dropped(tmp_path):
     logger.log({names.STEP.name: 2}, 2)
     assert logger.backends == [jsonl]
     assert [r["motif_step"] for r in read(tmp_path / "m.jsonl")] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_real_run_exports_its_values_and_lingers(workdir):
+    """`motif train --metrics-port 0 --linger-seconds`: the URL is printed, the values after the run
+    match the JSONL log, and the exporter keeps serving after training ends."""
+    import subprocess
+    import time
+
+    from .conftest import stage_section, subprocess_env, train_command, write_stage
+
+    stage = write_stage(workdir, stage_section("exp", train={"max_steps": 6}))
+    proc = subprocess.Popen(
+        train_command(stage, "--linger-seconds", "120"),
+        cwd=workdir,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "metrics at http://" in line, line
+        url = line.split("metrics at ", 1)[1].strip()
+        deadline = time.monotonic() + 120
+        while not (workdir / "out/exp/config.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(0.5)
+        got = scrape(url)
+        assert proc.poll() is None  # still serving after the run
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    last = [r for r in read(workdir / "ck/exp/metrics.jsonl") if "motif_loss" in r][-1]
+    assert got[("motif_step", ())] == 6
+    tokens = got[("motif_tokens_total", (("language", "ko"),))] + got[("motif_tokens_total", (("language", "en"),))]
+    assert tokens == 6 * 4 * 32 == sum(last["motif_tokens_total"].values())
+    assert got[("motif_loss", (("language", "all"),))] == pytest.approx(last["motif_loss"]["all"])
+    assert got[("motif_step_seconds_count", ())] == 6
+    assert 0 < got[("motif_mfu", ())] < 1
+    assert got[("motif_world_size", ())] == 1
+    assert got[("motif_growth_mask", ())] == 1.0
+    assert got[("motif_learning_rate", ())] == pytest.approx(last["motif_learning_rate"])

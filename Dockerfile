@@ -59,6 +59,6 @@ ENV PYTHONUNBUFFERED=1 \
     MPLCONFIGDIR=/tmp/cache/matplotlib
 USER 10001:10001
 WORKDIR /workspace
-# A batch trainer has no endpoint to probe; Kubernetes ignores image health checks anyway.
+# A batch trainer has no endpoint to probe: no HEALTHCHECK (Kubernetes ignores it anyway).
 HEALTHCHECK NONE
 CMD ["motif", "--help"]

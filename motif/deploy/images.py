@@ -209,7 +209,7 @@ def run(image: str, args: list[str], mounts: dict[Path, str] | None = None, work
         *podman(), "run", "--rm", "--network=none", "--pull=never",
         "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
         "--read-only", "--tmpfs", "/tmp:rw,mode=1777", "--shm-size", "256m",
-        "--user", f"{UID}:{UID}", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--user", f"{UID}:{UID}", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--no-healthcheck",
     ]  # fmt: skip
     for host, target in (mounts or {}).items():
         cmd += ["-v", f"{host}:{target}"]

@@ -47,10 +47,8 @@ def _grow_2d(
 ) -> torch.Tensor:
     rows, cols = shape
     out = torch.empty(shape, dtype=src.dtype)
-    row_pos = row_axis.positions() if row_axis else None
-    col_pos = col_axis.positions() if col_axis else None
-    new_rows = row_axis.new_positions() if row_axis else torch.empty(0, dtype=torch.int64)
-    new_cols = col_axis.new_positions() if col_axis else torch.empty(0, dtype=torch.int64)
+    old_rows, new_rows = _selectors(row_axis, rows)
+    old_cols, new_cols = _selectors(col_axis, cols)
     gen = generator_for(seed, name)
     mean, std = _mean_std(src) if fill in ("normal", "mean") else (0.0, 1.0)
     if fill != "mean":
@@ -64,25 +62,43 @@ def _grow_2d(
     step = max(1, CHUNK_BYTES // (4 * cols))
     for a in range(0, src.shape[0], step):
         block = src[a : a + step]
-        if col_pos is not None:
-            wide = torch.empty(block.shape[0], cols, dtype=src.dtype)
-            wide.index_copy_(1, col_pos, block)
-            if len(new_cols):
-                wide[:, new_cols] = new_values(block.shape[0], len(new_cols))
-            block = wide
-        if row_pos is None:
-            out[a : a + block.shape[0]] = block
-        else:
-            out.index_copy_(0, row_pos[a : a + block.shape[0]], block)
-    for a in range(0, len(new_rows), step):
-        idx = new_rows[a : a + step]
-        out[idx] = new_values(len(idx), cols)
+        n = block.shape[0]
+        # Old rows first (hidden, FFN, KV heads): write straight into the output; interleaved query
+        # heads: assemble the rows, then scatter them.
+        target = out[a : a + n] if isinstance(old_rows, slice) else torch.empty(n, cols, dtype=src.dtype)
+        target[:, old_cols] = block
+        if _count(new_cols):
+            target[:, new_cols] = new_values(n, _count(new_cols))
+        if not isinstance(old_rows, slice):
+            out.index_copy_(0, old_rows[a : a + n], target)
+    if isinstance(new_rows, slice):
+        for a in range(new_rows.start, rows, step):
+            out[a : a + step] = new_values(min(step, rows - a), cols)
+    else:
+        for a in range(0, len(new_rows), step):
+            idx = new_rows[a : a + step]
+            out[idx] = new_values(len(idx), cols)
     return out
 
 
+def _selectors(axis: Axis | None, size: int) -> tuple[slice | torch.Tensor, slice | torch.Tensor]:
+    """Where old and new entries go: slices when old entries come first (hidden, FFN, KV heads)."""
+    if axis is None:
+        return slice(0, size), slice(size, size)
+    if axis.index is None:
+        return slice(0, axis.old), slice(axis.old, axis.new)
+    return axis.positions(), axis.new_positions()
+
+
+def _count(sel: slice | torch.Tensor) -> int:
+    return sel.stop - sel.start if isinstance(sel, slice) else len(sel)
+
+
 def _mean_std(src: torch.Tensor) -> tuple[float, float]:
-    """Mean and std in chunks: an fp32 copy of a whole bf16 embedding would double peak memory."""
+    """Mean and std of the source (from an evenly strided sample of at most 2^16 entries: they only
+    scale the random init, and a float64 pass over a whole 2 GB embedding costs seconds)."""
     flat = src.reshape(-1)
+    flat = flat[:: max(1, flat.numel() >> 16)]
     n, total, squares = flat.numel(), 0.0, 0.0
     step = CHUNK_BYTES // 8
     for a in range(0, n, step):

@@ -223,11 +223,14 @@ def atomic_dir(dst: str | Path, overwrite: bool) -> Iterator[Path]:
     os.chmod(tmp, DIR_MODE)
     try:
         yield tmp
+        for path in tmp.iterdir():  # durable before it becomes visible
+            _fsync(path)
+        _fsync(tmp)
         old = dst.parent / f".{dst.name}.old-{os.getpid()}"
         if dst.exists():
             os.rename(dst, old)
         os.rename(tmp, dst)
-        _fsync_dir(dst.parent)
+        _fsync(dst.parent)
         if old.exists():
             shutil.rmtree(old)
     except BaseException:
@@ -235,7 +238,7 @@ def atomic_dir(dst: str | Path, overwrite: bool) -> Iterator[Path]:
         raise
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -248,7 +251,6 @@ def write_text(path: Path, text: str) -> None:
     try:
         os.fchmod(fd, FILE_MODE)
         os.write(fd, text.encode())
-        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -206,14 +206,38 @@ def human_age(seconds: int | None) -> str:
 
 
 def format_table(stages: list[StageStatus], all_namespaces: bool = False) -> str:
-    header = ["STAGE", "RELEASE", "KIND", "PHASE", "READY", "ACTIVE", "SUCCEEDED", "FAILED", "RESTARTS", "AGE",
-              "GROW", "CHECKPOINTS"]  # fmt: skip
+    header = [
+        "STAGE",
+        "RELEASE",
+        "KIND",
+        "PHASE",
+        "READY",
+        "ACTIVE",
+        "SUCCEEDED",
+        "FAILED",
+        "RESTARTS",
+        "AGE",
+        "GROW",
+        "CHECKPOINTS",
+    ]
     if all_namespaces:
         header.insert(0, "NAMESPACE")
     rows = []
     for s in stages:
-        row = [s.stage, s.release, s.kind, s.phase, f"{s.ready}/{s.replicas}", str(s.active), str(s.succeeded),
-               str(s.failed), str(s.restarts), human_age(s.age_seconds), s.grow, s.checkpoint_dir or "-"]  # fmt: skip
+        row = [
+            s.stage,
+            s.release,
+            s.kind,
+            s.phase,
+            f"{s.ready}/{s.replicas}",
+            str(s.active),
+            str(s.succeeded),
+            str(s.failed),
+            str(s.restarts),
+            human_age(s.age_seconds),
+            s.grow,
+            s.checkpoint_dir or "-",
+        ]
         if all_namespaces:
             row.insert(0, s.namespace)
         rows.append(row)
@@ -236,13 +260,14 @@ def _load_config(context: str | None) -> str:
                 return f.read().strip()
         except OSError:
             return "default"
+    # KUBECONFIG is read here, not when the kubernetes package was imported.
+    kubeconfig = os.environ.get("KUBECONFIG") or None
     try:
-        config.load_kube_config(context=context)
-        _, current = config.list_kube_config_contexts()
+        config.load_kube_config(config_file=kubeconfig, context=context)
+        contexts, current = config.list_kube_config_contexts(config_file=kubeconfig)
     except (config.ConfigException, OSError) as e:
         raise MotifError(f"no cluster to talk to: {e} (set KUBECONFIG or --context)") from None
     if context:
-        contexts, _ = config.list_kube_config_contexts()
         current = next((c for c in contexts if c["name"] == context), current)
     return (current.get("context") or {}).get("namespace") or "default"
 

@@ -197,20 +197,43 @@ def build(base: str = BASE_IMAGE, tag: str | None = None) -> str:
             "-t",
             tag,
             str(ROOT),
-        ]  # fmt: skip
+        ]
     )
     return tag
 
 
-def run(image: str, args: list[str], mounts: dict[Path, str] | None = None, workdir: str | None = None,
-        env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:  # fmt: skip
+def run(
+    image: str,
+    args: list[str],
+    mounts: dict[Path, str] | None = None,
+    workdir: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
     """Run `args` in `image` like a pod of the chart: non-root, read-only root, no network."""
     cmd = [
-        *podman(), "run", "--rm", "--network=none", "--pull=never",
-        "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
-        "--read-only", "--tmpfs", "/tmp:rw,mode=1777", "--shm-size", "256m",
-        "--user", f"{UID}:{UID}", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--no-healthcheck",
-    ]  # fmt: skip
+        *podman(),
+        "run",
+        "--rm",
+        "--network=none",
+        "--pull=never",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=4096:4096",
+        "--read-only",
+        "--tmpfs",
+        "/tmp:rw,mode=1777",
+        "--shm-size",
+        "256m",
+        "--user",
+        f"{UID}:{UID}",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--no-healthcheck",
+    ]
     for host, target in (mounts or {}).items():
         cmd += ["-v", f"{host}:{target}"]
     for k, v in (env or {}).items():

@@ -18,8 +18,17 @@ from motif.deploy import render as r
 
 VALUES_FILES = r.stage_files() + r.ci_files()
 IDS = [str(p.relative_to(r.ROOT)) for p in VALUES_FILES]
-NAMESPACED = {"ConfigMap", "Job", "PyTorchJob", "TrainJob", "ServiceAccount", "PersistentVolumeClaim",
-              "PodMonitor", "PrometheusRule", "NetworkPolicy"}  # fmt: skip
+NAMESPACED = {
+    "ConfigMap",
+    "Job",
+    "PyTorchJob",
+    "TrainJob",
+    "ServiceAccount",
+    "PersistentVolumeClaim",
+    "PodMonitor",
+    "PrometheusRule",
+    "NetworkPolicy",
+}
 
 
 def _render(path: Path, name: str | None = None) -> list[dict]:
@@ -56,8 +65,14 @@ def test_renders_lints_and_validates(path):
         if obj["kind"] in NAMESPACED:
             assert meta["namespace"] == r.NAMESPACE, f"{obj['kind']}/{meta['name']} has no namespace"
         labels = meta["labels"]
-        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
-                    "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "helm.sh/chart"):  # fmt: skip
+        for key in (
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/version",
+            "app.kubernetes.io/managed-by",
+            "app.kubernetes.io/part-of",
+            "helm.sh/chart",
+        ):
             assert key in labels, f"{obj['kind']}/{meta['name']} lacks label {key}"
         assert labels["motif/stage"] == values["motif"]["name"]
 
@@ -98,8 +113,11 @@ def test_workload_layout_comes_from_motif_parallel(path):
         assert c["args"] == ["--resume", "auto"]
         limits = c["resources"]["limits"]
         assert (limits.get("nvidia.com/gpu") == procs) if gpu else ("nvidia.com/gpu" not in limits)
-        assert {"name": "metrics", "containerPort": values["motif"].get("metrics", {}).get("port", 9401),
-                "protocol": "TCP"} in c["ports"]  # fmt: skip
+        assert {
+            "name": "metrics",
+            "containerPort": values["motif"].get("metrics", {}).get("port", 9401),
+            "protocol": "TCP",
+        } in c["ports"]
         shm = [v for v in pod["spec"]["volumes"] if v["name"] == "shm"]
         assert shm and shm[0]["emptyDir"]["medium"] == "Memory"
         assert {"name": "shm", "mountPath": "/dev/shm"} in c["volumeMounts"]
@@ -124,7 +142,11 @@ def test_stage_chaining(path):
         (g,) = grow
         assert g["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
         assert g["spec"]["template"]["spec"]["containers"][0]["command"] == [
-            "motif", "grow", "--stage", "/etc/motif/stage.yaml"]  # fmt: skip
+            "motif",
+            "grow",
+            "--stage",
+            "/etc/motif/stage.yaml",
+        ]
     else:
         assert grow == []
 

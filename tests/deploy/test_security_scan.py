@@ -78,9 +78,19 @@ def test_checkov_finds_nothing_beyond_the_documented_skips(tmp_path):
     skips = _skips()
     tree = _scan_tree(tmp_path)
     cmd = [
-        str(CHECKOV), "-d", str(tree), "--framework", "kubernetes", "dockerfile", "--skip-download",
-        "--compact", "-o", "json", "--skip-check", ",".join(skips),
-    ]  # fmt: skip
+        str(CHECKOV),
+        "-d",
+        str(tree),
+        "--framework",
+        "kubernetes",
+        "dockerfile",
+        "--skip-download",
+        "--compact",
+        "-o",
+        "json",
+        "--skip-check",
+        ",".join(skips),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
     reports = json.loads(result.stdout)
     reports = reports if isinstance(reports, list) else [reports]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,32 @@ def test_without_the_growth_job_rank_0_grows_and_nothing_waits():
     assert [o for o in objs if o["kind"] == "Job"] == []
     pod = _workload(objs)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert "initContainers" not in pod
+
+
+def test_every_value_is_documented():
+    """Each key of values.yaml carries a `# --` comment (helm-docs style), or sits under a key
+    documented as a whole (a default such as resources or podSecurityContext)."""
+    lines = (r.CHART / "values.yaml").read_text().splitlines()
+    undocumented, documented_block = [], None
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z_][\w./-]*):", line)
+        if not m or line.lstrip().startswith("#"):
+            continue
+        indent = len(m.group(1))
+        if documented_block is not None and indent > documented_block:
+            continue
+        documented_block = None
+        j = i - 1
+        while j >= 0 and lines[j].lstrip().startswith("#") and not lines[j].lstrip().startswith("# --"):
+            j -= 1
+        has_doc = j >= 0 and lines[j].lstrip().startswith("# --") and len(lines[j]) - len(lines[j].lstrip()) == indent
+        is_group = line.rstrip().endswith(":") and i + 1 < len(lines) and not lines[i + 1].lstrip().startswith("-")
+        if has_doc:
+            documented_block = indent
+        elif not is_group:
+            undocumented.append(f"values.yaml:{i + 1}: {line.strip()}")
+    assert undocumented == []
+    # The schema knows every top-level key, and values.yaml sets every key the schema knows.
+    schema = json.loads((r.CHART / "values.schema.json").read_text())
+    top = {m.group(1) for m in (re.match(r"^([A-Za-z_]\w*):", ln) for ln in lines) if m}
+    assert top == set(schema["properties"])

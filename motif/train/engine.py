@@ -99,6 +99,7 @@ class Engine:
             )
         self.runner = runner
         self.carried: dict[str, torch.Tensor] = {}
+        self.steps_taken = 0
         self.autocast_dtype = torch.bfloat16 if stage.train.precision == "bf16" else None
 
     # ---- stepping --------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ class Engine:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
 
-    def step(self, lr: float) -> None:
+    def step(self, lr: float) -> float | None:
         self.set_lr(lr)
         if self.stage.optim.weight_decay:
             from motif.growth.optim import masked_weight_decay_
@@ -134,6 +135,7 @@ class Engine:
             masked_weight_decay_(self.module, lr, self.stage.optim.weight_decay)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return None
 
     def skip_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -206,6 +206,7 @@ class Trainer:
         # The architecture at this step: masks already removed if the ramp was done.
         growth.apply_mask(self.model, self.step, self.ramp_steps)
         self.engine.load(path)
+        self.engine.steps_taken = self.step
         rank_state = self._read_rank_state(path)
         self.data.load_state_dict(rank_state["data"])
         torch.set_rng_state(torch.tensor(rank_state["rng"], dtype=torch.uint8))
@@ -313,7 +314,8 @@ class Trainer:
         dist.all_reduce_sum(self.world, sums)
         finite = sums[-1].item() == 0
         if finite:
-            self.engine.step(lr)
+            after = self.engine.step(lr)  # engines that clip inside their step report the norm here
+            grad_norm = grad_norm if after is None else torch.tensor(after)
         else:
             self.engine.skip_step()
         return self._stats(sums, n_lang, float(grad_norm), finite)

@@ -89,8 +89,9 @@ fmt: install ## Format the code
 bench: install ## Benchmarks, side by side in one run; figures go in docs/benchmarks.md
 	$(PY) -m bench
 
-images: install deps ## Build the CPU trainer image with podman (GPU image: see docs/deployment.md)
+images: install deps ## Build the CPU trainer image with podman and smoke-test it (GPU image: see docs/deployment.md)
 	$(PY) -m motif.deploy.images build
+	$(PY) -m motif.deploy.images smoke
 
 chart: install ## Render every stage file with Helm, lint, validate against the CRD schemas
 	$(PY) -m motif.deploy.render --lint --validate

@@ -13,10 +13,12 @@ install time instead of failing here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,8 +73,27 @@ def load_values(path: str | Path) -> dict[str, Any]:
 def _chart():
     import helm_python
 
-    helm_python.disable_logging()
-    return helm_python.Chart.load(CHART)
+    with _helm_stderr():
+        return helm_python.Chart.load(CHART)
+
+
+@contextlib.contextmanager
+def _helm_stderr():
+    """Drop the Go library's INFO line saying, on every chart load, that the chart's monitoring/
+    is a symbolic link (which is how it is meant to be); pass anything else through."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if "found symbolic link in path" not in line:
+                    sys.stderr.write(line)
 
 
 def render(values: dict[str, Any], name: str, namespace: str = NAMESPACE) -> dict[str, str]:
@@ -80,7 +101,8 @@ def render(values: dict[str, Any], name: str, namespace: str = NAMESPACE) -> dic
     import helm_python
 
     try:
-        return _chart().render(values=values, name=name, namespace=namespace, is_install=True)
+        with _helm_stderr():
+            return _chart().render(values=values, name=name, namespace=namespace, is_install=True)
     except helm_python.HelmError as e:
         raise RenderError(str(e)) from None
 
@@ -101,7 +123,8 @@ def lint(values: dict[str, Any], namespace: str = NAMESPACE) -> list[str]:
     """`helm lint --strict` findings (warnings and errors; info messages left out)."""
     import helm_python
 
-    report = helm_python.lint(CHART, values, strict=True, namespace=namespace, kube_version=f"v{KUBE_VERSION}")
+    with _helm_stderr():
+        report = helm_python.lint(CHART, values, strict=True, namespace=namespace, kube_version=f"v{KUBE_VERSION}")
     found = [f"{m['path']}: {m['error']}" for m in report.get("messages", []) if m.get("severity", 0) >= 2]
     return found + list(report.get("errors") or [])
 

@@ -321,6 +321,12 @@ def _check(s: StageConfig) -> None:
             f"motif.parallel.zero_stage: {s.parallel.zero_stage} needs motif.parallel.engine: deepspeed "
             f"(got {s.parallel.engine})"
         )
+    if s.parallel.engine == "deepspeed":
+        # DeepSpeed owns the optimizer step: it cannot skip one, and it wraps the module itself.
+        if s.train.nan_policy == "skip":
+            raise ConfigError("motif.train.nan_policy: skip needs motif.parallel.engine: ddp (deepspeed supports stop)")
+        if s.train.compile:
+            raise ConfigError("motif.train.compile: true needs motif.parallel.engine: ddp (not deepspeed)")
     if not 1 <= s.metrics.port <= 65535:
         raise ConfigError(f"motif.metrics.port: expected 1-65535, got {s.metrics.port}")
     if not s.data.sources:

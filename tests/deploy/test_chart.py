@@ -281,3 +281,16 @@ def test_every_value_is_documented():
     schema = json.loads((r.CHART / "values.schema.json").read_text())
     top = {m.group(1) for m in (re.match(r"^([A-Za-z_]\w*):", ln) for ln in lines) if m}
     assert top == set(schema["properties"])
+
+
+def test_new_claims_are_kept_and_mounted():
+    objs = _render(r.CHART / "ci" / "04-new-pvcs-values.yaml")
+    claims = {o["metadata"]["name"]: o for o in objs if o["kind"] == "PersistentVolumeClaim"}
+    assert set(claims) == {"motif-ci-new-pvcs-models", "motif-ci-new-pvcs-data", "ci-checkpoints"}
+    for claim in claims.values():
+        assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert claims["motif-ci-new-pvcs-models"]["spec"]["accessModes"] == ["ReadOnlyMany"]
+    assert claims["ci-checkpoints"]["spec"]["resources"]["requests"]["storage"] == "100Gi"
+    pod = _workload(objs)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    used = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert used == set(claims)

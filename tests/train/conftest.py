@@ -16,8 +16,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 VOCAB = 384
-# The `motif train` command; `-m motif.train` runs the same command module without the other commands.
-MOTIF_TRAIN = ["-m", "motif.train"]
+# `motif train`, as every PyTorchJob pod runs it (after torchrun).
+MOTIF_TRAIN = ["-m", "motif", "train"]
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import pytest
 
 from motif.metrics.jsonl import read
 
-from .conftest import PYTHON, free_port, motif_train, stage_section, subprocess_env, write_stage
+from .conftest import MOTIF_TRAIN, PYTHON, free_port, motif_train, stage_section, subprocess_env, write_stage
 
 
 def _wait_for_step(jsonl, step, proc, timeout=120):
@@ -37,7 +37,7 @@ def test_a_lost_rank_makes_the_survivor_exit_nonzero_promptly(workdir, victim):
     procs = []
     for rank in (0, 1):
         env = subprocess_env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        cmd = [PYTHON, "-m", "motif.train", str(stage), "--metrics-port", "0"]
+        cmd = [PYTHON, *MOTIF_TRAIN, str(stage), "--metrics-port", "0"]
         procs.append(
             subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         )
@@ -96,7 +96,7 @@ def test_user_errors_are_one_line(workdir, args, message):
     stage = write_stage(workdir, stage_section("err"))
     args = [str(stage) if a == "STAGE" else a for a in args]
     r = subprocess.run(
-        [PYTHON, "-m", "motif.train", *args],
+        [PYTHON, *MOTIF_TRAIN, *args],
         cwd=workdir,
         env=subprocess_env(),
         capture_output=True,

@@ -198,6 +198,8 @@ def test_monitoring_ships_from_the_monitoring_folder_without_copies():
         assert json.loads(cm["data"][f.name]) == json.loads(f.read_text())
     (pm,) = [o for o in objs if o["kind"] == "PodMonitor"]
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    # `job` = the PyTorchJob name: what the dashboards and alerts group by (docs/monitoring.md).
+    assert pm["spec"]["jobLabel"] == "training.kubeflow.org/job-name"
 
 
 def test_notes_print_commands_for_the_objects_it_made():

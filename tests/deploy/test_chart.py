@@ -200,6 +200,13 @@ def test_monitoring_ships_from_the_monitoring_folder_without_copies():
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
     # `job` = the PyTorchJob name: what the dashboards and alerts group by (docs/monitoring.md).
     assert pm["spec"]["jobLabel"] == "training.kubeflow.org/job-name"
+    # Only rank 0 (in the master pod) serves metrics: workers would be targets that are down.
+    assert pm["spec"]["selector"]["matchLabels"]["motif/replica"] == "master"
+    (job,) = [o for o in objs if o["kind"] == "PyTorchJob"]
+    for rtype, spec in job["spec"]["pytorchReplicaSpecs"].items():
+        labels = spec["template"]["metadata"]["labels"]
+        selected = all(labels.get(k) == v for k, v in pm["spec"]["selector"]["matchLabels"].items())
+        assert selected == (rtype == "Master"), rtype
 
 
 def test_notes_print_commands_for_the_objects_it_made():

@@ -119,18 +119,23 @@ topologySpreadConstraints:
 {{- end }}
 {{- end -}}
 
-{{/* Labels and annotations of the training pods. */}}
+{{/*
+Labels and annotations of the training pods; (list $ "master"|"worker"). Only the master pod runs
+rank 0, the one rank that serves metrics: the PodMonitor selects it by `motif/replica`.
+*/}}
 {{- define "motif-stage.trainPodMeta" -}}
+{{- $root := index . 0 -}}
 labels:
-  {{- include "motif-stage.labels" . | nindent 2 }}
+  {{- include "motif-stage.labels" $root | nindent 2 }}
   app.kubernetes.io/component: trainer
-  {{- with .Values.podLabels }}
+  motif/replica: {{ index . 1 }}
+  {{- with $root.Values.podLabels }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
 annotations:
   sidecar.istio.io/inject: "false"
-  checksum/stage-config: {{ dict "motif" .Values.motif | toYaml | sha256sum }}
-  {{- with .Values.podAnnotations }}
+  checksum/stage-config: {{ dict "motif" $root.Values.motif | toYaml | sha256sum }}
+  {{- with $root.Values.podAnnotations }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
 {{- end -}}

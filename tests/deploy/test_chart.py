@@ -303,3 +303,11 @@ def test_new_claims_are_kept_and_mounted():
     pod = _workload(objs)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     used = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
     assert used == set(claims)
+
+
+def test_readme_values_table_is_generated_from_values_yaml():
+    from motif.deploy import chartdoc
+
+    assert chartdoc.main(["--check"]) == 0, "run: python -m motif.deploy.chartdoc"
+    keys = [k for k, _, _ in chartdoc.documented_values((r.CHART / "values.yaml").read_text())]
+    assert {"motif", "image.repository", "volumes", "gang.scheduler", "monitoring.podMonitor.labels"} <= set(keys)

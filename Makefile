@@ -95,6 +95,7 @@ images: install deps ## Build the CPU trainer image with podman and smoke-test i
 
 chart: install ## Render every stage file with Helm, lint, validate against the CRD schemas
 	$(PY) -m motif.deploy.render --lint --validate
+	$(PY) -m motif.deploy.chartdoc --check
 
 dashboards: install ## Regenerate monitoring/ JSON and YAML from their Python sources
 	$(PY) -m monitoring.generate

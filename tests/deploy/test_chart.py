@@ -311,3 +311,15 @@ def test_readme_values_table_is_generated_from_values_yaml():
     assert chartdoc.main(["--check"]) == 0, "run: python -m motif.deploy.chartdoc"
     keys = [k for k, _, _ in chartdoc.documented_values((r.CHART / "values.yaml").read_text())]
     assert {"motif", "image.repository", "volumes", "gang.scheduler", "monitoring.podMonitor.labels"} <= set(keys)
+
+
+def test_numbers_survive_helm_into_the_stage_config():
+    """Go writes 1e-08 where YAML 1.1 readers need 1.0e-08; big integers must stay integers."""
+    values = r.load_values(r.ROOT / "jobs" / "tiny" / "stage0-base.yaml")
+    values["motif"]["optim"].update(lr=2.5e-7, min_lr=0.0, eps=1e-8, beta2=0.999)
+    values["motif"]["train"]["max_steps"] = 1_000_000
+    values["motif"]["metrics"] = {"peak_flops": 989e12, "port": 9401}
+    cm = _stage_config(r.objects(r.render(copy.deepcopy(values), "motif-numbers")))
+    shipped = yaml.safe_load(cm["data"]["stage.yaml"])["motif"]
+    assert config.parse_stage(shipped) == config.parse_stage(values["motif"])
+    assert shipped["optim"]["eps"] == 1e-8 and shipped["train"]["max_steps"] == 1_000_000

@@ -98,6 +98,14 @@ def test_workload_layout_comes_from_motif_parallel(path):
         trainer = job["spec"]["trainer"]
         assert (trainer["numNodes"], trainer["numProcPerNode"]) == (nodes, procs)
         assert (trainer["resourcesPerNode"]["limits"].get("nvidia.com/gpu") == procs) == gpu
+        assert trainer["command"] == ["torchrun", "-m", "motif", "train", "/etc/motif/stage.yaml"]
+        (patch,) = job["spec"]["runtimePatches"]
+        (rjob,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+        pod = rjob["template"]["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert {"name": "stage-config", "mountPath": "/etc/motif", "readOnly": True} in c["volumeMounts"]
+        assert c["securityContext"]["readOnlyRootFilesystem"] and pod["securityContext"]["runAsNonRoot"]
+        assert {v["name"] for v in pod["volumes"]} >= {"stage-config", "tmp", "shm"}
         return
     spec = job["spec"]
     assert spec["nprocPerNode"] == str(procs)

@@ -55,8 +55,8 @@ def _grow_2d(
         mean = 0.0
 
     def new_values(n: int, m: int) -> torch.Tensor:
-        if fill == "normal":
-            return (torch.randn(n, m, generator=gen) * std).to(src.dtype)
+        if fill == "normal":  # drawn in the tensor's dtype: no fp32 temporary to convert
+            return torch.empty(n, m, dtype=src.dtype).normal_(0.0, std, generator=gen)
         return torch.full((n, m), mean, dtype=src.dtype)  # "mean", or 0.0 for "zeros"
 
     step = max(1, CHUNK_BYTES // (4 * cols))

@@ -305,6 +305,8 @@ def save(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> None:
     """Write `model` as a checkpoint directory (weights in `dtype`, default the model's own)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    model = getattr(model, "module", model)  # DistributedDataParallel wrapper
     params = dict(model.state_dict())
     dtype = to_dtype(dtype) or params["model.embed_tokens.weight"].dtype
     args = model.args.replace(torch_dtype=dtype_name(dtype))

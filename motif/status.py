@@ -61,13 +61,16 @@ class StageStatus:
 
 
 def job_phase(job: dict[str, Any]) -> tuple[str, str]:
-    """(phase, message) of a PyTorchJob/TrainJob from its conditions: a terminal condition wins,
-    else the most recent condition whose status is True."""
+    """(phase, message) of a PyTorchJob/TrainJob from its conditions: a terminal condition wins
+    (TrainJob says Complete where PyTorchJob says Succeeded), else the most recent condition whose
+    status is True."""
     conditions = (job.get("status") or {}).get("conditions") or []
     true = [c for c in conditions if str(c.get("status")) == "True"]
     for c in true:
         if c.get("type") in TERMINAL:
             return c["type"], c.get("message", "")
+        if c.get("type") == "Complete":
+            return "Succeeded", c.get("message", "")
     spec = job.get("spec") or {}
     suspended = (spec.get("runPolicy") or {}).get("suspend") or spec.get("suspend")
     if suspended and (not true or true[-1].get("type") != "Running"):
@@ -161,7 +164,11 @@ def collect(
             if release_of(p) == key
             and (p["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "trainer"
         ]
-        replica_statuses = (job.get("status") or {}).get("replicaStatuses") or {}
+        job_status = job.get("status") or {}
+        # PyTorchJob: replicaStatuses by replica type; TrainJob: jobsStatus by replicated job.
+        replica_statuses = job_status.get("replicaStatuses") or {
+            js.get("name", "?"): js for js in job_status.get("jobsStatus") or []
+        }
         counts = {
             rtype: {k: int(v.get(k) or 0) for k in ("active", "succeeded", "failed")}
             for rtype, v in replica_statuses.items()

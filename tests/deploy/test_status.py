@@ -302,6 +302,7 @@ def test_unreachable_api_server_is_a_clear_error(tmp_path, monkeypatch, capsys):
         ([("Created", "True", "t1"), ("Running", "False", "t2"), ("Restarting", "True", "t3")], False, "Restarting"),
         ([("Running", "True", "t2"), ("Failed", "True", "t3")], False, "Failed"),
         ([("Created", "True", "t1"), ("Succeeded", "True", "t3"), ("Running", "True", "t2")], False, "Succeeded"),
+        ([("Created", "True", "t1"), ("Complete", "True", "t3")], False, "Succeeded"),
     ],
 )
 def test_job_phase_from_conditions(conditions, suspend, phase):
@@ -310,3 +311,20 @@ def test_job_phase_from_conditions(conditions, suspend, phase):
         "status": {"conditions": [{"type": t, "status": s, "lastTransitionTime": ts} for t, s, ts in conditions]},
     }
     assert status.job_phase(job)[0] == phase
+
+
+def test_trainjob_counts_come_from_its_jobs_status():
+    objs = r.objects(r.render(r.load_values(r.CHART / "ci" / "05-trainjob-values.yaml"), "motif-tj"))
+    (job,) = [o for o in objs if o["kind"] == "TrainJob"]
+    job["status"] = {
+        "conditions": [{"type": "Created", "status": "True", "lastTransitionTime": _ts(dt.timedelta(hours=1))}],
+        "jobsStatus": [{"name": "node", "active": 2, "ready": 2, "succeeded": 0, "failed": 0, "suspended": 0}],
+    }
+    (stage,) = status.collect([job], [], [o for o in objs if o["kind"] == "ConfigMap"], [])
+    assert (stage.kind, stage.phase, stage.replicas, stage.active) == (
+        "TrainJob",
+        "Suspended",
+        2,
+        2,
+    )  # Kueue has not admitted it
+    assert stage.checkpoint_dir == "/checkpoints/ci-trainjob"

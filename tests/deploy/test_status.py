@@ -23,6 +23,9 @@ import yaml
 from motif import cli, status
 from motif.deploy import render as r
 
+# The kubernetes client calls urllib3 APIs that warn of their removal; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:HTTPResponse.getheader:DeprecationWarning")
+
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 

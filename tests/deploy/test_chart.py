@@ -331,3 +331,31 @@ def test_numbers_survive_helm_into_the_stage_config():
     shipped = yaml.safe_load(cm["data"]["stage.yaml"])["motif"]
     assert config.parse_stage(shipped) == config.parse_stage(values["motif"])
     assert shipped["optim"]["eps"] == 1e-8 and shipped["train"]["max_steps"] == 1_000_000
+
+
+def test_packaged_chart_carries_the_monitoring_files_not_their_sources(tmp_path):
+    """`helm package` follows the monitoring/ link: the archive holds the generated rules and
+    dashboards (real files), and none of the Python that generates them."""
+    import tarfile
+
+    import helm_python
+
+    archive = helm_python.package(r.CHART, destination=tmp_path)
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        members = {m.name: m for m in tar.getmembers()}
+    shipped = sorted(n.split("motif-stage/", 1)[1] for n in names if "/monitoring/" in n)
+    expected = sorted(
+        f"monitoring/{p.relative_to(r.ROOT / 'monitoring')}"
+        for p in [
+            *(r.ROOT / "monitoring" / "rules").glob("*.yaml"),
+            *(r.ROOT / "monitoring" / "dashboards").glob("*.json"),
+        ]
+    )
+    assert [n for n in shipped if n.endswith((".yaml", ".json"))] == expected
+    assert not [n for n in shipped if n.endswith((".py", ".pyc"))]
+    assert all(members[n].isfile() for n in names if "/monitoring/" in n)
+    values = r.load_values(r.ROOT / "jobs" / "llama3-motif-102b" / "stage1-depth.yaml")
+    chart = helm_python.Chart.load_archive(Path(archive).read_bytes())
+    rendered = chart.render(values=values, name="motif-s1", namespace="motif")
+    assert "kind: PrometheusRule" in rendered["motif-stage/templates/prometheusrule.yaml"]

@@ -113,7 +113,8 @@ def train_stage(out: Path, stage_file: Path, stage, args) -> None:
     if stage.growth:
         g = stage.growth
         growth = f" (grows: layers {g.layers}, {g.depth_method})" if g.layers else " (grows: MSG width)"
-    print(f"\n== {stage.name}{growth}: torchrun, {args.nproc} processes, from {out}", flush=True)
+    how = f"torchrun, {args.nproc} processes" if args.nproc > 1 else "1 process"
+    print(f"\n== {stage.name}{growth}: motif train, {how}, from {out}", flush=True)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")

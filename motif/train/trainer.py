@@ -277,6 +277,8 @@ class Trainer:
             self._log_step(stats, lr, mask, seconds)
             if self.step % s.checkpoint.every_steps == 0 and self.step < self.max_steps:
                 self._collective(self.save_checkpoint)
+        # A ramp that ends with the stage (ramp_steps == max_steps) removes its masks here.
+        growth.apply_mask(self.model, self.step, self.ramp_steps)
         self._collective(self.save_final)
         return 0
 

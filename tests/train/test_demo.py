@@ -1,0 +1,34 @@
+"""`motif demo`, shortened (--max-steps): corpus, tokenizer, the three tiny stages through the real
+`motif train` command, the table, the plot and the transformers check."""
+
+import json
+import subprocess
+
+import pytest
+
+from .conftest import PYTHON, subprocess_env
+
+
+@pytest.mark.slow
+def test_demo_runs_the_three_stages_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run(
+        [PYTHON, "-m", "motif", "demo", "--out", str(out), "--max-steps", "4", "--nproc", "1", "--metrics-port", "0"],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    for name in ("tiny-s0-base", "tiny-s1-depth", "tiny-s2-width"):
+        assert any(line.startswith(name) for line in r.stdout.splitlines()), name  # a table row per stage
+    assert "metrics at http://" in r.stdout
+    assert "growth check: loss before growth" in r.stdout
+    assert "max |logits difference| vs motif = " in r.stdout
+    diff = float(r.stdout.split("max |logits difference| vs motif = ")[1].split()[0])
+    assert diff < 1e-4
+    png = out / "loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    final = json.loads((out / "checkpoints/tiny-s2-width/final/config.json").read_text())
+    assert final["model_type"] == "llama" and final["num_hidden_layers"] == 6 and final["hidden_size"] == 192
+    assert (out / "checkpoints/tiny-s2-width/final/optimizer.safetensors").exists()

@@ -359,3 +359,20 @@ def test_packaged_chart_carries_the_monitoring_files_not_their_sources(tmp_path)
     chart = helm_python.Chart.load_archive(Path(archive).read_bytes())
     rendered = chart.render(values=values, name="motif-s1", namespace="motif")
     assert "kind: PrometheusRule" in rendered["motif-stage/templates/prometheusrule.yaml"]
+
+
+def test_monitoring_templates_render_nothing_without_files(tmp_path):
+    """Without generated rules or dashboards (an empty monitoring/), the chart still renders."""
+    import shutil
+
+    import helm_python
+
+    chart_dir = tmp_path / "motif-stage"
+    shutil.copytree(r.CHART, chart_dir, symlinks=True)
+    (chart_dir / "monitoring").unlink()
+    (chart_dir / "monitoring").mkdir()
+    values = r.load_values(r.ROOT / "jobs" / "llama3-motif-102b" / "stage1-depth.yaml")
+    objs = r.objects(helm_python.Chart.load(chart_dir).render(values=values, name="motif-s1", namespace="motif"))
+    kinds = sorted(o["kind"] for o in objs)
+    assert "PrometheusRule" not in kinds and "PyTorchJob" in kinds and "PodMonitor" in kinds
+    assert not [o for o in objs if o["metadata"].get("labels", {}).get("grafana_dashboard")]

@@ -2,12 +2,13 @@
 
 Each sequence holds `seq_len + 1` tokens (inputs and shifted targets) packed from one source, so
 every target token has one language for per-language loss and token accounting. The source of the
-k-th sequence on a rank is drawn from an RNG seeded by `(seed, rank, k)`: the draw needs no
+k-th sequence on a rank is drawn by hashing `(seed, rank, k)` (splitmix64): the draw needs no
 history, and the mixture's whole state is `k` plus each source's stream position.
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,16 @@ from motif.data.sources import open_source
 from motif.data.stream import TokenStream
 from motif.data.tokenizer import Tokenizer
 from motif.errors import DataError
+
+_U64 = (1 << 64) - 1
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: a fast, well-mixed, platform-independent hash of a 64-bit integer."""
+    x = (x + 0x9E3779B97F4A7C15) & _U64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _U64
+    return x ^ (x >> 31)
 
 
 @dataclass
@@ -49,6 +60,7 @@ class Mixture:
     ):
         self.streams = streams
         self.weights = np.asarray(weights, dtype=np.float64) / sum(weights)
+        self._cumulative = np.cumsum(self.weights).tolist()
         self.names = names
         self.languages = languages
         self.seq_len = seq_len
@@ -74,7 +86,9 @@ class Mixture:
         )
 
     def choose(self, sample: int) -> int:
-        return int(np.random.default_rng([self.seed, self.rank, sample]).choice(len(self.weights), p=self.weights))
+        """Source of sequence `sample` on this rank: a hash of (seed, rank, sample) against the weights."""
+        u = _mix(_mix(_mix(self.seed) ^ self.rank) ^ sample) / 2.0**64
+        return min(bisect.bisect_right(self._cumulative, u), len(self.weights) - 1)
 
     def next_batch(self, batch_size: int) -> Batch:
         tokens = np.empty((batch_size, self.seq_len + 1), dtype=np.int64)

@@ -59,7 +59,8 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, framed with BOS (if the tokenizer has one) and EOS."""
-        encodings = self._tok.encode_batch(texts, add_special_tokens=False)
+        # encode_batch_fast skips character offsets (unused here): about 2x faster.
+        encodings = self._tok.encode_batch_fast(texts, add_special_tokens=False)
         head = [] if self.bos_id is None else [self.bos_id]
         return [head + e.ids + [self.eos_id] for e in encodings]
 

@@ -15,3 +15,8 @@ class GrowthError(MotifError):
 
 class DataError(MotifError):
     """A data source or tokenizer that cannot be read."""
+
+
+class WriteError(CheckpointError, OSError):
+    """A checkpoint or output that could not be written (a full disk, a failing volume). Still an
+    OSError for callers that handle I/O errors; the CLI prints it as one line like any MotifError."""

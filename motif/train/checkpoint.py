@@ -22,7 +22,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from motif.errors import CheckpointError
+from safetensors import SafetensorError
+
+from motif.errors import CheckpointError, WriteError
 from motif.train.dist import World, barrier
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 META = "meta.json"
 FORMAT = "motif-train-checkpoint/1"
+# What a full disk or a failing volume raises while writing (safetensors wraps the OSError).
+WRITE_ERRORS = (OSError, SafetensorError)
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -102,27 +106,49 @@ class CheckpointManager:
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in self.root.glob(".step_*.tmp"):
                 shutil.rmtree(stale, ignore_errors=True)
-            tmp.mkdir()
+            try:
+                tmp.mkdir()
+            except WRITE_ERRORS as e:
+                raise self._write_failed(final, tmp, e) from None
         barrier(self.world)
-        write(tmp)
+        try:
+            write(tmp)
+        except WRITE_ERRORS as e:
+            raise self._write_failed(final, tmp, e) from None
         barrier(self.world)
         if self.world.is_main:
-            files = {}
-            for f in sorted(tmp.iterdir()):
-                _fsync(f)
-                files[f.name] = f.stat().st_size
-            record = {"format": FORMAT, "step": step, **meta, "files": files}
-            meta_tmp = tmp / (META + ".tmp")
-            meta_tmp.write_text(json.dumps(record, indent=1))
-            _fsync(meta_tmp)
-            meta_tmp.rename(tmp / META)
-            if final.exists():  # the same step saved again (a rerun after a crash right after saving)
-                shutil.rmtree(final)
-            tmp.rename(final)
-            _fsync(self.root)
-            self.prune()
+            try:
+                self._finish(step, tmp, final, meta)
+            except WRITE_ERRORS as e:
+                raise self._write_failed(final, tmp, e) from None
         barrier(self.world)
         return final
+
+    def _write_failed(self, final: Path, tmp: Path, err: Exception) -> WriteError:
+        """A full disk or an I/O error mid-write: drop the partial write, name what is still intact."""
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.strerror else str(err)
+        return WriteError(
+            f"{final}: cannot write the checkpoint ({reason}); the partial write was removed, the last complete "
+            f"checkpoint is {self.latest() or 'none'}"
+        )
+
+    def _finish(self, step: int, tmp: Path, final: Path, meta: dict) -> None:
+        """Rank 0, once every rank has written: sizes and meta.json last, then the rename."""
+        files = {}
+        for f in sorted(tmp.iterdir()):
+            _fsync(f)
+            files[f.name] = f.stat().st_size
+        record = {"format": FORMAT, "step": step, **meta, "files": files}
+        meta_tmp = tmp / (META + ".tmp")
+        meta_tmp.write_text(json.dumps(record, indent=1))
+        _fsync(meta_tmp)
+        meta_tmp.rename(tmp / META)
+        if final.exists():  # the same step saved again (a rerun after a crash right after saving)
+            shutil.rmtree(final)
+        tmp.rename(final)
+        _fsync(self.root)
+        self.prune()
 
     def prune(self) -> None:
         complete = [p for p in self.candidates() if check_complete(p) is None]

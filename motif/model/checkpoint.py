@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
-from motif.errors import CheckpointError
+from motif.errors import CheckpointError, WriteError
 from motif.model.args import ModelArgs
 from motif.model.model import Llama
 from motif.model.safetensors_io import FILE_MODE, SafetensorsWriter, TensorEntry, read_header, read_tensor
@@ -233,6 +234,11 @@ def atomic_dir(dst: str | Path, overwrite: bool) -> Iterator[Path]:
         _fsync(dst.parent)
         if old.exists():
             shutil.rmtree(old)
+    except (OSError, SafetensorError) as e:  # a full disk or a failing volume: one clear line, not a traceback
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
+        kept = "its previous contents are untouched" if dst.exists() else "nothing was written there"
+        raise WriteError(f"{dst}: cannot write ({reason}); the partial write was removed, {kept}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,6 +14,8 @@ import datetime
 import logging
 import os
 import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -95,7 +97,11 @@ def init(device_kind: str, timeout_s: int, *, force_group: bool = False) -> Worl
         os.environ["MASTER_ADDR"],
         os.environ["MASTER_PORT"],
     )
-    return World(rank, world_size, local_rank, device, backend)
+    world = World(rank, world_size, local_rank, device, backend)
+    if world_size > 2:
+        global _heartbeat
+        _heartbeat = Heartbeat(world)
+    return world
 
 
 def store():
@@ -111,11 +117,91 @@ def describe_failure(err: BaseException) -> str:
     return text
 
 
+class Heartbeat:
+    """Who is alive, known even after the rendezvous store is gone.
+
+    A daemon thread bumps this rank's counter in the store every `interval_s` (it keeps beating
+    while the main thread is blocked in a collective) and caches the job's verdict key. The first
+    survivor of a failed collective compares the counters `stale_s` apart: the ranks whose counter
+    stood still are the lost ones; it publishes them as the verdict, so survivors unblocked later
+    (even once the store's host is gone) name the same ranks. Two store calls per rank per second.
+    """
+
+    def __init__(self, world: World, interval_s: float = 1.0, stale_s: float = 3.0):
+        self.world, self.interval_s, self.stale_s = world, interval_s, stale_s
+        self.verdict: str | None = None
+        self.store_lost = False
+        self._store = store()
+        threading.Thread(target=self._run, daemon=True, name="motif-heartbeat").start()
+
+    def _run(self) -> None:
+        beat = 0
+        while True:
+            beat += 1
+            try:
+                self._store.set(f"motif/heartbeat/{self.world.rank}", str(beat))
+                if self._store.check(["motif/lost"]):
+                    self.verdict = self._store.get("motif/lost").decode()
+            except Exception:  # the store's host is gone
+                self.store_lost = True
+                return
+            time.sleep(self.interval_s)
+
+    def _counters(self) -> dict[int, bytes]:
+        keys = [f"motif/heartbeat/{r}" for r in range(self.world.world_size)]
+        return dict(zip(range(self.world.world_size), self._store.multi_get(keys), strict=True))
+
+    def lost_ranks(self) -> list[int] | None:
+        """The lost ranks; None if they cannot be told (the store is gone and no verdict was cached)."""
+        others = [r for r in range(self.world.world_size) if r != self.world.rank]
+        if len(others) == 1:
+            return others
+        if self.verdict is None and not self.store_lost:
+            result: list[int] | None = None
+
+            def decide() -> None:
+                nonlocal result
+                try:
+                    before = self._counters()
+                    time.sleep(self.stale_s)
+                    after = self._counters()
+                    if self.verdict is None:
+                        result = [r for r in others if before[r] == after[r]]
+                        self._store.set("motif/lost", ",".join(map(str, result)))
+                        time.sleep(2 * self.interval_s)  # the others' heartbeats cache it before this rank exits
+                except Exception:
+                    return
+
+            thread = threading.Thread(target=decide, daemon=True)  # a dead store must not hold this rank
+            thread.start()
+            thread.join(self.stale_s + 3 * self.interval_s + 5.0)
+            if result is not None:
+                return result
+        if self.verdict is not None:
+            return [int(r) for r in self.verdict.split(",") if r]
+        return None
+
+
+_heartbeat: Heartbeat | None = None
+
+
+def _describe_lost(world: World) -> str:
+    if world.world_size == 2:
+        return f"lost rank {1 - world.rank}"
+    lost = _heartbeat.lost_ranks() if _heartbeat is not None else None
+    if lost:
+        return f"lost rank {', '.join(map(str, lost))}"
+    if lost is None and "TORCHELASTIC_RUN_ID" not in os.environ and world.rank != 0:
+        return "lost rank 0 (it hosts the rendezvous store, which no longer answers)"
+    return "lost rank unknown (every rank's heartbeat is alive: a network fault or a stuck rank)"
+
+
 def fail_fast(world: World, step: int, err: BaseException) -> None:
     """Exit this rank at once: a peer is gone, and a clean shutdown would block on it."""
     print(
         f"motif train: rank {world.rank}/{world.world_size}: lost contact with a peer rank at step {step} "
-        f"(collective failed or timed out): {describe_failure(err)}; exiting with status {EXIT_LOST_RANK} "
+        f"({_describe_lost(world)}; collective failed or timed out): {describe_failure(err)}; "
+        f"exiting with status {EXIT_LOST_RANK} "
         "so the job restarts from the last checkpoint",
         file=sys.stderr,
         flush=True,

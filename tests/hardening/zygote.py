@@ -83,9 +83,13 @@ class Zygote:
         self.proc.stdin.flush()
         return self._read()
 
-    def spawn(self, argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> Child:
+    def spawn(
+        self, argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None, fsize: int | None = None
+    ) -> Child:
+        """Fork `motif ARGV`; `fsize`: RLIMIT_FSIZE of the child in bytes (writes past it fail with EFBIG)."""
         Path(log).parent.mkdir(parents=True, exist_ok=True)
-        reply = self._request({"op": "spawn", "argv": argv, "cwd": str(cwd), "log": str(log), "env": env or {}})
+        req = {"op": "spawn", "argv": argv, "cwd": str(cwd), "log": str(log), "env": env or {}, "fsize": fsize}
+        reply = self._request(req)
         return Child(self, reply["pid"], Path(log))
 
     def close(self) -> None:
@@ -114,6 +118,11 @@ def _child(req: dict) -> None:
             signal.signal(sig, signal.SIG_DFL)
         os.chdir(req["cwd"])
         os.environ.update(req["env"])
+        if req.get("fsize") is not None:
+            import resource
+
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+            resource.setrlimit(resource.RLIMIT_FSIZE, (req["fsize"], req["fsize"]))
         from motif.cli import main
 
         code = main(req["argv"])

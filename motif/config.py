@@ -191,12 +191,21 @@ def load_stage(path: str | Path) -> StageConfig:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(doc, dict) or "motif" not in doc:
         raise ConfigError(f"{path}: motif: missing; a stage file keeps the trainer config under a `motif:` key")
     stage = parse_stage(doc["motif"], source=str(path))
     stage.source_file = str(path)
     return stage
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one line: what is wrong, and where (1-based line and column)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(err, "context", None)
+    return f"{problem}{where}" + (f" ({context})" if context else "")
 
 
 def parse_stage(section: Any, source: str = "<stage>") -> StageConfig:

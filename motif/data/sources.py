@@ -84,6 +84,8 @@ def open_source(src: DataSource, *, streaming: bool, rank: int = 0, world: int =
     try:
         if src.path is not None:
             builder, files = local_files(src.path)
+            if all(Path(f).stat().st_size == 0 for f in files):
+                raise DataError(f"{src.path}: empty: no documents in source {src.name!r} (expected at least one)")
             ds = datasets.load_dataset(builder, data_files=files, split="train")
         elif streaming:
             ds = datasets.load_dataset(src.hub, src.hub_config, split=src.split, streaming=True)
@@ -94,5 +96,36 @@ def open_source(src: DataSource, *, streaming: bool, rank: int = 0, world: int =
         raise
     except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ArrowInvalid...)
         where = src.path or src.hub
+        if src.path is not None and _caused_by(e, UnicodeDecodeError):
+            raise DataError(_not_utf8(files, src)) from None
         raise DataError(f"source {src.name!r} ({where}): cannot load: {type(e).__name__}: {e}") from None
+    if len(ds) == 0:
+        raise DataError(f"{src.path or src.hub}: empty: no documents in source {src.name!r} (expected at least one)")
     return Documents(ds, src.text_field, src.name)
+
+
+def _caused_by(err: BaseException | None, kind: type) -> bool:
+    seen = 0
+    while err is not None and seen < 20:
+        if isinstance(err, kind):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def _not_utf8(files: list[str], src: DataSource) -> str:
+    """Which file is not UTF-8, and where (read again on this error path only)."""
+    import codecs
+
+    for name in files:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        offset = 0
+        with open(name, "rb") as f:
+            while chunk := f.read(1 << 20):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as e:
+                    at = f"byte 0x{chunk[e.start]:02x} at offset {offset + e.start}"
+                    return f"{name}: not UTF-8 text ({at}); source {src.name!r} must be UTF-8"
+                offset += len(chunk)
+    return f"{src.path}: not UTF-8 text (source {src.name!r} must be UTF-8)"

@@ -1,7 +1,8 @@
 """Static safety rules over motif's own code: nothing here may execute or unpickle user input.
 
-Weights travel only as safetensors, YAML only through safe_load, any torch.load must pass
-weights_only=True, and no shell string is ever built (subprocess gets argument lists).
+Weights travel only as safetensors (no torch.save, no pickled numpy), YAML only through safe_load,
+any torch.load must pass weights_only=True, no model code is fetched (trust_remote_code), and no
+shell string is ever built (subprocess gets argument lists).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ def _dotted(node: ast.expr) -> str:
     while isinstance(node, ast.Attribute):
         parts.append(node.attr)
         node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
+    # `model.eval()` on a call's result is a method, not the builtin: keep a placeholder base.
+    parts.append(node.id if isinstance(node, ast.Name) else "<expr>")
     return ".".join(reversed(parts))
 
 
@@ -49,6 +50,15 @@ def violations(source: str, filename: str = "<src>") -> list[str]:
             weights_only = _keyword(node, "weights_only")
             if not (isinstance(weights_only, ast.Constant) and weights_only.value is True):
                 found.append(f"{where}: torch.load without weights_only=True")
+        if name.endswith("torch.save"):
+            found.append(f"{where}: torch.save writes a pickle (use safetensors)")
+        if name.endswith(("np.load", "numpy.load")):
+            allow = _keyword(node, "allow_pickle")
+            if not (allow is None or (isinstance(allow, ast.Constant) and allow.value is False)):
+                found.append(f"{where}: {name} with allow_pickle")
+        trust = _keyword(node, "trust_remote_code")
+        if trust is not None and not (isinstance(trust, ast.Constant) and trust.value is False):
+            found.append(f"{where}: {name} with trust_remote_code (runs code from the checkpoint)")
         if name.startswith("subprocess.") or name in {"Popen", "run", "check_call", "check_output"}:
             shell = _keyword(node, "shell")
             if isinstance(shell, ast.Constant) and shell.value is True:
@@ -72,14 +82,20 @@ torch.load("x")
 torch.load("x", weights_only=False)
 subprocess.run("ls " + user, shell=True)
 os.system("rm -rf /")
+torch.save(model.state_dict(), "x.pt")
+np.load("x.npy", allow_pickle=True)
+AutoModel.from_pretrained(path, trust_remote_code=True)
 """
     found = violations(bad)
-    assert len(found) == 7, found
+    assert len(found) == 10, found
     ok = """
 import yaml, torch, subprocess
+model = load(path).eval()
 yaml.safe_load("a: 1")
 torch.load("x", weights_only=True)
 subprocess.run(["ls", path], check=True)
+np.load("x.npy")
+AutoModel.from_pretrained(path, trust_remote_code=False)
 """
     assert violations(ok) == []
 

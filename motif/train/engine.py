@@ -31,7 +31,8 @@ def build_optimizer(params: list[torch.nn.Parameter], stage: StageConfig) -> tor
     o = stage.optim
     # weight_decay=0: decay is applied by `masked_weight_decay_`, scaled by the growth mask, so
     # weights that a mask still hides (and that get no gradient) are not shrunk toward zero.
-    return torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=0.0, foreach=True)
+    # fused: one kernel per parameter group (CPU and CUDA); elementwise, so still bit-reproducible.
+    return torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=0.0, fused=True)
 
 
 def optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -129,10 +130,16 @@ class Engine:
 
     def step(self, lr: float) -> float | None:
         self.set_lr(lr)
-        if self.stage.optim.weight_decay:
+        wd = self.stage.optim.weight_decay
+        if wd and self.module.args.growth is None:
+            # No mask pending: plain decoupled decay, one foreach call (what AdamW itself does).
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            with torch.no_grad():
+                torch._foreach_mul_(params, 1.0 - lr * wd)
+        elif wd:
             from motif.growth.optim import masked_weight_decay_
 
-            masked_weight_decay_(self.module, lr, self.stage.optim.weight_decay)
+            masked_weight_decay_(self.module, lr, wd)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return None

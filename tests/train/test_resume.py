@@ -66,14 +66,3 @@ def test_sigkill_then_resume_is_bit_identical(workdir, nproc):
     assert final.keys() == reference.keys()
     mismatched = [k for k in reference if not torch.equal(reference[k], final[k])]
     assert not mismatched, mismatched[:5]
-
-
-@pytest.mark.slow
-def test_resume_none_starts_over_and_a_path_resumes_from_that_checkpoint(workdir):
-    section = stage_section("paths", train={"max_steps": 8}, checkpoint={"every_steps": 4, "keep_last": 3})
-    stage = write_stage(workdir, section)
-    assert motif_train(workdir, stage).returncode == 0
-    again = motif_train(workdir, stage, "--resume", str(workdir / "ck/paths/step_00000004"))
-    assert again.returncode == 0 and "step_00000004 at step 4" in again.stderr
-    fresh = motif_train(workdir, stage, "--resume", "none")
-    assert fresh.returncode == 0 and "resumed from" not in fresh.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import random
 import re
 import shutil
@@ -283,3 +284,63 @@ def test_a_full_disk_under_a_grow_output_fails_cleanly_and_keeps_the_old_output(
         assert "nothing was written there" in _error_line(fresh.text(), "grow")
         assert sorted(p.name for p in root.iterdir()) == ["grown"]
     shutil.rmtree(root, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"RANK=")]
+    return ranks[0] if ranks else None
+
+
+@pytest.mark.slow
+def test_a_lost_worker_of_a_torchrun_pod_fails_the_pod_naming_it(workdir):
+    """One pod, two GPUs: torchrun's worker of rank 1 is SIGKILLed; the pod exits non-zero at once,
+    naming rank 1 (torchrun's failure report, or rank 0's own line if it noticed first)."""
+    from ..train.conftest import subprocess_env, train_command
+
+    section = stage_section(
+        "pod2",
+        train={"max_steps": 100000},
+        checkpoint={"every_steps": 100000},
+        parallel={"procs_per_node": 2, "collective_timeout_s": 30},
+    )
+    stage = write_stage(workdir, section)
+    proc = subprocess.Popen(
+        train_command(stage, nproc=2),
+        cwd=workdir,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    jsonl = workdir / "ck/pod2/metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 180
+        while not (jsonl.exists() and any(r.get("step", 0) >= 2 and "motif_loss" in r for r in read(jsonl))):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        (victim,) = [p for p in _children(proc.pid) if _rank_of(p) == 1]
+        os.kill(victim, signal.SIGKILL)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert elapsed < 45, elapsed
+    named_by_torchrun = re.search(r"rank: 1 \(local_rank: 1\)\s+exitcode\s*: -9", err)
+    named_by_rank0 = "rank 0/2: lost contact with a peer rank" in err and "(lost rank 1;" in err
+    assert named_by_torchrun or named_by_rank0, err[-3000:]

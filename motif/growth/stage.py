@@ -25,6 +25,18 @@ def grow_stage(stage: StageConfig, overwrite: bool = False, progress: bool = Tru
         raise GrowthError(f"{where}: motif.growth: this stage does not grow a model")
     if stage.input is None:
         raise GrowthError(f"{where}: motif.input: growth needs an input checkpoint")
+    try:
+        return _grow_stage(stage, overwrite, progress)
+    except GrowthError as e:  # a target the source cannot reach: name the stage file and its key
+        key = str(e).split(":", 1)[0]
+        prefix = "motif.growth." if key in _TARGET_KEYS else ""
+        raise GrowthError(f"{where}: {prefix}{e}") from None
+
+
+_TARGET_KEYS = ("layers", "hidden", "intermediate", "heads", "kv_heads", "depth_method")
+
+
+def _grow_stage(stage: StageConfig, overwrite: bool, progress: bool) -> dict[str, Any]:
     g = stage.growth
     targets = GrowthTargets.from_config(g)
     src, dst = Path(stage.input), Path(g.output)

@@ -89,6 +89,17 @@ def grow(*args: str, src: str = "single", dst: str = "grown") -> Setup:
     return lambda d: ["grow", src, dst, *args]
 
 
+def grown_stage(command: str, **growth) -> Setup:
+    """A stage that grows `single/` into `grown/` (through `motif grow --stage` or `motif train`)."""
+
+    def setup(d: Path) -> list[str]:
+        section = stage_section("bad", model=None, input="single", growth={"output": "grown", **growth})
+        stage = _stage(d, section)
+        return ["grow", "--stage", stage] if command == "grow" else ["train", stage, "--metrics-port", "0"]
+
+    return setup
+
+
 def broken(change: Callable[[Path], None], src: str = "single") -> Setup:
     def setup(d: Path) -> list[str]:
         change(d / src)
@@ -226,6 +237,21 @@ CATALOGUE: list[tuple[str, Setup, tuple[str, ...]]] = [
     ),
     ("grow-llamapro-split-not-integral", grow("--layers", "5"), ("layers", "2 -> 5", "does not divide 2")),
     ("grow-nothing-to-grow", grow("--layers", "2"), ("nothing to grow", "layers 2")),
+    (
+        "grow-stage-split-not-integral",
+        grown_stage("grow", layers=5),
+        ("stage.yaml", "motif.growth.layers", "2 -> 5", "does not divide 2"),
+    ),
+    (
+        "grow-stage-shrinking-width",
+        grown_stage("grow", hidden=32, ramp_steps=2),
+        ("stage.yaml", "motif.growth.hidden", "would shrink", "source has 64"),
+    ),
+    (
+        "train-stage-head-dim-mismatch",
+        grown_stage("train", hidden=72, ramp_steps=2),
+        ("stage.yaml", "motif.growth.hidden", "not a multiple of head_dim 16"),
+    ),
     ("grow-no-target", grow(), ("no target", "--layers")),
     ("grow-into-existing", grow("--layers", "4", dst="sharded"), ("sharded", "already exists", "--overwrite")),
     ("grow-into-itself", grow("--layers", "4", dst="single", src="single"), ("single", "already exists")),

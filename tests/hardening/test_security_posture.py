@@ -48,9 +48,14 @@ def _ids(paths: list[Path]) -> list[str]:
     return [p.relative_to(r.ROOT).as_posix() for p in paths]
 
 
-@pytest.mark.parametrize("path", FILES, ids=_ids(FILES))
-def test_pods_and_containers_are_locked_down(path):
-    values, objs = _rendered(path)
+def pod_problems(values: dict, objs: list[dict]) -> list[str]:
+    """Every way the pods of a render fall short of the posture above."""
+    found: list[str] = []
+
+    def check(ok: bool, what: str) -> None:
+        if not ok:
+            found.append(what)
+
     rdma = bool(values.get("rdma", {}).get("enabled"))
     host_network = bool(values.get("hostNetwork"))
     automount = bool(values.get("serviceAccount", {}).get("automountToken"))
@@ -58,41 +63,80 @@ def test_pods_and_containers_are_locked_down(path):
         o["metadata"]["name"]: o.get("automountServiceAccountToken") for o in objs if o["kind"] == "ServiceAccount"
     }
     pods = [(f"{o['kind']}/{o['metadata']['name']}{w}", spec) for o in objs for w, spec in _pod_specs(o)]
-    assert any(o["kind"] in ("PyTorchJob", "TrainJob") for o in objs)
-    assert pods, "no pod spec rendered"
+    check(bool(pods), "no pod spec rendered")
     for where, pod in pods:
         psc = pod.get("securityContext", {})
-        assert psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) > 0, where
-        assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        check(psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) > 0, f"{where}: runs as root")
+        check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{where}: seccomp not RuntimeDefault")
         # The pod's own setting, else its ServiceAccount's (Kubernetes mounts the token if neither says no).
         account = accounts.get(pod.get("serviceAccountName", "default"))
-        assert pod.get("automountServiceAccountToken", account) is automount, where
-        assert not pod.get("hostPID") and not pod.get("hostIPC"), where
-        assert bool(pod.get("hostNetwork")) == host_network or not pod.get("hostNetwork"), where
+        check(pod.get("automountServiceAccountToken", account) is automount, f"{where}: service-account token")
+        check(not pod.get("hostPID") and not pod.get("hostIPC"), f"{where}: host PID or IPC")
+        check(not pod.get("hostNetwork") or host_network, f"{where}: host network not asked for")
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         for c in pod.get("initContainers", []) + pod["containers"]:
             cwhere = f"{where} container {c['name']}"
             sc = c.get("securityContext", {})
-            assert sc.get("allowPrivilegeEscalation") is False, cwhere
-            assert sc.get("readOnlyRootFilesystem") is True, cwhere
-            assert not sc.get("privileged"), cwhere
+            check(sc.get("allowPrivilegeEscalation") is False, f"{cwhere}: privilege escalation")
+            check(sc.get("readOnlyRootFilesystem") is True, f"{cwhere}: writable root filesystem")
+            check(not sc.get("privileged"), f"{cwhere}: privileged")
             caps = sc.get("capabilities", {})
-            assert "ALL" in caps.get("drop", []), cwhere
-            assert set(caps.get("add", [])) <= ({"IPC_LOCK"} if rdma else set()), cwhere
-            assert all("hostPort" not in p for p in c.get("ports", [])), cwhere
+            check("ALL" in caps.get("drop", []), f"{cwhere}: capabilities not dropped")
+            check(set(caps.get("add", [])) <= ({"IPC_LOCK"} if rdma else set()), f"{cwhere}: capability added")
+            check(all("hostPort" not in p for p in c.get("ports", [])), f"{cwhere}: hostPort")
             for mount in c.get("volumeMounts", []):
                 if mount.get("readOnly"):
                     continue
                 volume = volumes.get(mount["name"])
                 if volume is None:  # a runtime patch: the volume is declared by the runtime
                     continue
-                assert "emptyDir" in volume or "persistentVolumeClaim" in volume, (
-                    f"{cwhere}: writable mount {mount['mountPath']} of a {sorted(set(volume) - {'name'})} volume"
+                check(
+                    "emptyDir" in volume or "persistentVolumeClaim" in volume,
+                    f"{cwhere}: writable mount {mount['mountPath']} of a {sorted(set(volume) - {'name'})} volume",
                 )
             for env in c.get("env", []):
                 if SECRET_NAME.search(env["name"]):
-                    assert "secretKeyRef" in env.get("valueFrom", {}), f"{cwhere}: {env['name']} not from a Secret"
-                assert not SECRET_VALUE.match(str(env.get("value", ""))), f"{cwhere}: {env['name']} holds a credential"
+                    check("secretKeyRef" in env.get("valueFrom", {}), f"{cwhere}: {env['name']} not from a Secret")
+                check(not SECRET_VALUE.match(str(env.get("value", ""))), f"{cwhere}: {env['name']} holds a credential")
+    return found
+
+
+@pytest.mark.parametrize("path", FILES, ids=_ids(FILES))
+def test_pods_and_containers_are_locked_down(path):
+    values, objs = _rendered(path)
+    assert any(o["kind"] in ("PyTorchJob", "TrainJob") for o in objs)
+    assert pod_problems(values, objs) == []
+
+
+def _trainer(objs: list[dict]) -> tuple[dict, dict]:
+    job = next(o for o in objs if o["kind"] == "PyTorchJob")
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    return pod, pod["containers"][0]
+
+
+CONTROLS = {
+    "writable-root": lambda pod, c: c["securityContext"].update(readOnlyRootFilesystem=False),
+    "capability-added": lambda pod, c: c["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
+    "escalation": lambda pod, c: c["securityContext"].update(allowPrivilegeEscalation=True),
+    "root": lambda pod, c: pod["securityContext"].update(runAsUser=0),
+    "unconfined": lambda pod, c: pod["securityContext"].update(seccompProfile={"type": "Unconfined"}),
+    "token-mounted": lambda pod, c: pod.update(automountServiceAccountToken=True),
+    "host-pid": lambda pod, c: pod.update(hostPID=True),
+    "host-port": lambda pod, c: c["ports"][0].update(hostPort=9401),
+    "plain-token": lambda pod, c: c.setdefault("env", []).append({"name": "HF_TOKEN", "value": "hf_abcdefghijkl"}),
+    "writable-host-path": lambda pod, c: (
+        pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}}),
+        c["volumeMounts"].append({"name": "host", "mountPath": "/host"}),
+    ),
+}
+
+
+@pytest.mark.parametrize("control", CONTROLS)
+def test_the_posture_check_catches_each_weakening(control):
+    """Negative controls: the same render, weakened in one place, is caught."""
+    values, objs = _rendered(r.ROOT / "jobs" / "tiny" / "stage1-depth.yaml")
+    CONTROLS[control](*_trainer(objs))
+    assert pod_problems(values, objs) != []
 
 
 @pytest.mark.parametrize("path", FILES, ids=_ids(FILES))

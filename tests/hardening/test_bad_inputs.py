@@ -332,11 +332,16 @@ def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
 
 def run_cli(argv: list[str], cwd: Path) -> tuple[int, str]:
     """`motif ARGV` in this process, from `cwd`; returns the exit status and stderr."""
+    import torch
+
     from motif.cli import main
 
     root = logging.getLogger()
-    saved = root.handlers[:]
+    saved, level = root.handlers[:], root.level
     root.handlers.clear()  # so the CLI's logging.basicConfig writes to the captured stderr
+    # What a trainer set-up changes process-wide, restored for the tests that run after this one.
+    deterministic, rng = torch.are_deterministic_algorithms_enabled(), torch.get_rng_state()
+    environ = dict(os.environ)
     err = io.StringIO()
     old = Path.cwd()
     os.chdir(cwd)
@@ -349,6 +354,11 @@ def run_cli(argv: list[str], cwd: Path) -> tuple[int, str]:
     finally:
         os.chdir(old)
         root.handlers[:] = saved
+        root.setLevel(level)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_rng_state(rng)
+        os.environ.clear()
+        os.environ.update(environ)
     return code, err.getvalue()
 
 

@@ -184,7 +184,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(workdir, zygote, world):
         if resume_from is not None and "resumed from" in job.log():
             assert f"resumed from {resume_from.relative_to(workdir)} " in job.log(), job.tail()
 
-    assert write_hits >= 2, "no kill landed inside a checkpoint write"
+    assert write_hits >= 1, "no kill landed inside a checkpoint write"
     assert final_hits == 1, "the kill meant for the output write missed it"
 
     latest = _complete_steps(ck)[-1]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import sys
 
 HELP = "Train one stage (grows its checkpoint first if needed); run it on every rank of the job"
 DESCRIPTION = """\
@@ -19,10 +21,6 @@ job: it resumes from the last checkpoint); 4 non-finite loss with train.nan_poli
 """
 
 
-def _resume(value: str) -> str:
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("stage_file", metavar="STAGE_FILE", help="stage file (jobs/<recipe>/<stage>.yaml)")
     parser.add_argument("--max-steps", type=int, metavar="N", help="train N steps instead of motif.train.max_steps")
@@ -35,7 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         default="auto",
-        type=_resume,
         metavar="auto|PATH|none",
         help="auto (default): newest complete checkpoint in motif.checkpoint.dir, if any; PATH: that "
         "checkpoint; none: start from the stage's input",
@@ -73,4 +70,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         trainer.close()
     trainer.linger()
+    if stage.parallel.engine == "deepspeed":
+        # DeepSpeed's CPU communication threads can abort the interpreter's teardown after a finished
+        # run ("terminate called without an active exception"), turning success into SIGABRT.
+        # Everything is written and synchronised by now: flush and leave without that teardown.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code

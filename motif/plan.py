@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,7 @@ def plan_recipe(recipe: str | Path) -> list[dict[str, Any]]:
         if stage.train.freeze == "new_blocks":
             shapes = after.tensor_shapes()
             trainable = sum(
-                _numel(s)
+                math.prod(s)
                 for n, s in shapes.items()
                 if n.startswith("model.layers.") and int(n.split(".")[2]) in new_layers
             )
@@ -168,13 +169,6 @@ def plan_recipe(recipe: str | Path) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _shape(s: dict[str, int]) -> str:

@@ -4,8 +4,9 @@ A 70B -> 102B growth reads ~140 GB and writes ~200 GB (bf16), so the whole model
 memory: peak memory is one source tensor, its grown form and a chunk of scratch. Tensors the plan
 leaves unchanged (all of them for LlamaPro, which only adds blocks) are copied byte for byte with
 `copy_file_range`, never decoded; LlamaPro's zeroed projections become holes in the file (zeros
-that cost no disk write) without reading their source. Everything is checked (source headers, shapes, targets, destination) before
-the first weight is read, and the output appears at `dst` only once complete.
+that cost no disk write) without reading their source. Everything is checked (source headers,
+shapes, targets, destination) before the first weight is read, and the output appears at `dst`
+only once complete.
 """
 
 from __future__ import annotations

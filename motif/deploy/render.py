@@ -44,8 +44,8 @@ class RenderError(Exception):
 
 
 def schemas_dir() -> Path:
-    """CRD schemas: $MOTIF_SCHEMAS, else ../shared/schemas beside the repository."""
-    return Path(os.environ.get("MOTIF_SCHEMAS", ROOT.parent / "shared" / "schemas"))
+    """CRD schemas: $MOTIF_SCHEMAS, else the upstream copies in tests/schemas (see SOURCES.md there)."""
+    return Path(os.environ.get("MOTIF_SCHEMAS", ROOT / "tests" / "schemas"))
 
 
 def stage_files() -> list[Path]:

@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # CI runs a fresh clone with the shared folder beside it.
-DASHBOARD_SCHEMA = ROOT.parent / "shared" / "schemas" / "grafana.dashboard.jsonschema.json"
+DASHBOARD_SCHEMA = ROOT / "tests" / "schemas" / "grafana.dashboard.jsonschema.json"
 
 
 @pytest.fixture(scope="session")

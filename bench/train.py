@@ -1,6 +1,11 @@
-"""Training benchmark, side by side in one run on one config (the tiny recipe's stage 0 shape):
+"""Training benchmark, side by side in one run, on two model sizes:
 
-    python -m bench train            # or: python -m bench.train [--steps N] [--json FILE]
+    python -m bench train            # or: python -m bench.train [--size tiny|small] [--steps N] [--json FILE]
+
+`tiny` is the tiny recipe's stage 0 (1.3M parameters, 1,024 tokens per step: the demo's model, where
+per-op overheads weigh as much as the matrix products); `small` keeps that stage's data but is a
+6.6M-parameter Llama (hidden 256, 8 layers, 2,048 tokens per step), where matrix products dominate
+the step and MFU says how close it gets to the machine's GEMM peak (fewer rounds: a step is ~1 s).
 
 * train step: motif's `Trainer.train_step` (DDP engine, one process) against a plain transformers
   `LlamaForCausalLM` + AdamW loop on the same batches; steps alternate between the two and the
@@ -31,8 +36,32 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGE = ROOT / "jobs" / "tiny" / "stage0-base.yaml"
 
 
-def _stage_file(workdir: Path) -> Path:
+# Overrides of the tiny stage 0 section per benchmark size.
+SIZES = {
+    "tiny": {},
+    "small": {
+        "model": {
+            "vocab_size": 2048,
+            "hidden_size": 256,
+            "intermediate_size": 704,
+            "num_hidden_layers": 8,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 1024,
+        },
+        "seq_len": 256,
+        "rounds": 2,
+        "steps": 4,
+    },
+}
+
+
+def _stage_file(workdir: Path, size: str) -> Path:
     section = yaml.safe_load(STAGE.read_text())["motif"]
+    override = SIZES[size]
+    if "model" in override:
+        section["model"] = dict(override["model"])
+        section["data"]["seq_len"] = override["seq_len"]
     section["parallel"] = {"engine": "ddp", "device": "cpu", "procs_per_node": 1}
     section["train"]["deterministic"] = False
     path = workdir / "stage.yaml"
@@ -82,8 +111,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="passes over the batches per comparison")
     parser.add_argument("--steps", type=int, default=8, help="distinct batches")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the trainer runs 1 per process)")
+    parser.add_argument("--size", choices=[*SIZES, "all"], default="all", help="model size (default: all)")
     parser.add_argument("--json", default=str(ROOT / "out" / "bench" / "train.json"))
     args = parser.parse_args(argv)
+    sizes = list(SIZES) if args.size == "all" else [args.size]
+    results = {size: _bench(size, args) for size in sizes}
+    for size in sizes:
+        _report(results[size])
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=1))
+    print(f"\nfigures: {args.json}")
+    return 0
+
+
+def _bench(size: str, args: argparse.Namespace) -> dict:
+    args = argparse.Namespace(**{**vars(args), **{k: v for k, v in SIZES[size].items() if k in ("rounds", "steps")}})
 
     import torch
     import torch.nn.functional as F
@@ -99,13 +141,13 @@ def main(argv: list[str]) -> int:
 
     torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": threads}
+    results: dict = {"size": size, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": threads}
     workdir = Path(tempfile.mkdtemp(prefix="motif-bench-train-"))
     cwd = os.getcwd()
     try:
         os.chdir(workdir)
         _prepare(workdir)
-        stage = load_stage(_stage_file(workdir))
+        stage = load_stage(_stage_file(workdir, size))
         trainer = Trainer(stage, RunOptions(metrics_port=0, resume="none"))
         t = stage.train
         batches = [[trainer.data.next_batch(t.micro_batch_size)] for _ in range(args.steps)]
@@ -236,18 +278,13 @@ def main(argv: list[str]) -> int:
     finally:
         os.chdir(cwd)
         shutil.rmtree(workdir, ignore_errors=True)
-
-    _report(results)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=1))
-    print(f"\nfigures: {args.json}")
-    return 0
+    return results
 
 
 def _report(r: dict) -> None:
     s, e, d, c = r["train_step"], r["exporter"], r["data"], r["checkpoint"]
     print(
-        f"training benchmark, {r['date']}, {r['threads']} threads, {s['params']:,} parameters, "
+        f"training benchmark [{r['size']}], {r['date']}, {r['threads']} threads, {s['params']:,} parameters, "
         f"{s['tokens_per_step']} tokens/step, fp32 CPU"
     )
     print(

@@ -65,10 +65,12 @@ def load_optimizer_tensors(
                 f"{source}: {key} has shape {tuple(m.shape)}, the parameter has {tuple(p.shape)} "
                 "(was the optimizer state grown with the checkpoint? `motif grow` does both)"
             )
+        # `tensors` are fresh buffers read from the file (no mmap views), owned by nobody else: the
+        # optimizer can keep them as they are, without another copy.
         optimizer.state[p] = {
             "step": tensors[f"step.{name}"].float().reshape(()).clone(),
-            "exp_avg": m.to(device=p.device, dtype=torch.float32).clone(),
-            "exp_avg_sq": v.to(device=p.device, dtype=torch.float32).clone(),
+            "exp_avg": m.to(device=p.device, dtype=torch.float32).contiguous(),
+            "exp_avg_sq": v.to(device=p.device, dtype=torch.float32).contiguous(),
         }
         loaded += 1
     return loaded

@@ -225,13 +225,13 @@ def atomic_dir(dst: str | Path, overwrite: bool) -> Iterator[Path]:
     try:
         yield tmp
         for path in tmp.iterdir():  # durable before it becomes visible
-            _fsync(path)
-        _fsync(tmp)
+            fsync_path(path)
+        fsync_path(tmp)
         old = dst.parent / f".{dst.name}.old-{os.getpid()}"
         if dst.exists():
             os.rename(dst, old)
         os.rename(tmp, dst)
-        _fsync(dst.parent)
+        fsync_path(dst.parent)
         if old.exists():
             shutil.rmtree(old)
     except (OSError, SafetensorError) as e:  # a full disk or a failing volume: one clear line, not a traceback
@@ -244,7 +244,8 @@ def atomic_dir(dst: str | Path, overwrite: bool) -> Iterator[Path]:
         raise
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes a rename in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from motif.errors import CheckpointError, WriteError
+from motif.model.checkpoint import fsync_path
 from motif.train.dist import World, barrier
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,6 @@ def read_meta(path: Path) -> dict:
     if problem:
         raise CheckpointError(f"{path}: not a complete training checkpoint: {problem}")
     return json.loads((path / META).read_text())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CheckpointManager:
@@ -137,17 +129,17 @@ class CheckpointManager:
         """Rank 0, once every rank has written: sizes and meta.json last, then the rename."""
         files = {}
         for f in sorted(tmp.iterdir()):
-            _fsync(f)
+            fsync_path(f)
             files[f.name] = f.stat().st_size
         record = {"format": FORMAT, "step": step, **meta, "files": files}
         meta_tmp = tmp / (META + ".tmp")
         meta_tmp.write_text(json.dumps(record, indent=1))
-        _fsync(meta_tmp)
+        fsync_path(meta_tmp)
         meta_tmp.rename(tmp / META)
         if final.exists():  # the same step saved again (a rerun after a crash right after saving)
             shutil.rmtree(final)
         tmp.rename(final)
-        _fsync(self.root)
+        fsync_path(self.root)
         self.prune()
 
     def prune(self) -> None:

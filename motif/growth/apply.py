@@ -36,13 +36,6 @@ def apply_plan(model: Llama, plan: GrowthPlan, seed: int = 0) -> Llama:
         source = state[tp.source].detach().cpu()
         out = grow_tensor(tp, source, name, seed)
         grown[name] = (out.clone() if out is source else out).to(device)
-    with torch.device("meta"):
-        new = Llama(plan.args)
-    if plan.args.tie_word_embeddings:
-        grown["lm_head.weight"] = grown["model.embed_tokens.weight"]
-    new.load_state_dict(grown, strict=True, assign=True)
-    if plan.args.tie_word_embeddings:
-        new.lm_head.weight = new.model.embed_tokens.weight
-    new.init_buffers(device)
+    new = Llama.from_state_dict(plan.args, grown, device)
     new.set_activation_checkpointing(model.activation_checkpointing)
     return new.train(model.training)

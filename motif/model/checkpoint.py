@@ -175,8 +175,6 @@ def load(path: str | Path, dtype: torch.dtype | str | None = None, device: str |
     """Load a checkpoint directory as a `Llama` in eval mode (fp32 unless `dtype` says otherwise)."""
     ckpt = open_checkpoint(path)
     dtype = to_dtype(dtype) or torch.float32
-    with torch.device("meta"):
-        model = Llama(ckpt.args)
     state = {}
     fds: dict[Path, int] = {}
     try:
@@ -187,13 +185,7 @@ def load(path: str | Path, dtype: torch.dtype | str | None = None, device: str |
     finally:
         for fd in fds.values():
             os.close(fd)
-    if ckpt.args.tie_word_embeddings:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    model.load_state_dict(state, strict=True, assign=True)
-    if ckpt.args.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    model.init_buffers(device)
-    return model.eval()
+    return Llama.from_state_dict(ckpt.args, state, device).eval()
 
 
 def read_provenance(path: str | Path) -> dict[str, Any] | None:

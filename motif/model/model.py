@@ -191,6 +191,22 @@ class Llama(nn.Module):
         self.activation_checkpointing = False
         self.init_buffers()
 
+    @classmethod
+    def from_state_dict(cls, args: ModelArgs, state: dict[str, torch.Tensor], device: torch.device | str) -> Llama:
+        """A model that takes ownership of `state`'s tensors (built on the meta device: no init, no copy).
+
+        With tied embeddings the tie is restored: `lm_head.weight` is the embedding, whatever `state` holds.
+        """
+        with torch.device("meta"):
+            model = cls(args)
+        if args.tie_word_embeddings:
+            state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
+        model.load_state_dict(state, strict=True, assign=True)
+        if args.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        model.init_buffers(device)
+        return model
+
     # ---- buffers (not in the state dict) ------------------------------------------------------
 
     def init_buffers(self, device: torch.device | str | None = None) -> None:

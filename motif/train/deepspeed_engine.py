@@ -174,11 +174,7 @@ class DeepSpeedEngine(Engine):
             return None, None
         from motif.model import Llama
 
-        with torch.device("meta"):
-            model = Llama(self.module.args)
-        model.load_state_dict(weights, assign=True, strict=True)
-        model.init_buffers("cpu")
-        return model, optimizer
+        return Llama.from_state_dict(self.module.args, weights, "cpu"), optimizer
 
     def _gather_partitions(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """fp32 master weights (into `weights`) and Adam moments of the trained parameters, from ZeRO's partitions."""

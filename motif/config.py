@@ -178,6 +178,28 @@ class StageConfig:
         return self.growth.output if self.growth else self.input
 
 
+def check_input_shape(stage: StageConfig, found: Any, path: str) -> None:
+    """With an input and a `model:` section, the stage file states the shape the input must have.
+
+    `found` is the input checkpoint's shape (a `ModelArgs`); checked from its config.json alone, so
+    a wrong input is refused before any weight is read or grown.
+    """
+    shape = stage.model
+    if shape is None or stage.input is None:
+        return
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+    ):
+        want, got = getattr(shape, key), getattr(found, key)
+        if want != got:
+            raise ConfigError(f"{stage.source_file or stage.name}: motif.model.{key}: {want}, but {path} has {got}")
+
+
 # ---- loading ---------------------------------------------------------------------------------
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from motif.config import StageConfig
+from motif.config import StageConfig, check_input_shape
 from motif.errors import CheckpointError, GrowthError
 from motif.growth.provenance import same_request, source_fingerprint
 from motif.growth.stream import grow_checkpoint
 from motif.growth.targets import GrowthTargets, check_targets
-from motif.model.checkpoint import open_checkpoint, read_provenance
+from motif.model.checkpoint import open_checkpoint, read_args, read_provenance
 
 
 def grow_stage(stage: StageConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -40,6 +40,7 @@ def _grow_stage(stage: StageConfig, overwrite: bool, progress: bool) -> dict[str
     g = stage.growth
     targets = GrowthTargets.from_config(g)
     src, dst = Path(stage.input), Path(g.output)
+    check_input_shape(stage, read_args(src), str(src))
     if dst.exists() and not overwrite:
         source = open_checkpoint(src)
         wanted = check_targets(source.args, targets, g.depth_method).to_dict()

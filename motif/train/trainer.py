@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from motif.config import StageConfig
+from motif.config import StageConfig, check_input_shape
 from motif.data.mixture import Batch, Mixture
 from motif.errors import CheckpointError, MotifError
 from motif.metrics import names
@@ -108,7 +108,8 @@ class Trainer:
                 model = Llama(args)
             model.init_weights(seed=self.stage.train.seed)  # same on every rank: no broadcast needed
         else:
-            self._check_shape(read_args(start), start)
+            if self.stage.growth is None:  # a growing stage checked its input before growing it
+                check_input_shape(self.stage, read_args(start), start)
             model = load(start, dtype=torch.float32, device=device)
         if self.stage.train.precision == "bf16" and self.stage.parallel.engine == "deepspeed":
             model = model.to(torch.bfloat16)  # DeepSpeed keeps the fp32 master copy itself
@@ -120,18 +121,6 @@ class Trainer:
             if self.world.is_main:
                 log.info("freeze: new_blocks: training layers %s only (%s parameters)", layers, f"{n:,}")
         return model
-
-    def _check_shape(self, args, path: str) -> None:
-        """With an input and a `model:` section, the stage file states the shape the input must have."""
-        shape = self.stage.model
-        if shape is None or self.stage.growth is not None:
-            return
-        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
-            if getattr(shape, key) != getattr(args, key):
-                raise MotifError(
-                    f"{self.stage.source_file}: motif.model.{key}: {getattr(shape, key)}, but {path} has "
-                    f"{getattr(args, key)}"
-                )
 
     def _build_data(self) -> Mixture:
         # Rank 0 first: `datasets` builds its Arrow cache once, the others then read it.

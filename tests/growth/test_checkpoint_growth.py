@@ -18,7 +18,7 @@ from motif.errors import CheckpointError, GrowthError
 from motif.growth import GrowthTargets, grow_checkpoint, grow_model, grow_stage
 from motif.growth.targets import grown_args
 from motif.model import ModelArgs
-from motif.model.checkpoint import read_provenance, save
+from motif.model.checkpoint import read_args, read_provenance, save
 from motif.model.safetensors_io import SafetensorsWriter
 
 
@@ -244,3 +244,18 @@ def test_stage_output_from_another_request_is_an_error(src, tmp_path, capsys):
     assert "was grown from another request" in capsys.readouterr().err
     assert main(["grow", "--stage", str(other), "-q", "--overwrite"]) == 0
     assert read_provenance(tmp_path / "grown")["seed"] == 1
+
+
+def test_stage_input_of_another_shape_is_refused_before_growing(src, tmp_path, capsys):
+    stage = _stage_file(tmp_path, src)
+    doc = yaml.safe_load(stage.read_text())
+    found = read_args(src)
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    doc["motif"]["model"] = {k: getattr(found, k) for k in (*keys, "num_key_value_heads")}
+    doc["motif"]["model"]["hidden_size"] = 4 * found.hidden_size
+    stage.write_text(yaml.safe_dump(doc))
+    assert main(["grow", "--stage", str(stage), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"motif grow: error: {stage}: motif.model.hidden_size: ")
+    assert f"but {src} has {found.hidden_size}" in err
+    assert not (tmp_path / "grown").exists()

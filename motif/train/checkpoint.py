@@ -96,7 +96,7 @@ class CheckpointManager:
         tmp = self.root / f".{final.name}.tmp"
         if self.world.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(".step_*.tmp"):
+            for stale in [*self.root.glob(".step_*.tmp"), *self.root.glob(".step_*.removing")]:
                 shutil.rmtree(stale, ignore_errors=True)
             try:
                 tmp.mkdir()
@@ -137,7 +137,7 @@ class CheckpointManager:
         fsync_path(meta_tmp)
         meta_tmp.rename(tmp / META)
         if final.exists():  # the same step saved again (a rerun after a crash right after saving)
-            shutil.rmtree(final)
+            _remove(final)
         tmp.rename(final)
         fsync_path(self.root)
         self.prune()
@@ -145,4 +145,18 @@ class CheckpointManager:
     def prune(self) -> None:
         complete = [p for p in self.candidates() if check_complete(p) is None]
         for old in complete[self.keep_last :]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint directory without ever leaving a visible, half-deleted `step_*`.
+
+    A kill in the middle of `rmtree` would leave `step_N` with some files gone; renaming it to a
+    hidden name first makes the removal atomic as far as `latest()` can see. A leftover hidden
+    directory is swept by the next save.
+    """
+    trash = path.with_name(f".{path.name}.removing")
+    if trash.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+    path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)

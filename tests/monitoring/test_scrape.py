@@ -96,7 +96,7 @@ def _train(workdir: Path, stage_file: str, port: int) -> subprocess.CompletedPro
 def scraped(workdir, prometheus_bin):
     """Prometheus with both stages' runs in its database; yields (prometheus, start, end)."""
     ports = [free_port(), free_port()]
-    prom = Prometheus([f"127.0.0.1:{p}" for p in ports], job=JOB, interval="500ms", binary=prometheus_bin)
+    prom = Prometheus([f"127.0.0.1:{p}" for p in ports], job=JOB, interval="100ms", binary=prometheus_bin)
     with prom:
         start = time.time()
         for file, port in zip(("s0.yaml", "s1.yaml"), ports, strict=True):
@@ -116,7 +116,7 @@ def _variables(start: float, end: float) -> dict[str, str]:
         "job": ".*",
         "stage": ".*",
         "__rate_interval": "2s",
-        "__interval": "500ms",
+        "__interval": "100ms",
         "__range": f"{int(end - start) + 10}s",
     }
 

@@ -4,7 +4,10 @@ Helm (the Go SDK, through helm-python-sdk) renders and lints; core kinds are val
 the Kubernetes OpenAPI schemas (kubernetes-validate); custom resources (PyTorchJob, TrainJob,
 PodMonitor, PrometheusRule) against their CRD's openAPIV3Schema, made strict: an API server
 silently prunes unknown fields of a custom resource, so a misspelt key would otherwise vanish at
-install time instead of failing here.
+install time instead of failing here. Katib's Experiment, whose CRD carries no schema (its webhook
+validates), is checked against Katib's OpenAPI spec, and its trial template against the PyTorchJob
+CRD. Every object is then checked for what the API server enforces beyond JSON Schema
+(motif/deploy/apirules.py): list-map and set uniqueness, and the CRDs' CEL rules.
 
     python -m motif.deploy.render --lint --validate            # every stage file and ci scenario
     python -m motif.deploy.render -o out/manifests jobs/tiny/stage1-depth.yaml
@@ -16,6 +19,7 @@ import argparse
 import contextlib
 import copy
 import functools
+import json
 import os
 import sys
 import tempfile
@@ -36,6 +40,12 @@ CRD_FILES = {
     ("trainer.kubeflow.org/v1alpha1", "TrainJob"): "trainer.kubeflow.org_trainjobs.yaml",
     ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
+}
+
+
+# Custom resources validated against an OpenAPI spec instead of a CRD: (file, schema name).
+OPENAPI_FILES = {
+    ("kubeflow.org/v1beta1", "Experiment"): ("katib.v1beta1.openapi.json", "v1beta1.Experiment"),
 }
 
 
@@ -149,40 +159,111 @@ def strict_schema(schema: Any) -> Any:
 
 
 @functools.cache
-def _crd_validator(api_version: str, kind: str):
-    import jsonschema
-
+def _crd_schema(api_version: str, kind: str) -> dict[str, Any]:
+    """The openAPIV3Schema of the CRD serving `api_version`/`kind`, as the CRD file holds it."""
     path = schemas_dir() / CRD_FILES[(api_version, kind)]
     if not path.is_file():
         raise RenderError(f"{path}: CRD schema not found (set MOTIF_SCHEMAS to the folder holding the CRD files)")
     crd = yaml.safe_load(path.read_text())
     version = api_version.split("/")[1]
     (spec,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
-    schema = strict_schema(copy.deepcopy(spec["schema"]["openAPIV3Schema"]))
+    return spec["schema"]["openAPIV3Schema"]
+
+
+@functools.cache
+def _crd_validator(api_version: str, kind: str):
+    import jsonschema
+
+    schema = strict_schema(copy.deepcopy(_crd_schema(api_version, kind)))
     # The API server owns metadata; check the fields a chart may set.
     schema["properties"]["metadata"] = {"type": "object"}
     return jsonschema.Draft7Validator(schema)
 
 
-def validate(obj: dict[str, Any]) -> None:
-    """Raise RenderError when `obj` is not a valid object of its kind."""
+@functools.cache
+def _openapi(file: str) -> dict[str, Any]:
+    path = schemas_dir() / file
+    if not path.is_file():
+        raise RenderError(f"{path}: OpenAPI spec not found (set MOTIF_SCHEMAS to the folder holding it)")
+    return json.loads(path.read_text())["components"]["schemas"]
+
+
+@functools.cache
+def _openapi_validator(api_version: str, kind: str):
+    import jsonschema
+
+    file, name = OPENAPI_FILES[(api_version, kind)]
+    definitions = strict_schema(copy.deepcopy(_openapi(file)))
+    definitions["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"] = {"type": "object"}
+    schema = {"$ref": f"#/components/schemas/{name}", "components": {"schemas": definitions}}
+    return jsonschema.Draft7Validator(schema)
+
+
+@functools.cache
+def _core_schema(api_version: str, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(schema, $defs) of a core kind, from kubernetes-validate's Kubernetes OpenAPI schemas."""
+    import re
+
+    from kubernetes_validate import utils
+
+    folder = f"kubernetes-json-schema/v{KUBE_VERSION}-local-strict"
+    group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    schema = utils.schema_contents(f"{folder}/{kind.lower()}-{group}.json", KUBE_VERSION)
+    return schema, utils.schema_contents(f"{folder}/_definitions.json", KUBE_VERSION)["$defs"]
+
+
+def _schema_errors(validator, obj: dict[str, Any], where: str, what: str) -> None:
+    errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors[:10]]
+        raise RenderError(f"{where}: invalid against {what}:\n  " + "\n  ".join(lines))
+
+
+def api_rules(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """What the API server would refuse beyond JSON Schema (list-map/set keys, CEL rules); with
+    `old`, as an update of that object (transition rules such as "field is immutable" run)."""
+    from motif.deploy import apirules
+
+    key = (obj.get("apiVersion"), obj.get("kind"))
+    if key in CRD_FILES:
+        return apirules.check(obj, _crd_schema(*key), old=old)
+    if key in OPENAPI_FILES:
+        file, name = OPENAPI_FILES[key]
+        problems = apirules.check(obj, {"$ref": name}, _openapi(file), old=old)
+        trial = (((obj.get("spec") or {}).get("trialTemplate") or {}).get("trialSpec")) or {}
+        if (trial.get("apiVersion"), trial.get("kind")) in CRD_FILES:
+            problems += [f"spec.trialTemplate.trialSpec: {p}" for p in api_rules(trial)]
+        return problems
+    schema, definitions = _core_schema(*key)
+    return apirules.check(obj, schema, definitions, old=old)
+
+
+def validate(obj: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+    """Raise RenderError when `obj` is not a valid object of its kind, or when an API server would
+    refuse it (as a create, or with `old` as an update of that object)."""
     key = (obj.get("apiVersion"), obj.get("kind"))
     where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
     if key in CRD_FILES:
-        errors = sorted(_crd_validator(*key).iter_errors(obj), key=lambda e: list(e.absolute_path))
-        if errors:
-            lines = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors[:10]]
-            raise RenderError(f"{where}: invalid against its CRD schema:\n  " + "\n  ".join(lines))
-        return
-    import kubernetes_validate
+        _schema_errors(_crd_validator(*key), obj, where, "its CRD schema")
+    elif key in OPENAPI_FILES:
+        _schema_errors(_openapi_validator(*key), obj, where, f"{OPENAPI_FILES[key][0]}")
+        trial = dict(obj["spec"]["trialTemplate"]["trialSpec"])
+        # Katib names each trial; validate the template as the trial job it becomes.
+        trial["metadata"] = {**(trial.get("metadata") or {}), "name": "trial"}
+        validate(trial)
+    else:
+        import kubernetes_validate
 
-    try:
-        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as e:
-        path = ".".join(map(str, e.path)) or "<root>"
-        raise RenderError(f"{where}: {path}: {e.message}") from None
-    except kubernetes_validate.SchemaNotFoundError:
-        raise RenderError(f"{where}: no schema for {key[0]} {key[1]} in Kubernetes {KUBE_VERSION}") from None
+        try:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(map(str, e.path)) or "<root>"
+            raise RenderError(f"{where}: {path}: {e.message}") from None
+        except kubernetes_validate.SchemaNotFoundError:
+            raise RenderError(f"{where}: no schema for {key[0]} {key[1]} in Kubernetes {KUBE_VERSION}") from None
+    problems = api_rules(obj, old)
+    if problems:
+        raise RenderError(f"{where}: the API server would refuse it:\n  " + "\n  ".join(problems[:10]))
 
 
 # ---- command line ----------------------------------------------------------------------------

@@ -158,6 +158,7 @@ relative to the volume's mountPath. Fails when the stage would write outside it.
 {{- end -}}
 {{- $writes := list (list "motif.output" $m.output) -}}
 {{- if $m.growth -}}{{- $writes = append $writes (list "motif.growth.output" $m.growth.output) -}}{{- end -}}
+{{- with (($m.eval | default dict).out) -}}{{- $writes = append $writes (list "motif.eval.out" .) -}}{{- end -}}
 {{- range $writes -}}
 {{- $p := include "motif-stage.absPath" (list $root (index . 1)) -}}
 {{- if and (hasPrefix (printf "%s/" $mount) $p) (not (hasPrefix (printf "%s/" $dir) $p)) -}}
@@ -167,7 +168,12 @@ relative to the volume's mountPath. Fails when the stage would write outside it.
 {{- trimPrefix (printf "%s/" $mount) $dir -}}
 {{- end -}}
 
-{{/* volumeMounts of the motif containers. */}}
+{{/*
+volumeMounts of the motif containers, for a core Pod (mounts keyed by mountPath): a
+stageWritableOnly volume is mounted twice, read-only at its mountPath and writable at the stage's
+checkpoint directory. Two mounts of one volume, not two volumes of one claim: a pod with two
+volumes of the same claim hangs in ContainerCreating on NFS and CephFS (kubernetes#127004).
+*/}}
 {{- define "motif-stage.volumeMounts" -}}
 - name: stage-config
   mountPath: /etc/motif
@@ -184,6 +190,48 @@ relative to the volume's mountPath. Fails when the stage would write outside it.
   subPath: {{ include "motif-stage.stageSubPath" (list $ $name $v) }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/*
+volumeMounts of a Trainer v2 runtime patch, whose schema keys a container's mounts by volume
+name: one mount per volume. A stageWritableOnly volume is mounted once, writable, at its
+mountPath (the read-only view of earlier stages' outputs needs a second mount of the volume,
+which the patch cannot express); NOTES.txt says so.
+*/}}
+{{- define "motif-stage.volumeMountsByName" -}}
+- name: stage-config
+  mountPath: /etc/motif
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- range $name, $v := .Values.volumes }}
+- name: vol-{{ $name }}
+  mountPath: {{ $v.mountPath }}
+  readOnly: {{ $v.readOnly | default false }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Name of the growth Job: from the growth destination (the claim and the path on it), not from the
+release, so every release that grows into one destination names the same Job. Kubernetes holds
+one object per name in a namespace, and Helm refuses to take over an object of another release:
+a second grower on the same destination cannot be created.
+*/}}
+{{- define "motif-stage.growJobName" -}}
+{{- $dest := include "motif-stage.absPath" (list . .Values.motif.growth.output) -}}
+{{- $where := $dest -}}
+{{- range $name, $v := .Values.volumes -}}
+{{- $mount := clean $v.mountPath -}}
+{{- if hasPrefix (printf "%s/" $mount) $dest -}}
+{{- $where = printf "pvc/%s/%s" (include "motif-stage.claimName" (list $ $name $v)) (trimPrefix (printf "%s/" $mount) $dest) -}}
+{{- end -}}
+{{- end -}}
+{{- printf "%s-grow-%s" (include "motif-stage.stageName" . | trunc 40 | trimSuffix "-") (sha256sum $where | trunc 10) -}}
+{{- end -}}
+
+{{/* Seconds between SIGTERM and SIGKILL of a training pod: its last step and checkpoint. */}}
+{{- define "motif-stage.graceSeconds" -}}
+{{- int64 .Values.train.terminationGracePeriodSeconds -}}
 {{- end -}}
 
 {{/* volumes of the motif pods; `shm` is added by the training pods only. */}}
@@ -259,4 +307,16 @@ relative to the volume's mountPath. Fails when the stage would write outside it.
       memory: 64Mi
   volumeMounts:
     {{- include "motif-stage.volumeMounts" $root | nindent 4 }}
+{{- end -}}
+
+{{/* TCP port of a URL (`http://pushgateway:9091`, `pushgateway:9091`; 80/443 by scheme when none). */}}
+{{- define "motif-stage.urlPort" -}}
+{{- $url := ternary . (printf "http://%s" .) (contains "://" .) -}}
+{{- $u := urlParse $url -}}
+{{- $host := $u.host -}}
+{{- if regexMatch ":[0-9]+$" $host -}}
+{{- regexFind "[0-9]+$" $host -}}
+{{- else -}}
+{{- ternary 443 80 (eq $u.scheme "https") -}}
+{{- end -}}
 {{- end -}}

@@ -1,19 +1,26 @@
 {{/*
 Pod template of the training replicas (Master and Worker are identical; the operator sets the
-rank). torchrun reads PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and
-PET_MASTER_PORT injected by the operator, so the command carries no launcher arguments.
+rank). motif-torchrun is torchrun (same arguments) that gives the workers the pod's grace period
+to checkpoint on SIGTERM and exits 143 when stopped: it reads PET_NNODES, PET_NPROC_PER_NODE,
+PET_NODE_RANK, PET_MASTER_ADDR and PET_MASTER_PORT injected by the operator, so the command carries
+no launcher arguments.
 */}}
 {{- define "motif-stage.trainPodSpec" -}}
-{{- $v := .Values -}}
-{{- $procs := int (include "motif-stage.procsPerNode" .) -}}
+{{- include "motif-stage.trainPodSpecFor" (dict "root" . "command" (list "motif-torchrun" "-m" "motif" "train" "/etc/motif/stage.yaml") "args" .Values.train.args) -}}
+{{- end -}}
+
+{{- define "motif-stage.trainPodSpecFor" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- $procs := int (include "motif-stage.procsPerNode" $root) -}}
 {{- /* Without the growth Job, rank 0 grows the checkpoint itself: nothing to wait for then. */}}
 {{- $start := "" -}}
-{{- if not .Values.motif.growth -}}
-{{- $start = include "motif-stage.startCheckpoint" . -}}
-{{- else if .Values.grow.enabled -}}
-{{- $start = include "motif-stage.startCheckpoint" . -}}
+{{- if not $v.motif.growth -}}
+{{- $start = include "motif-stage.startCheckpoint" $root -}}
+{{- else if $v.grow.enabled -}}
+{{- $start = include "motif-stage.startCheckpoint" $root -}}
 {{- end -}}
-serviceAccountName: {{ include "motif-stage.serviceAccountName" . }}
+serviceAccountName: {{ include "motif-stage.serviceAccountName" $root }}
 automountServiceAccountToken: {{ $v.serviceAccount.automountToken }}
 {{- if $v.hostNetwork }}
 hostNetwork: true
@@ -35,24 +42,28 @@ imagePullSecrets:
   - name: {{ . }}
   {{- end }}
 {{- end }}
+terminationGracePeriodSeconds: {{ include "motif-stage.graceSeconds" $root }}
 securityContext:
   {{- toYaml $v.podSecurityContext | nindent 2 }}
 {{- if and $v.train.waitForStart $start }}
 initContainers:
-  {{- include "motif-stage.waitContainer" (list . $start) | nindent 2 }}
+  {{- include "motif-stage.waitContainer" (list $root $start) | nindent 2 }}
 {{- end }}
 containers:
   - name: pytorch
-    image: {{ include "motif-stage.image" . }}
+    image: {{ include "motif-stage.image" $root }}
     imagePullPolicy: {{ $v.image.pullPolicy }}
     workingDir: {{ $v.workingDir }}
-    command: ["torchrun", "-m", "motif", "train", "/etc/motif/stage.yaml"]
-    {{- with $v.train.args }}
+    command:
+      {{- toYaml .command | nindent 6 }}
+    {{- with .args }}
     args:
       {{- toYaml . | nindent 6 }}
     {{- end }}
     env:
-      {{- include "motif-stage.env" . | nindent 6 }}
+      {{- include "motif-stage.env" $root | nindent 6 }}
+      - name: MOTIF_GRACE_SECONDS
+        value: {{ include "motif-stage.graceSeconds" $root | quote }}
       {{- range $k, $val := $v.ncclEnv }}
       - name: {{ $k }}
         value: {{ toString $val | quote }}
@@ -62,14 +73,14 @@ containers:
         containerPort: {{ int $v.pytorchjob.masterPort }}
         protocol: TCP
       - name: metrics
-        containerPort: {{ include "motif-stage.metricsPort" . }}
+        containerPort: {{ include "motif-stage.metricsPort" $root }}
         protocol: TCP
     resources:
       requests:
         {{- with $v.resources.requests }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
-        {{- if eq (include "motif-stage.device" .) "cuda" }}
+        {{- if eq (include "motif-stage.device" $root) "cuda" }}
         {{ $v.gpu.resourceName }}: {{ $procs }}
         {{- end }}
         {{- if $v.rdma.enabled }}
@@ -79,7 +90,7 @@ containers:
         {{- with $v.resources.limits }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
-        {{- if eq (include "motif-stage.device" .) "cuda" }}
+        {{- if eq (include "motif-stage.device" $root) "cuda" }}
         {{ $v.gpu.resourceName }}: {{ $procs }}
         {{- end }}
         {{- if $v.rdma.enabled }}
@@ -92,11 +103,11 @@ containers:
       {{- end }}
       {{- toYaml $sc | nindent 6 }}
     volumeMounts:
-      {{- include "motif-stage.volumeMounts" . | nindent 6 }}
+      {{- include "motif-stage.volumeMounts" $root | nindent 6 }}
       - name: shm
         mountPath: /dev/shm
 volumes:
-  {{- include "motif-stage.volumes" . | nindent 2 }}
+  {{- include "motif-stage.volumes" $root | nindent 2 }}
   - name: shm
     emptyDir:
       medium: Memory

@@ -2,8 +2,11 @@
 
 Reads what the motif-stage chart created (objects labelled `app.kubernetes.io/part-of=motif`):
 the PyTorchJob (or TrainJob) of each stage and its phase from the job conditions, its pods (ready,
-restarts), the growth Job, and where the stage writes its checkpoints (the chart's `motif/*`
-annotations, else the stage ConfigMap). Also runs as `kubectl motif status`.
+restarts), the growth and eval Jobs, and where the stage writes its checkpoints (the chart's
+`motif/*` annotations, else the stage ConfigMap). Also runs as `kubectl motif status`.
+
+Every API call has a connect and a read timeout and is not retried: a server that never answers
+ends the command with one line, not a hang.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import datetime as dt
 import json
 import os
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +35,8 @@ Uses the current kubeconfig context (KUBECONFIG, ~/.kube/config) or the in-clust
 
 PART_OF = "app.kubernetes.io/part-of=motif"
 TERMINAL = ("Succeeded", "Failed")
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 20.0
 
 
 @dataclass
@@ -50,6 +56,7 @@ class StageStatus:
     restarts: int = 0
     age_seconds: int | None = None
     grow: str = "-"
+    eval: str = "-"
     checkpoint_dir: str | None = None
     output: str | None = None
     input: str | None = None
@@ -108,16 +115,22 @@ def _replicas(job: dict[str, Any]) -> int:
     return int((spec.get("trainer") or {}).get("numNodes") or 1)
 
 
-def _grow_state(job: dict[str, Any] | None) -> str:
+def _batch_job_state(job: dict[str, Any] | None) -> str:
+    """State of a growth or eval Job: Complete, Failed, Suspended, Running or Pending."""
     if job is None:
         return "-"
     status = job.get("status") or {}
     for c in status.get("conditions") or []:
         if str(c.get("status")) == "True" and c.get("type") in ("Complete", "Failed"):
             return c["type"]
+    if (job.get("spec") or {}).get("suspend"):
+        return "Suspended"
     if status.get("active"):
         return "Running"
     return "Pending"
+
+
+_grow_state = _batch_job_state
 
 
 def _paths_from_configmap(cm: dict[str, Any] | None) -> dict[str, str | None]:
@@ -140,9 +153,10 @@ def collect(
     configmaps: list[dict[str, Any]],
     grow_jobs: list[dict[str, Any]],
     now: dt.datetime | None = None,
+    eval_jobs: list[dict[str, Any]] | None = None,
 ) -> list[StageStatus]:
-    """One StageStatus per training job, joined with its pods, growth Job and stage ConfigMap
-    by the release label (`app.kubernetes.io/instance`)."""
+    """One StageStatus per training job, joined with its pods, growth and eval Jobs and stage
+    ConfigMap by the release label (`app.kubernetes.io/instance`)."""
     now = now or dt.datetime.now(dt.UTC)
 
     def release_of(obj: dict[str, Any]) -> tuple[str, str]:
@@ -151,6 +165,7 @@ def collect(
 
     cms = {release_of(c): c for c in configmaps}
     grows = {release_of(j): j for j in grow_jobs}
+    evals = {release_of(j): j for j in eval_jobs or []}
     out = []
     for job in jobs:
         meta = job.get("metadata") or {}
@@ -188,7 +203,8 @@ def collect(
                 failed=sum(c["failed"] for c in counts.values()),
                 restarts=sum(_restarts(p) for p in job_pods),
                 age_seconds=_age(meta, now),
-                grow=_grow_state(grows.get(key)),
+                grow=_batch_job_state(grows.get(key)),
+                eval=_batch_job_state(evals.get(key)),
                 checkpoint_dir=annotations.get("motif/checkpoint-dir") or paths.get("checkpoint_dir"),
                 output=annotations.get("motif/output") or paths.get("output"),
                 input=annotations.get("motif/input") or paths.get("input"),
@@ -225,6 +241,7 @@ def format_table(stages: list[StageStatus], all_namespaces: bool = False) -> str
         "RESTARTS",
         "AGE",
         "GROW",
+        "EVAL",
         "CHECKPOINTS",
     ]
     if all_namespaces:
@@ -243,6 +260,7 @@ def format_table(stages: list[StageStatus], all_namespaces: bool = False) -> str
             str(s.restarts),
             human_age(s.age_seconds),
             s.grow,
+            s.eval,
             s.checkpoint_dir or "-",
         ]
         if all_namespaces:
@@ -257,26 +275,68 @@ def format_table(stages: list[StageStatus], all_namespaces: bool = False) -> str
 
 
 def _load_config(context: str | None) -> str:
-    """Configure the kubernetes client; returns the context's default namespace."""
-    from kubernetes import config
+    """Configure the kubernetes client; returns the context's default namespace. A kubeconfig that
+    cannot be read or makes no sense is one line naming it (MotifError), never a traceback."""
+    from kubernetes import client, config
 
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not context and not os.environ.get("KUBECONFIG"):
         config.load_incluster_config()
+        namespace = "default"
         try:
             with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
-                return f.read().strip()
+                namespace = f.read().strip()
         except OSError:
-            return "default"
+            pass
+    else:
+        namespace = _load_kubeconfig(context)
+    _configure_client(client)
+    return namespace
+
+
+def _load_kubeconfig(context: str | None) -> str:
+    from kubernetes import config
+
     # KUBECONFIG is read here, not when the kubernetes package was imported.
     kubeconfig = os.environ.get("KUBECONFIG") or None
+    where = kubeconfig or "~/.kube/config"
     try:
         config.load_kube_config(config_file=kubeconfig, context=context)
         contexts, current = config.list_kube_config_contexts(config_file=kubeconfig)
     except (config.ConfigException, OSError) as e:
-        raise MotifError(f"no cluster to talk to: {e} (set KUBECONFIG or --context)") from None
+        detail = " ".join(str(e).split())
+        raise MotifError(f"no cluster to talk to: {where}: {detail} (set KUBECONFIG or --context)") from None
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
+        detail = " ".join(str(e).split())[:200]
+        raise MotifError(
+            f"{where}: not a usable kubeconfig ({type(e).__name__}: {detail}); expected a Config with "
+            "clusters, users, contexts and current-context"
+        ) from None
     if context:
         current = next((c for c in contexts if c["name"] == context), current)
+    if not isinstance(current, dict):
+        raise MotifError(f"{where}: current-context: no such context; expected one of its contexts' names")
     return (current.get("context") or {}).get("namespace") or "default"
+
+
+def _configure_client(client) -> None:
+    """No retries (a timeout ends the command), and one line instead of a urllib3 warning per
+    request when the kubeconfig skips TLS verification."""
+    from urllib3.exceptions import InsecureRequestWarning
+
+    cfg = client.Configuration.get_default_copy()
+    cfg.retries = False
+    client.Configuration.set_default(cfg)
+    if not cfg.verify_ssl and cfg.host.startswith("https"):
+        warnings.simplefilter("ignore", InsecureRequestWarning)
+        print(
+            f"warning: TLS verification of {cfg.host} is off (insecure-skip-tls-verify in the kubeconfig)",
+            file=sys.stderr,
+        )
+
+
+def timeout() -> tuple[float, float]:
+    """(connect, read) seconds of every API call."""
+    return (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
 
 
 def _list_custom(api, group: str, version: str, plural: str, namespace: str | None) -> list[dict[str, Any]]:
@@ -284,9 +344,13 @@ def _list_custom(api, group: str, version: str, plural: str, namespace: str | No
 
     try:
         if namespace is None:
-            result = api.list_cluster_custom_object(group, version, plural, label_selector=PART_OF)
+            result = api.list_cluster_custom_object(
+                group, version, plural, label_selector=PART_OF, _request_timeout=timeout()
+            )
         else:
-            result = api.list_namespaced_custom_object(group, version, namespace, plural, label_selector=PART_OF)
+            result = api.list_namespaced_custom_object(
+                group, version, namespace, plural, label_selector=PART_OF, _request_timeout=timeout()
+            )
     except ApiException as e:
         if e.status == 404:  # the CRD is not installed: no such jobs
             return []
@@ -294,8 +358,8 @@ def _list_custom(api, group: str, version: str, plural: str, namespace: str | No
     return result.get("items", [])
 
 
-def fetch(namespace: str | None) -> tuple[list, list, list, list]:
-    """(jobs, pods, configmaps, grow_jobs) as plain dicts; namespace None: all namespaces."""
+def fetch(namespace: str | None) -> tuple[list, list, list, list, list]:
+    """(jobs, pods, configmaps, grow_jobs, eval_jobs) as plain dicts; namespace None: all namespaces."""
     from kubernetes import client
 
     api_client = client.ApiClient()
@@ -308,19 +372,29 @@ def fetch(namespace: str | None) -> tuple[list, list, list, list]:
     def plain(items) -> list[dict[str, Any]]:
         return [api_client.sanitize_for_serialization(i) for i in items]
 
-    if namespace is None:
-        pods = core.list_pod_for_all_namespaces(label_selector=PART_OF).items
-        cms = core.list_config_map_for_all_namespaces(
-            label_selector=f"{PART_OF},app.kubernetes.io/component=stage-config"
-        ).items
-        grows = batch.list_job_for_all_namespaces(label_selector=f"{PART_OF},app.kubernetes.io/component=grow").items
-    else:
-        pods = core.list_namespaced_pod(namespace, label_selector=PART_OF).items
-        cms = core.list_namespaced_config_map(
-            namespace, label_selector=f"{PART_OF},app.kubernetes.io/component=stage-config"
-        ).items
-        grows = batch.list_namespaced_job(namespace, label_selector=f"{PART_OF},app.kubernetes.io/component=grow").items
-    return jobs, plain(pods), plain(cms), plain(grows)
+    def listed(namespaced, cluster_wide, selector: str) -> list[dict[str, Any]]:
+        kwargs = {"label_selector": selector, "_request_timeout": timeout()}
+        result = cluster_wide(**kwargs) if namespace is None else namespaced(namespace, **kwargs)
+        return plain(result.items)
+
+    pods = listed(core.list_namespaced_pod, core.list_pod_for_all_namespaces, PART_OF)
+    cms = listed(
+        core.list_namespaced_config_map,
+        core.list_config_map_for_all_namespaces,
+        f"{PART_OF},app.kubernetes.io/component=stage-config",
+    )
+    batch_jobs = listed(
+        batch.list_namespaced_job,
+        batch.list_job_for_all_namespaces,
+        f"{PART_OF},app.kubernetes.io/component in (grow,eval)",
+    )
+
+    def component(j: dict[str, Any]) -> str:
+        return ((j.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component", "")
+
+    grows = [j for j in batch_jobs if component(j) == "grow"]
+    evals = [j for j in batch_jobs if component(j) == "eval"]
+    return jobs, pods, cms, grows, evals
 
 
 # ---- command ---------------------------------------------------------------------------------
@@ -340,11 +414,12 @@ def run(args: argparse.Namespace) -> int:
     default_ns = _load_config(args.context)
     namespace = None if args.all_namespaces else (args.namespace or default_ns)
     try:
-        stages = collect(*fetch(namespace))
+        jobs, pods, cms, grows, evals = fetch(namespace)
+        stages = collect(jobs, pods, cms, grows, eval_jobs=evals)
     except ApiException as e:
         raise MotifError(f"the API server refused a list call: {e.status} {e.reason}") from None
     except HTTPError as e:
-        raise MotifError(f"cannot reach the API server: {e}") from None
+        raise MotifError(f"cannot reach the API server: {_reason(e)}") from None
     if args.json:
         json.dump([asdict(s) for s in stages], sys.stdout, indent=2)
         print()
@@ -354,3 +429,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(stages, all_namespaces=namespace is None))
     return 0
+
+
+def _reason(error: Exception) -> str:
+    """The innermost reason of a urllib3 error, on one line (a timeout says which and how long)."""
+    reason = getattr(error, "reason", None) or error
+    text = " ".join(str(reason).split())
+    text = text.split(">: ", 1)[-1]  # urllib3 prefixes the connection object's repr
+    pool = getattr(error, "pool", None)
+    host = f"{getattr(pool, 'host', '')}:{getattr(pool, 'port', '')}" if getattr(pool, "host", None) else ""
+    return f"{host}: {text}" if host else text

@@ -1,4 +1,4 @@
-"""`motif status` against a small fake Kubernetes API server on 127.0.0.1.
+"""`motif status` against a small fake Kubernetes API server on 127.0.0.1 (tests/deploy/conftest.py).
 
 The server answers the list calls with objects the chart rendered (real Helm), given the status
 the training operator and the kubelet would add. The real kubernetes client code path runs: the
@@ -10,12 +10,13 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import os
+import socket
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
@@ -124,92 +125,21 @@ def _cluster() -> dict[str, list[dict]]:
 
 
 ROUTES = {
-    ("kubeflow.org", "pytorchjobs"): "pytorchjobs",
-    ("", "pods"): "pods",
-    ("", "configmaps"): "configmaps",
-    ("batch", "jobs"): "jobs",
+    "pytorchjobs": ("kubeflow.org", "pytorchjobs"),
+    "pods": ("", "pods"),
+    "configmaps": ("", "configmaps"),
+    "jobs": ("batch", "jobs"),
 }
 
 
-def _matches(labels: dict, selector: str) -> bool:
-    return all(labels.get(k) == v for k, v in (term.split("=", 1) for term in selector.split(",") if term))
-
-
-class FakeAPI(BaseHTTPRequestHandler):
-    objects: dict[str, list[dict]] = {}
-    requests: list[str] = []
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def do_GET(self):
-        url = urlparse(self.path)
-        FakeAPI.requests.append(self.path)
-        parts = url.path.strip("/").split("/")
-        # /api/v1[/namespaces/NS]/PLURAL or /apis/GROUP/VERSION[/namespaces/NS]/PLURAL
-        group = "" if parts[0] == "api" else parts[1]
-        rest = parts[2:] if parts[0] == "api" else parts[3:]
-        namespace = rest[1] if rest[0] == "namespaces" else None
-        plural = rest[-1]
-        key = ROUTES.get((group, plural))
-        if key is None:
-            body = {
-                "kind": "Status",
-                "apiVersion": "v1",
-                "status": "Failure",
-                "reason": "NotFound",
-                "code": 404,
-                "message": f"the server could not find the requested resource ({url.path})",
-            }
-            return self._send(404, body)
-        selector = parse_qs(url.query).get("labelSelector", [""])[0]
-        items = [
-            o
-            for o in FakeAPI.objects[key]
-            if (namespace is None or o["metadata"]["namespace"] == namespace)
-            and _matches(o["metadata"].get("labels", {}), selector)
-        ]
-        kind = items[0]["kind"] if items else "List"
-        self._send(
-            200, {"apiVersion": "v1", "kind": f"{kind}List", "metadata": {"resourceVersion": "1"}, "items": items}
-        )
-
-    def _send(self, code: int, body: dict):
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 @pytest.fixture
-def kubeconfig(tmp_path, monkeypatch) -> Path:
+def kubeconfig(fake_api) -> Path:
     global NOW
     NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)  # ages are asserted against it
-    FakeAPI.objects = _cluster()
-    FakeAPI.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeAPI)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    cfg = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
-        "users": [{"name": "me", "user": {"token": "not-a-secret"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me", "namespace": "motif"}}],
-        "current-context": "fake",
-    }
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump(cfg))
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    yield path
-    server.shutdown()
-    server.server_close()
+    return fake_api({ROUTES[k]: v for k, v in _cluster().items()})
 
 
-def test_status_json_through_the_kubernetes_client(kubeconfig, capsys):
+def test_status_json_through_the_kubernetes_client(kubeconfig, api_requests, capsys):
     assert cli.main(["status", "--json"]) == 0
     stages = {s["stage"]: s for s in json.loads(capsys.readouterr().out)}
     assert set(stages) == {"tiny-s1-depth", "s2-width"}
@@ -226,12 +156,12 @@ def test_status_json_through_the_kubernetes_client(kubeconfig, capsys):
         "Worker": {"active": 0, "succeeded": 15, "failed": 0},
     }
     # The namespace came from the kubeconfig context; only motif's objects were asked for.
-    listed = [q for q in FakeAPI.requests if "/namespaces/motif/" in q]
-    assert len(listed) == len(FakeAPI.requests) == 5  # pytorchjobs, trainjobs, pods, configmaps, jobs
-    assert all("labelSelector=app.kubernetes.io%2Fpart-of%3Dmotif" in q for q in FakeAPI.requests)
+    listed = [q for q in api_requests if "/namespaces/motif/" in q]
+    assert len(listed) == len(api_requests) == 5  # pytorchjobs, trainjobs, pods, configmaps, jobs
+    assert all("labelSelector=app.kubernetes.io%2Fpart-of%3Dmotif" in q for q in api_requests)
 
 
-def test_status_table_and_all_namespaces(kubeconfig, capsys):
+def test_status_table_and_all_namespaces(kubeconfig, api_requests, capsys):
     assert cli.main(["status", "-A"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == [
@@ -247,6 +177,7 @@ def test_status_table_and_all_namespaces(kubeconfig, capsys):
         "RESTARTS",
         "AGE",
         "GROW",
+        "EVAL",
         "CHECKPOINTS",
     ]
     rows = {line.split()[1]: line.split() for line in lines[1:]}
@@ -260,10 +191,11 @@ def test_status_table_and_all_namespaces(kubeconfig, capsys):
         "2",
         "2d3h",
         "Complete",
+        "-",
         "/checkpoints/s2-width",
     ]
     assert rows["tiny-s1-depth"][4:7] == ["Running", "1/1", "1"]
-    assert all("/namespaces/" not in q for q in FakeAPI.requests)
+    assert all("/namespaces/" not in q for q in api_requests)
 
 
 def test_status_in_an_empty_namespace(kubeconfig, capsys):
@@ -333,3 +265,99 @@ def test_trainjob_counts_come_from_its_jobs_status():
         2,
     )  # Kueue has not admitted it
     assert stage.checkpoint_dir == "/checkpoints/ci-trainjob"
+
+
+def test_the_eval_job_state_is_shown(fake_api, capsys):
+    """The eval Job of a stage (ci/08 renders one) is joined by release, like the growth Job."""
+    objs = r.objects(r.render(r.load_values(r.CHART / "ci" / "08-eval-katib-preflight-values.yaml"), "motif-ev"))
+    (job,) = [o for o in objs if o["kind"] == "PyTorchJob"]
+    (ev,) = [o for o in objs if o["kind"] == "Job" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "eval"]
+    job["status"] = {"conditions": [{"type": "Succeeded", "status": "True", "lastTransitionTime": _ts(dt.timedelta())}]}
+    ev["status"] = {"active": 1}
+    cms = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "motif-ev-stage"]
+    fake_api(
+        {("kubeflow.org", "pytorchjobs"): [job], ("", "pods"): [], ("", "configmaps"): cms, ("batch", "jobs"): [ev]}
+    )
+    assert cli.main(["status", "--json"]) == 0
+    (stage,) = json.loads(capsys.readouterr().out)
+    assert (stage["phase"], stage["grow"], stage["eval"]) == ("Succeeded", "-", "Running")
+
+
+def _silent_server() -> tuple[socket.socket, list[socket.socket]]:
+    """Accepts connections and never answers: an API server that hangs."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    held: list[socket.socket] = []
+
+    def accept():
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    return sock, held
+
+
+def test_a_server_that_never_answers_is_one_line(kubeconfig_for, monkeypatch, capsys):
+    sock, held = _silent_server()
+    monkeypatch.setattr(status, "READ_TIMEOUT_S", 1.0)
+    kubeconfig_for(f"http://127.0.0.1:{sock.getsockname()[1]}")
+    try:
+        started = time.monotonic()
+        assert cli.main(["status"]) == 2
+        elapsed = time.monotonic() - started
+    finally:
+        sock.close()
+        for conn in held:
+            conn.close()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot reach the API server" in err and "timed out" in err, err
+    assert "Traceback" not in err
+    assert elapsed < 10, "one read timeout, no retries"
+
+
+GARBAGE_KUBECONFIGS = {
+    "not-yaml": "clusters: [\n  - {name: x",
+    "a-list": "- a\n- b\n",
+    "a-number": "42\n",
+    "no-contexts": "apiVersion: v1\nkind: Config\nclusters: []\n",
+    "context-not-a-mapping": "kind: Config\ncurrent-context: c\ncontexts: [c]\nclusters: []\nusers: []\n",
+    "empty": "",
+    "binary": "\x00\x01\x02\xff",
+}
+
+
+@pytest.mark.parametrize("text", GARBAGE_KUBECONFIGS.values(), ids=GARBAGE_KUBECONFIGS.keys())
+def test_a_garbage_kubeconfig_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, text):
+    kc = tmp_path / "kc"
+    kc.write_text(text, errors="surrogateescape")
+    before = kc.read_bytes()
+    monkeypatch.setenv("KUBECONFIG", str(kc))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert cli.main(["status"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(kc) in err and "Traceback" not in err, err
+    assert kc.read_bytes() == before
+
+
+def test_an_insecure_kubeconfig_warns_once_in_one_line(fake_https_api):
+    """With insecure-skip-tls-verify urllib3 warns on every request (five per run): motif says it
+    once, in one line. A subprocess, so the warning filters are the interpreter's, as for a user."""
+    kubeconfig = fake_https_api({ROUTES[k]: v for k, v in _cluster().items()})
+    result = subprocess.run(
+        [sys.executable, "-m", "motif", "status"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "tiny-s1-depth" in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TLS verification" in lines[0] and "insecure-skip-tls-verify" in lines[0], lines
+    assert "InsecureRequestWarning" not in result.stderr

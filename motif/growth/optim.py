@@ -120,8 +120,11 @@ def grow_param_state(plan: GrowthPlan, name: str, state: dict[str, torch.Tensor]
     return out
 
 
-def grow_optimizer_file(src: Path, dst: Path, plan: GrowthPlan) -> dict[str, Any]:
-    """Grow `optimizer.safetensors` tensor by tensor; returns a summary for the provenance."""
+def grow_optimizer_file(
+    src: Path, dst: Path, plan: GrowthPlan, checksums: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Grow `optimizer.safetensors` tensor by tensor; returns a summary for the provenance.
+    `checksums`: gets the written file's checksum, computed while writing (no read back)."""
     entries, _ = read_header(src)
     params = {k.split(".", 1)[1] for k in entries if k.startswith("step.")}
     known = set(plan.source.tensor_shapes())
@@ -148,7 +151,9 @@ def grow_optimizer_file(src: Path, dst: Path, plan: GrowthPlan) -> dict[str, Any
                 writer.write(f"{key}.{name}", new[key].float())
     finally:
         os.close(fd)
-    writer.close()
+    checksum = writer.close()
+    if checksums is not None:
+        checksums[dst.name] = checksum
     return {"params": len(grown), "fresh": fresh}
 
 

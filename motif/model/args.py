@@ -39,15 +39,21 @@ class GrowthState:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GrowthState:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+    def from_dict(cls, d: Any) -> GrowthState:
+        if not isinstance(d, dict):
+            raise CheckpointError(f"motif_growth: expected a mapping, got {_show(d)}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(known), key=repr)
         if unknown:
             raise CheckpointError(f"motif_growth.{unknown[0]}: unknown key (expected one of: {', '.join(known)})")
-        state = cls(**d)
-        if not 0.0 <= state.mask <= 1.0:
-            raise CheckpointError(f"motif_growth.mask: expected 0 <= m <= 1, got {state.mask}")
-        return state
+        mask = _number(d, "mask", 0.0, "motif_growth.")
+        if not 0.0 <= mask <= 1.0:
+            raise CheckpointError(f"motif_growth.mask: expected 0 <= m <= 1, got {mask}")
+        sizes = {k: _positive_int(d, k, None, "motif_growth.") for k in ("hidden", "intermediate", "heads", "kv_heads")}
+        blend = d.get("blend_layers", [])
+        if not isinstance(blend, list) or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in blend):
+            raise CheckpointError(f"motif_growth.blend_layers: expected a list of layer indices, got {_show(blend)}")
+        return cls(mask=mask, blend_layers=list(blend), **sizes)
 
 
 @dataclass
@@ -110,41 +116,36 @@ class ModelArgs:
 
     @classmethod
     def from_hf_config(cls, config: dict[str, Any]) -> ModelArgs:
-        """Read a `config.json` mapping (transformers 4.x or 5.x spelling, or motif's own)."""
+        """Read a `config.json` mapping (transformers 4.x or 5.x spelling, or motif's own).
+
+        Every value is type-checked: a wrong one is a CheckpointError naming the key and what was
+        expected, never a TypeError from deep inside (config.json files are edited by hand).
+        """
         act = config.get("hidden_act", "silu")
         if act != "silu":
-            raise CheckpointError(f"hidden_act: only silu (SwiGLU) is supported, got {act!r}")
+            raise CheckpointError(f"hidden_act: only silu (SwiGLU) is supported, got {_show(act)}")
         for key in ("attention_bias", "mlp_bias"):
             if config.get(key):
-                raise CheckpointError(f"{key}: Llama 3 has no biases; got true")
-        missing = [
-            k
-            for k in (
-                "vocab_size",
-                "hidden_size",
-                "intermediate_size",
-                "num_hidden_layers",
-                "num_attention_heads",
-            )
-            if k not in config
-        ]
-        if missing:
-            raise CheckpointError(f"{missing[0]}: missing from config.json")
+                raise CheckpointError(f"{key}: Llama 3 has no biases; got {_show(config[key])}")
+        for key in REQUIRED:
+            if key not in config:
+                raise CheckpointError(f"{key}: missing from config.json")
+        heads = _positive_int(config, "num_attention_heads")
         rope_theta, rope_scaling = _read_rope(config)
         growth = config.get("motif_growth")
         return cls(
-            vocab_size=config["vocab_size"],
-            hidden_size=config["hidden_size"],
-            intermediate_size=config["intermediate_size"],
-            num_hidden_layers=config["num_hidden_layers"],
-            num_attention_heads=config["num_attention_heads"],
-            num_key_value_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
-            head_dim=config.get("head_dim"),
-            max_position_embeddings=config.get("max_position_embeddings", 8192),
-            rope_theta=float(rope_theta),
+            vocab_size=_positive_int(config, "vocab_size"),
+            hidden_size=_positive_int(config, "hidden_size"),
+            intermediate_size=_positive_int(config, "intermediate_size"),
+            num_hidden_layers=_positive_int(config, "num_hidden_layers"),
+            num_attention_heads=heads,
+            num_key_value_heads=_positive_int(config, "num_key_value_heads", heads),
+            head_dim=_positive_int(config, "head_dim", None),
+            max_position_embeddings=_positive_int(config, "max_position_embeddings", 8192),
+            rope_theta=rope_theta,
             rope_scaling=rope_scaling,
-            rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            rms_norm_eps=_number(config, "rms_norm_eps", 1e-5, positive=True),
+            tie_word_embeddings=_bool(config, "tie_word_embeddings", False),
             torch_dtype=_read_dtype(config),
             growth=GrowthState.from_dict(growth) if growth is not None else None,
         )
@@ -229,21 +230,75 @@ class ModelArgs:
         return dataclasses.replace(self, **changes)
 
 
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else f"{value!r} ({type(value).__name__})"
+
+
+def _positive_int(config: dict[str, Any], key: str, default: Any = ..., prefix: str = "") -> Any:
+    """config[key] as a positive integer; `default` when absent or null (required when `...`)."""
+    value = config.get(key)
+    if value is None:
+        if default is ...:
+            raise CheckpointError(f"{prefix}{key}: missing from config.json")
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise CheckpointError(f"{prefix}{key}: expected a positive integer, got {_show(value)}")
+    return value
+
+
+def _number(config: dict[str, Any], key: str, default: float, prefix: str = "", positive: bool = False) -> float:
+    value = config.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CheckpointError(f"{prefix}{key}: expected a finite number, got {_show(value)}")
+    if positive and value <= 0:
+        raise CheckpointError(f"{prefix}{key}: expected a number > 0, got {value}")
+    return float(value)
+
+
+def _bool(config: dict[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{key}: expected true or false, got {_show(value)}")
+    return value
+
+
 def _read_rope(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     params = config.get("rope_parameters")
-    if isinstance(params, dict) and "rope_theta" in params:  # transformers 5.x
+    if params is not None and not isinstance(params, dict):
+        raise CheckpointError(f"rope_parameters: expected a mapping, got {_show(params)}")
+    if params is not None and "rope_theta" in params:  # transformers 5.x
+        prefix = "rope_parameters."
         scaling = {k: v for k, v in params.items() if k != "rope_theta"}
-        theta = params["rope_theta"]
+        theta = _number(params, "rope_theta", 500000.0, prefix, positive=True)
     else:  # transformers 4.x, Meta's configs
-        scaling = dict(config["rope_scaling"]) if config.get("rope_scaling") else {}
-        theta = config.get("rope_theta", 500000.0)
+        prefix = "rope_scaling."
+        raw = config.get("rope_scaling")
+        if raw is not None and not isinstance(raw, dict):
+            raise CheckpointError(f"rope_scaling: expected a mapping or null, got {_show(raw)}")
+        scaling = dict(raw or {})
+        theta = _number(config, "rope_theta", 500000.0, positive=True)
     kind = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
     scaling.pop("type", None)
+    if not isinstance(kind, str):
+        raise CheckpointError(f"{prefix}rope_type: expected a string, got {_show(kind)}")
     if kind == "default":
         return theta, None
+    for key in ROPE_NUMBERS:
+        if key in scaling:
+            _number(scaling, key, 0.0, prefix, positive=True)
     return theta, {"rope_type": kind, **scaling}
 
 
 def _read_dtype(config: dict[str, Any]) -> str:
     dtype = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
-    return str(dtype).removeprefix("torch.")
+    if not isinstance(dtype, str):
+        raise CheckpointError(f"torch_dtype: expected one of {', '.join(DTYPES)}, got {_show(dtype)}")
+    return dtype.removeprefix("torch.")

@@ -8,8 +8,13 @@ Why it is built this way:
 * **A model whose growth masks are below 1 is not a Llama.** Its config gets motif's own model_type
   and its weights go under `motif-model*.safetensors`, a name transformers never looks for, so
   `LlamaForCausalLM.from_pretrained` fails instead of silently computing a different function.
-* **Never a half checkpoint.** Everything is written into a hidden temporary directory next to the
-  destination, fsynced, then renamed into place.
+* **Never a half checkpoint, never a lost directory.** Everything is written into a hidden
+  temporary directory next to the destination, fsynced, then renamed into place
+  (`motif.storage.atomic`); an existing destination is replaced only if it is a checkpoint.
+* **Checkpoints that prove themselves.** `save` records every file's size and xxh3 checksum in
+  `checksums.json`; `load` checks them while it reads the weights (the bytes pass through memory
+  anyway, so the check costs CPU, not I/O) and refuses NaN/inf weights, naming file and tensor.
+  `save` refuses to write a model with NaN/inf weights at all.
 * **0644 files, no pickle.** A `.bin` is refused, never unpickled; modes are set explicitly.
 * **Checked before use.** `open_checkpoint` reads only headers and checks every tensor against the
   shape `config.json` implies, so a bad checkpoint fails in seconds with the file and tensor named,
@@ -18,31 +23,34 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import SafetensorError
 
-from motif.errors import CheckpointError, WriteError
+from motif.errors import CheckpointError
+from motif.model import verify
 from motif.model.args import ModelArgs
 from motif.model.model import Llama
-from motif.model.safetensors_io import FILE_MODE, SafetensorsWriter, TensorEntry, read_header, read_tensor
+from motif.model.safetensors_io import FILE_MODE, SafetensorsWriter, TensorEntry, read_header
+from motif.storage import integrity
+from motif.storage.atomic import DIR_MODE, atomic_dir, fsync_path  # noqa: F401  (re-exported: callers import them here)
+from motif.storage.space import check_free_space
+
+if TYPE_CHECKING:
+    from motif.storage.lease import Lease
 
 CONFIG_NAME = "config.json"
 PROVENANCE_NAME = "growth.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 PLAIN_PREFIX = "model"  # what transformers reads
 GROWING_PREFIX = "motif-model"  # masks below 1: a name transformers does not read
+CHECKSUMS_NAME = integrity.RECORD_NAME
 DEFAULT_SHARD_BYTES = 5 * 2**30
-DIR_MODE = 0o755
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -172,20 +180,32 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def load(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu") -> Llama:
-    """Load a checkpoint directory as a `Llama` in eval mode (fp32 unless `dtype` says otherwise)."""
+    """Load a checkpoint directory as a `Llama` in eval mode (fp32 unless `dtype` says otherwise).
+
+    The weight files are read once, front to back, several at a time; their checksums are checked
+    against `checksums.json` when the checkpoint has one, and every tensor is checked for NaN/inf.
+    """
     ckpt = open_checkpoint(path)
     dtype = to_dtype(dtype) or torch.float32
-    state = {}
-    fds: dict[Path, int] = {}
-    try:
-        for name, entry in ckpt.entries.items():
-            if entry.path not in fds:
-                fds[entry.path] = os.open(entry.path, os.O_RDONLY)
-            state[name] = read_tensor(entry, fds[entry.path]).to(device=device, dtype=dtype)
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+    files: dict[Path, set[str]] = {}
+    for name, entry in ckpt.entries.items():
+        files.setdefault(entry.path, set()).add(name)
+    record = integrity.read_record(ckpt.path)
+    sums, raw = verify.read_weights(files)
+    verify.check_record(ckpt.path, record, sums, others=False)
+    state = {name: raw.pop(name).to(device=device, dtype=dtype) for name in ckpt.entries}
     return Llama.from_state_dict(ckpt.args, state, device).eval()
+
+
+def verify_checkpoint(ckpt: Checkpoint, progress: verify.Progress | None = None) -> dict[str, str]:
+    """Read every byte of a checkpoint once: checksums against its record (all recorded files),
+    NaN/inf in every tensor, in bounded memory. Returns the weight files' checksums (computed,
+    never copied from the record), which `motif grow` fingerprints its input with."""
+    files: dict[Path, set[str] | None] = dict.fromkeys({e.path for e in ckpt.entries.values()})
+    record = integrity.read_record(ckpt.path)
+    sums, _ = verify.read_weights(files, progress=progress)
+    verify.check_record(ckpt.path, record, sums, others=True)
+    return sums
 
 
 def read_provenance(path: str | Path) -> dict[str, Any] | None:
@@ -200,49 +220,6 @@ def read_provenance(path: str | Path) -> dict[str, Any] | None:
 
 
 # ---- writing ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_dir(dst: str | Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `dst` only if the block completes."""
-    dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise CheckpointError(f"{dst}: already exists (pass overwrite to replace it)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(mode=DIR_MODE)
-    os.chmod(tmp, DIR_MODE)
-    try:
-        yield tmp
-        for path in tmp.iterdir():  # durable before it becomes visible
-            fsync_path(path)
-        fsync_path(tmp)
-        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-        if dst.exists():
-            os.rename(dst, old)
-        os.rename(tmp, dst)
-        fsync_path(dst.parent)
-        if old.exists():
-            shutil.rmtree(old)
-    except (OSError, SafetensorError) as e:  # a full disk or a failing volume: one clear line, not a traceback
-        shutil.rmtree(tmp, ignore_errors=True)
-        reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
-        kept = "its previous contents are untouched" if dst.exists() else "nothing was written there"
-        raise WriteError(f"{dst}: cannot write ({reason}); the partial write was removed, {kept}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory's fsync makes a rename in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -302,8 +279,15 @@ def save(
     dtype: torch.dtype | str | None = None,
     overwrite: bool = True,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    optimizer: dict[str, torch.Tensor] | None = None,
+    lease: Lease | None = None,
 ) -> None:
-    """Write `model` as a checkpoint directory (weights in `dtype`, default the model's own)."""
+    """Write `model` as a checkpoint directory (weights in `dtype`, default the model's own).
+
+    `optimizer`: tensors written alongside as `optimizer.safetensors` (a stage's final output).
+    Before any byte is written: NaN/inf weights are refused, and the volume must hold the whole
+    output. `checksums.json` records every file. `lease`: the held lease of `path`, if any.
+    """
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     model = getattr(model, "module", model)  # DistributedDataParallel wrapper
     params = dict(model.state_dict())
@@ -314,12 +298,35 @@ def save(
     for name, shape in shapes.items():
         if tuple(params[name].shape) != shape:
             raise CheckpointError(f"{name}: model tensor has shape {list(params[name].shape)}, args say {list(shape)}")
+        verify.check_finite(params[name].detach(), f"{path}: not written", name)
+    optimizer = dict(optimizer or {})
+    opt_specs = [(name, t.dtype, tuple(t.shape)) for name, t in optimizer.items()]
+    total = sum(math.prod(shape) * dt.itemsize for _, dt, shape in [*specs, *opt_specs])
+    check_free_space(Path(path).parent, total, f"checkpoint {path}")
     shards = plan_shards(specs, max_shard_bytes)
     names = shard_names(args, len(shards))
-    with atomic_dir(path, overwrite) as tmp:
+    with atomic_dir(path, overwrite, lease=lease) as tmp:
+        known = {}
         for shard, file in zip(shards, names, strict=True):
             writer = SafetensorsWriter(tmp / file, shard)
             for name, _, _ in shard:
                 writer.write(name, params[name].to(dtype))
-            writer.close()
+            known[file] = writer.close()
+        if optimizer:
+            writer = SafetensorsWriter(tmp / OPTIMIZER_NAME, opt_specs)
+            for name, tensor in optimizer.items():
+                writer.write(name, tensor)
+            known[OPTIMIZER_NAME] = writer.close()
         write_index(tmp, args, shards, names)
+        record_checksums(tmp, known)
+
+
+def record_checksums(directory: Path, known: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write `checksums.json` for every plain file in `directory` (call it last, in the temporary
+    directory). `known`: checksums computed while writing; the other files are read and hashed."""
+    names = [
+        p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != CHECKSUMS_NAME
+    ]
+    files = integrity.checksums(directory, names, known)
+    integrity.write_record(directory, files, FILE_MODE)
+    return files

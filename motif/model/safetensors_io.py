@@ -7,7 +7,9 @@ then raw little-endian tensor bytes) rather than through the `safetensors` packa
   with `copy_file_range` without ever decoding them;
 * `safe_open` hands out mmap views that share storage, which `save_file` refuses, and its errors do
   not say which file is truncated; every error here is a `CheckpointError` naming the file;
-* `safetensors.save_file` writes mode 0600 whatever the umask, unreadable by a pod of another UID.
+* `safetensors.save_file` writes mode 0600 whatever the umask, unreadable by a pod of another UID;
+* the writer hashes every byte as it writes it (`close()` returns the file's checksum), so a
+  checkpoint's checksums cost no second read of what was just written.
 
 Nothing here ever unpickles anything.
 """
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 
 from motif.errors import CheckpointError
+from motif.storage.integrity import Hasher
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -38,6 +41,7 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER_BYTES = 100 * 2**20
 FILE_MODE = 0o644
 _COPY_CHUNK = 1 << 30
+_HASH_CHUNK = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,8 @@ class SafetensorsWriter:
     """Writes one file whose tensor list is known up front, in that order, tensor by tensor.
 
     The header comes first, so every tensor's place is fixed before any data is written; a tensor
-    can then be written from memory, copied byte for byte from another file, or zero-filled.
+    can then be written from memory, copied byte for byte from another file, or zero-filled. Every
+    byte is fed, in file order, to the checksum `close()` returns.
     """
 
     def __init__(
@@ -146,9 +151,12 @@ class SafetensorsWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned
         self._next = 0
+        self._hasher = Hasher()
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         os.fchmod(self._fd, FILE_MODE)  # the umask must not make it private
-        os.write(self._fd, struct.pack("<Q", len(raw)) + raw)
+        head = struct.pack("<Q", len(raw)) + raw
+        _write_all(self._fd, memoryview(head))
+        self._hasher.update(head)
 
     def _expect(self, name: str) -> int:
         want, nbytes = self._order[self._next]
@@ -165,27 +173,46 @@ class SafetensorsWriter:
                 f"{self.path}: tensor {name} has {t.numel() * t.element_size()} bytes, expected {nbytes}"
             )
         if nbytes:
-            _write_all(self._fd, t.view(-1).view(torch.uint8).numpy().data)
+            data = t.view(-1).view(torch.uint8).numpy().data
+            _write_all(self._fd, data)
+            self._hasher.update(data)
 
     def copy(self, name: str, src_fd: int, src_offset: int) -> None:
-        """Copy the tensor's bytes from another file without decoding them (kernel copy where possible)."""
+        """Copy the tensor's bytes from another file without decoding them (kernel copy where possible;
+        server-side on NFS 4.2). The checksum reads the same range of the source (from the page cache
+        when it was just read); the bytes are never decoded."""
         nbytes, done = self._expect(name), 0
         while done < nbytes:
+            chunk = min(nbytes - done, _COPY_CHUNK)
             try:
-                n = os.copy_file_range(src_fd, self._fd, min(nbytes - done, _COPY_CHUNK), src_offset + done)
+                n = os.copy_file_range(src_fd, self._fd, chunk, src_offset + done)
             except OSError:  # cross-device or unsupported filesystem: plain read/write
-                n = os.write(self._fd, os.pread(src_fd, min(nbytes - done, 64 << 20), src_offset + done))
+                data = os.pread(src_fd, min(chunk, _HASH_CHUNK), src_offset + done)
+                _write_all(self._fd, memoryview(data))
+                n = len(data)
             if n == 0:
                 raise CheckpointError(f"{name}: source file ended while copying")
+            self._hash_source(src_fd, src_offset + done, n)
             done += n
+
+    def _hash_source(self, fd: int, offset: int, nbytes: int) -> None:
+        end = offset + nbytes
+        while offset < end:
+            data = os.pread(fd, min(_HASH_CHUNK, end - offset), offset)
+            if not data:
+                raise CheckpointError(f"{self.path}: source file ended while copying")
+            self._hasher.update(data)
+            offset += len(data)
 
     def zeros(self, name: str) -> None:
         """An all-zero tensor as a hole in the file: it reads as zeros and costs no disk write."""
-        os.lseek(self._fd, self._expect(name), os.SEEK_CUR)
+        nbytes = self._expect(name)
+        os.lseek(self._fd, nbytes, os.SEEK_CUR)
+        self._hasher.zeros(nbytes)
 
-    def close(self) -> None:
-        """Close without waiting for the disk: `checkpoint.atomic_dir` fsyncs every file before the
-        rename. Writeback starts now, so it overlaps the writing of the next file."""
+    def close(self) -> str:
+        """Close without waiting for the disk: `atomic_dir` fsyncs every file before the rename, and
+        writeback starts now, so it overlaps the writing of the next file. Returns the checksum."""
         if self._next != len(self._order):
             raise RuntimeError(f"{self.path}: {len(self._order) - self._next} tensors were never written")
         os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_CUR))  # a trailing hole still counts
@@ -193,6 +220,7 @@ class SafetensorsWriter:
         # everything else from the page cache).
         os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(self._fd)
+        return self._hasher.text()
 
 
 def _write_all(fd: int, data: memoryview) -> None:

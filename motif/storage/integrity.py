@@ -1,0 +1,192 @@
+"""Per-file checksums: recorded when a directory is written, verified before it is trusted.
+
+Why it is built this way:
+
+* **xxh3-128, not sha256.** The threat is a bit flip, a copy cut short or a file replaced by
+  hand, not an adversary: a fast non-cryptographic hash is enough, and xxh3 runs at memory speed
+  (7+ GB/s per core here) where sha256 manages about 0.5 GB/s. At 140 GB a hash costs seconds of
+  CPU; reading the bytes costs more, so every hash is computed while the bytes pass through
+  memory anyway (at save, while writing; at load, while reading) wherever that is possible.
+* **Sizes first.** `verify` compares every file's size before hashing any: a truncated or
+  missing file is found in milliseconds, and only then are the bytes read.
+* **Files in parallel.** xxhash releases the GIL, so several shards are read and hashed on
+  threads at once; shared filesystems (NFS, Lustre, CephFS) give more bandwidth to parallel reads.
+* **Self-describing values.** A checksum is `"xxh3_128:<hex>"`, so a record names its algorithm
+  and a later change of algorithm is detected rather than misread.
+
+The record of a checkpoint directory is `checksums.json`:
+`{"format": "motif-checksums/1", "files": {name: {"size": bytes, "checksum": "xxh3_128:..."}}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from motif.errors import CheckpointError
+
+ALGORITHM = "xxh3_128"
+RECORD_NAME = "checksums.json"
+RECORD_FORMAT = "motif-checksums/1"
+CHUNK_BYTES = 16 << 20
+THREADS = min(8, os.cpu_count() or 1)
+
+
+class Hasher:
+    """A streaming checksum: feed bytes in file order, read `text()` at the end."""
+
+    def __init__(self) -> None:
+        self._h = xxhash.xxh3_128()
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._h.update(data)
+
+    def zeros(self, nbytes: int) -> None:
+        """Feed `nbytes` zero bytes (a hole in a sparse file reads as zeros)."""
+        block = _zero_block()
+        while nbytes > 0:
+            n = min(nbytes, len(block))
+            self._h.update(block[:n])
+            nbytes -= n
+
+    def text(self) -> str:
+        return f"{ALGORITHM}:{self._h.hexdigest()}"
+
+
+_ZEROS: list[memoryview] = []
+
+
+def _zero_block() -> memoryview:
+    if not _ZEROS:
+        _ZEROS.append(memoryview(bytes(CHUNK_BYTES)))
+    return _ZEROS[0]
+
+
+def checksum_file(path: str | Path) -> str:
+    """The checksum of a whole file, read in 16 MB chunks (bounded memory whatever its size)."""
+    h = Hasher()
+    buf = bytearray(CHUNK_BYTES)
+    view = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while n := os.readv(fd, [buf]):
+            h.update(view[:n])
+    finally:
+        os.close(fd)
+    return h.text()
+
+
+def entry(path: Path, checksum: str) -> dict[str, Any]:
+    return {"size": path.stat().st_size, "checksum": checksum}
+
+
+def checksums(directory: str | Path, names: Iterable[str], known: dict[str, str] | None = None) -> dict[str, Any]:
+    """`{name: {"size", "checksum"}}` for files in `directory`; `known` holds checksums already
+    computed while writing (those files are not read again)."""
+    directory, known = Path(directory), known or {}
+    names = sorted(names)
+    todo = [n for n in names if n not in known]
+    with ThreadPoolExecutor(THREADS) as pool:
+        computed = dict(zip(todo, pool.map(lambda n: checksum_file(directory / n), todo), strict=True))
+    return {n: entry(directory / n, known.get(n) or computed[n]) for n in names}
+
+
+def verify(directory: str | Path, recorded: dict[str, Any], *, content: bool = True) -> str | None:
+    """None if every recorded file is present with its recorded size and checksum, else the first
+    problem, naming the file. `content=False` checks presence and sizes only (no byte is read)."""
+    directory = Path(directory)
+    for name, want in sorted(recorded.items()):
+        problem = _size_problem(directory / name, want)
+        if problem:
+            return problem
+    if not content:
+        return None
+    names = sorted(recorded)
+    with ThreadPoolExecutor(THREADS) as pool:
+        found = dict(zip(names, pool.map(lambda n: checksum_file(directory / n), names), strict=True))
+    for name in names:
+        problem = compare(directory / name, recorded[name], found[name])
+        if problem:
+            return problem
+    return None
+
+
+def _size_problem(path: Path, want: Any) -> str | None:
+    if not isinstance(want, dict) or not isinstance(want.get("size"), int) or not isinstance(want.get("checksum"), str):
+        return f"{path}: bad checksum record entry {want!r} (expected size and checksum)"
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return f"{path}: missing (the checksum record lists it)"
+    except OSError as e:
+        return f"{path}: cannot read: {e.strerror or e}"
+    if size != want["size"]:
+        return f"{path}: {size} bytes, the checksum record says {want['size']} (truncated or replaced)"
+    return None
+
+
+def compare(path: Path, want: dict[str, Any], found: str) -> str | None:
+    """The problem if checksum `found` of `path` is not the recorded one."""
+    recorded = want["checksum"]
+    if not recorded.startswith(f"{ALGORITHM}:"):
+        return f"{path}: checksum {recorded!r} uses an unknown algorithm (expected {ALGORITHM})"
+    if found != recorded:
+        return f"{path}: checksum mismatch: the content changed after it was written (corrupt or edited)"
+    return None
+
+
+# ---- the record file ---------------------------------------------------------------------------
+
+
+def write_record(directory: str | Path, files: dict[str, Any], mode: int = 0o644) -> None:
+    """Write `checksums.json` into `directory` (inside a temporary directory before its rename)."""
+    path = Path(directory) / RECORD_NAME
+    text = json.dumps({"format": RECORD_FORMAT, "files": files}, indent=1, sort_keys=True) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def read_record(directory: str | Path) -> dict[str, Any] | None:
+    """The recorded files of `directory`, or None when it has no record (an HF download, say).
+    A record that is not valid is a CheckpointError naming it: it is never silently ignored."""
+    path = Path(directory) / RECORD_NAME
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable or not JSON: {_one_line(e)}") from None
+    if not isinstance(doc, dict) or doc.get("format") != RECORD_FORMAT or not isinstance(doc.get("files"), dict):
+        raise CheckpointError(f"{path}: format: expected {RECORD_FORMAT!r} with a files mapping")
+    for name, want in doc["files"].items():
+        if not isinstance(name, str) or "/" in name or name.startswith(".") or not name:
+            raise CheckpointError(f"{path}: files: {name!r} is not a file name of this directory")
+        problem = _entry_problem(want)
+        if problem:
+            raise CheckpointError(f"{path}: files.{name}: {problem}")
+    return doc["files"]
+
+
+def _entry_problem(want: Any) -> str | None:
+    if not isinstance(want, dict):
+        return f"expected a mapping with size and checksum, got {want!r}"
+    size, checksum = want.get("size"), want.get("checksum")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        return f"size: expected a byte count, got {size!r}"
+    if not isinstance(checksum, str):
+        return f"checksum: expected a string like '{ALGORITHM}:...', got {checksum!r}"
+    return None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())

@@ -20,7 +20,10 @@ COMMANDS: dict[str, str] = {
     "grow": "motif.growth.command",
     "plan": "motif.plan",
     "train": "motif.train.command",
+    "eval": "motif.eval.command",
     "status": "motif.status",
+    "preflight": "motif.preflight",
+    "mix": "motif.mix.command",
     "demo": "motif.demo",
 }
 

@@ -1,0 +1,112 @@
+"""The fit as text (the table `motif mix fit` prints) and as JSON (`--json`, and `<sweep>/fit.json`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from motif.mix.fit import FitResult
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append(
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _loo(result: FitResult, lang: str, i: int) -> str:
+    loo = result.fits[lang].loo
+    return "-" if loo is None else f"{loo[i]:+.4f}"
+
+
+def proxies_table(result: FitResult) -> str:
+    langs = result.languages
+    head = ["proxy", "ko share", "steps", *[f"{lang} bpb" for lang in langs], *[f"{lang} loo err" for lang in langs]]
+    rows = [head]
+    for i, r in enumerate(result.used):
+        rows.append(
+            [
+                r.proxy.name,
+                f"{result.weights_ko_share(r.proxy.weights):.3f}",
+                str(result.step),
+                *[f"{r.final[lang]:.4f}" for lang in langs],
+                *[_loo(result, lang, i) for lang in langs],
+            ]
+        )
+    for r in result.missing:
+        rows.append([r.proxy.name, f"{result.weights_ko_share(r.proxy.weights):.3f}", "-", *["-"] * 2 * len(langs)])
+    return table(rows)
+
+
+def fit_lines(result: FitResult) -> list[str]:
+    lines = []
+    for lang in result.languages:
+        f = result.fits[lang]
+        what = f"L_{lang}(x) = {f.law.describe()}" if result.sweep.mode == "grid" else f"law {f.law.describe()}"
+        loo = f.loo
+        err = (
+            "held-out error: n/a (needs one proxy more than the law's parameters)"
+            if loo is None
+            else f"held-out (leave-one-out) error: mean |e| {np.mean(np.abs(loo)):.4f}, "
+            f"max {np.max(np.abs(loo)):.4f} bpb"
+        )
+        model = f" [choice by {f.model}]" if f.regression is not None else ""
+        lines.append(f"{what}, fit rmse {f.law.rmse:.4f} bpb; {err}{model}")
+    return lines
+
+
+def step_line(result: FitResult) -> str:
+    parts = [f"step {c.step}: {c.ko_share:.2f}" for c in result.by_step]
+    return "chosen ko share by step: " + ", ".join(parts)
+
+
+def chosen_line(result: FitResult) -> str:
+    weights = ", ".join(f"{s} {w:g}" for s, w in result.weights.items())
+    losses = ", ".join(f"{lang} {v:.4f}" for lang, v in result.chosen_loss.items())
+    bound = ""
+    if result.choice.bounds:
+        bound = " (bound " + ", ".join(f"{lang} <= {v:.4f}" for lang, v in result.choice.bounds.items()) + ")"
+    state = "" if result.choice.feasible else " NO MIXTURE MEETS THE BOUND: this is the one closest to it;"
+    edge = " at the edge of the swept range: the optimum may lie beyond it, extend the sweep;" if result.at_edge else ""
+    return f"chosen:{state}{edge} ko share {result.ko_share:.3g} ({weights}); predicted bpb {losses}{bound}"
+
+
+def as_json(result: FitResult, png: str | None) -> dict[str, Any]:
+    sweep = result.sweep
+    return {
+        "stage": sweep.stage,
+        "stage_file": sweep.stage_file,
+        "mode": sweep.mode,
+        "step": result.step,
+        "rule": result.rule.describe(result.languages),
+        "baseline": result.baseline,
+        "bounds": result.choice.bounds,
+        "feasible": result.choice.feasible,
+        "at_edge": result.at_edge,
+        "chosen": {"ko_share": result.ko_share, "weights": result.weights, "predicted": result.chosen_loss},
+        "by_step": [{"step": c.step, "ko_share": c.ko_share, "weights": c.weights} for c in result.by_step],
+        "fits": {
+            lang: {
+                "c": f.law.c,
+                "k": f.law.k,
+                "t": list(f.law.t),
+                "rmse": f.law.rmse,
+                "model": f.model,
+                "loo_errors": None if f.loo is None else [float(v) for v in f.loo],
+            }
+            for lang, f in result.fits.items()
+        },
+        "proxies": [
+            {"name": r.proxy.name, "weights": r.proxy.weights, "heldout": r.final, "steps": sorted(r.points)}
+            for r in result.used
+        ],
+        "missing": [{"name": r.proxy.name, "problem": r.problem} for r in result.missing],
+        "png": png,
+    }

@@ -300,7 +300,14 @@ def _print_outcome(sweep, sweep_dir: Path, runner: str, args) -> None:
             f"  {p.name}: {p.status}"
             + (f" (exit status {p.exit_code}, log {sweep_dir / p.log})" if p.status == "failed" else "")
         )
-    print(f"next: motif mix fit {sweep_dir}")
+    failed = sum(p.status == "failed" for p in sweep.proxies)
+    if failed:
+        print(
+            f"{failed} of {len(sweep.proxies)} proxies failed: run the same command again to resume them, "
+            f"or fit without them: motif mix fit {sweep_dir} --allow-missing"
+        )
+    else:
+        print(f"next: motif mix fit {sweep_dir}")
 
 
 # ---- fit ---------------------------------------------------------------------------------------

@@ -104,7 +104,13 @@ def as_json(result: FitResult, png: str | None) -> dict[str, Any]:
             for lang, f in result.fits.items()
         },
         "proxies": [
-            {"name": r.proxy.name, "weights": r.proxy.weights, "heldout": r.final, "steps": sorted(r.points)}
+            {
+                "name": r.proxy.name,
+                "ko_share": result.weights_ko_share(r.proxy.weights),
+                "weights": r.proxy.weights,
+                "heldout": r.final,
+                "steps": sorted(r.points),
+            }
             for r in result.used
         ],
         "missing": [{"name": r.proxy.name, "problem": r.problem} for r in result.missing],

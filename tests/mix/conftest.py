@@ -96,7 +96,7 @@ def tiny_stage(**motif_overrides) -> dict:
                 "num_key_value_heads": 2,
                 "max_position_embeddings": 256,
             },
-            "output": "out/t-mix",
+            "output": "ck/t-mix/final",
             "data": {
                 "tokenizer": "data/tokenizer",
                 "seq_len": 32,

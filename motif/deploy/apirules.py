@@ -106,10 +106,7 @@ def _list_type(items: list[Any], schema: dict[str, Any], path: Path) -> Iterator
     keys = schema.get("x-kubernetes-list-map-keys") or []
     seen: set[str] = set()
     for i, item in enumerate(items):
-        if kind == "map" and isinstance(item, dict):
-            identity = {k: item.get(k) for k in keys}
-        else:
-            identity = item
+        identity = {k: item.get(k) for k in keys} if kind == "map" and isinstance(item, dict) else item
         text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         if text in seen:
             yield f"{where((*path, i))}: Duplicate value: {text}"

@@ -42,6 +42,14 @@ def _workload(objs: list[dict]) -> dict:
     return job
 
 
+def _grace(values: dict) -> int:
+    return values.get("train", {}).get("terminationGracePeriodSeconds", 300)
+
+
+def _grow_jobs(objs: list[dict]) -> list[dict]:
+    return [o for o in objs if o["kind"] == "Job" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "grow"]
+
+
 def _stage_config(objs: list[dict]) -> dict:
     (cm,) = [o for o in objs if o["kind"] == "ConfigMap" and "stage.yaml" in o.get("data", {})]
     return cm
@@ -98,12 +106,17 @@ def test_workload_layout_comes_from_motif_parallel(path):
         trainer = job["spec"]["trainer"]
         assert (trainer["numNodes"], trainer["numProcPerNode"]) == (nodes, procs)
         assert (trainer["resourcesPerNode"]["limits"].get("nvidia.com/gpu") == procs) == gpu
-        assert trainer["command"] == ["torchrun", "-m", "motif", "train", "/etc/motif/stage.yaml"]
+        assert trainer["command"] == ["motif-torchrun", "-m", "motif", "train", "/etc/motif/stage.yaml"]
+        assert {"name": "MOTIF_GRACE_SECONDS", "value": str(_grace(values))} in trainer["env"]
         (patch,) = job["spec"]["runtimePatches"]
         (rjob,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
         pod = rjob["template"]["spec"]["template"]["spec"]
         (c,) = pod["containers"]
         assert {"name": "stage-config", "mountPath": "/etc/motif", "readOnly": True} in c["volumeMounts"]
+        # The patch keys mounts by volume name: one mount per volume (issue: Duplicate value).
+        names = [mt["name"] for mt in c["volumeMounts"]]
+        assert len(names) == len(set(names))
+        assert pod["terminationGracePeriodSeconds"] == _grace(values)
         assert c["securityContext"]["readOnlyRootFilesystem"] and pod["securityContext"]["runAsNonRoot"]
         assert {v["name"] for v in pod["volumes"]} >= {"stage-config", "tmp", "shm"}
         return
@@ -118,8 +131,10 @@ def test_workload_layout_comes_from_motif_parallel(path):
         assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
         (c,) = pod["spec"]["containers"]
         assert c["name"] == "pytorch", rtype
-        assert c["command"] == ["torchrun", "-m", "motif", "train", "/etc/motif/stage.yaml"]
+        assert c["command"] == ["motif-torchrun", "-m", "motif", "train", "/etc/motif/stage.yaml"]
         assert c["args"] == ["--resume", "auto"]
+        assert pod["spec"]["terminationGracePeriodSeconds"] == _grace(values)
+        assert {"name": "MOTIF_GRACE_SECONDS", "value": str(_grace(values))} in c["env"]
         limits = c["resources"]["limits"]
         assert (limits.get("nvidia.com/gpu") == procs) if gpu else ("nvidia.com/gpu" not in limits)
         assert {
@@ -139,17 +154,17 @@ def test_workload_layout_comes_from_motif_parallel(path):
 
 @pytest.mark.parametrize("path", r.stage_files(), ids=[str(p.relative_to(r.ROOT)) for p in r.stage_files()])
 def test_stage_chaining(path):
-    """Growth runs once as a hook Job; training waits for a complete start checkpoint; the stage
-    can write only its own checkpoint directory."""
+    """Growth runs once in a Job of the release; training waits for a complete start checkpoint;
+    the stage can write only its own checkpoint directory."""
     values = r.load_values(path)
     m = values["motif"]
     objs = _render(path)
-    grow = [o for o in objs if o["kind"] == "Job"]
+    grow = _grow_jobs(objs)
     job = _workload(objs)
     pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     if m.get("growth"):
         (g,) = grow
-        assert g["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
+        assert "helm.sh/hook" not in g["metadata"].get("annotations", {})
         assert g["spec"]["template"]["spec"]["containers"][0]["command"] == [
             "motif",
             "grow",
@@ -223,7 +238,9 @@ def test_notes_print_commands_for_the_objects_it_made():
     notes = rendered["motif-stage/templates/NOTES.txt"]
     commands = [line.strip() for line in notes.splitlines() if line.strip().startswith("kubectl ")]
     assert "kubectl -n motif get pytorchjob motif-s1 -w" in commands
-    assert "kubectl -n motif logs -f job/motif-s1-grow" in commands
+    (grow,) = _grow_jobs(r.objects(rendered))
+    assert f"kubectl -n motif logs -f job/{grow['metadata']['name']}" in commands
+    assert f"kubectl -n motif wait --for=condition=Complete job/{grow['metadata']['name']} --timeout=21600s" in commands
     assert "kubectl -n motif logs -f motif-s1-master-0 -c pytorch" in commands
     assert "kubectl -n motif wait --for=condition=Succeeded pytorchjob/motif-s1 --timeout=-1s" in commands
     selector = next(c for c in commands if " -l " in c).split(" -l ")[1]
@@ -249,7 +266,7 @@ def test_validators_reject_what_they_should():
     sa["automountServiceAccountToken"] = "no"
     with pytest.raises(r.RenderError, match="automountServiceAccountToken"):
         r.validate(sa)
-    (grow,) = [copy.deepcopy(o) for o in objs if o["kind"] == "Job"]
+    (grow,) = [copy.deepcopy(o) for o in _grow_jobs(objs)]
     grow["spec"]["template"]["spec"]["containers"][0]["volumeMount"] = []
     with pytest.raises(r.RenderError, match="volumeMount"):
         r.validate(grow)
@@ -266,7 +283,7 @@ def test_without_the_growth_job_rank_0_grows_and_nothing_waits():
     values = r.load_values(r.ROOT / "jobs" / "tiny" / "stage2-width.yaml")
     values["grow"] = {"enabled": False}
     objs = r.objects(r.render(values, "motif-s2"))
-    assert [o for o in objs if o["kind"] == "Job"] == []
+    assert _grow_jobs(objs) == []
     pod = _workload(objs)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert "initContainers" not in pod
 

@@ -91,8 +91,10 @@ def workspace(tmp_path_factory) -> Path:
 
 def test_image_runs_motif_as_non_root_on_a_read_only_root(image):
     out = _check(images.run(image, ["motif", "--help"]), "motif --help")
-    for command in ("grow", "plan", "train", "status", "demo"):
+    for command in ("grow", "plan", "train", "status", "preflight", "demo"):
         assert command in out
+    out = _check(images.run(image, ["sh", "-c", "command -v motif-torchrun"]), "motif-torchrun on PATH")
+    assert out.strip() == "/opt/motif/bin/motif-torchrun"
     script = "id -u; id -g; touch /opt/motif/x 2>/dev/null && echo writable || echo read-only; echo $HOME"
     out = _check(images.run(image, ["sh", "-c", script]), "id")
     assert out.split() == ["10001", "10001", "read-only", "/tmp/home"]
@@ -111,14 +113,14 @@ def test_tiny_stages_train_and_grow_as_the_chart_runs_them(image, workspace, tmp
     # Stage 0: the PyTorchJob's command, as is, plus a step limit.
     s0 = Stage("stage0-base", "motif-tiny-s0", tmp_path)
     cmd = [*s0.trainer["command"], *s0.trainer["args"], "--max-steps", "2"]
-    assert cmd[:5] == ["torchrun", "-m", "motif", "train", "/etc/motif/stage.yaml"]
+    assert cmd[:5] == ["motif-torchrun", "-m", "motif", "train", "/etc/motif/stage.yaml"]
     env = {**s0.env(s0.trainer), **s0.operator_env()}
     out = _check(images.run(image, cmd, s0.mounts(workspace), s0.trainer["workingDir"], env), "stage 0 training")
     assert "2 ranks" in out
     final0 = workspace / s0.stage.output
     assert (final0 / "config.json").is_file()
 
-    # Stage 1: the growth hook Job's command, then the init container's wait, then training.
+    # Stage 1: the growth Job's command, then the init container's wait, then training.
     s1 = Stage("stage1-depth", "motif-tiny-s1", tmp_path)
     mounts = s1.mounts(workspace)
     _check(

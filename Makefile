@@ -12,7 +12,7 @@ TOOLS_VENV    := .venv-tools
 PY            := $(VENV)/bin/python
 STAMPS        := .stamps
 # Debian packages the tests and the demo drive for real.
-DEBIAN_PKGS   := prometheus podman buildah debootstrap runc uidmap fuse-overlayfs
+DEBIAN_PKGS   := prometheus prometheus-pushgateway podman buildah debootstrap runc uidmap fuse-overlayfs
 # DeepSpeed on this CPU: JIT-build its ops for the CPU accelerator.
 export DS_ACCELERATOR ?= cpu
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -29,7 +29,9 @@ $(STAMPS)/venv: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# torch first and alone: a dependency resolved without it pulls a multi-GB CUDA build.
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install --quiet -r requirements.lock
+	@# The rest under a torch constraint: lm-eval[hf] asks for torch>=1.8 and must never re-resolve it.
+	echo "torch==$(TORCH_VERSION)" > $(STAMPS)/torch-constraint.txt
+	$(PY) -m pip install --quiet -c $(STAMPS)/torch-constraint.txt -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
 	@$(PY) -c "import torch; v=torch.__version__; assert v.startswith('$(TORCH_VERSION)'), v; assert not torch.version.cuda, 'a CUDA torch was pulled in'"
@@ -37,7 +39,7 @@ $(STAMPS)/venv: pyproject.toml requirements.lock
 
 install: $(STAMPS)/venv ## Create .venv with the pinned stack (torch first, then requirements.lock)
 
-$(STAMPS)/debian:
+$(STAMPS)/debian: Makefile  # re-checked when DEBIAN_PKGS changes (installs only what is missing)
 	@mkdir -p $(STAMPS)
 	@missing=$$(for p in $(DEBIAN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -47,7 +49,7 @@ $(STAMPS)/debian:
 	fi
 	touch $@
 
-deps: $(STAMPS)/debian ## Install the Debian packages (prometheus/promtool, podman, buildah, debootstrap, runc)
+deps: $(STAMPS)/debian ## Install the Debian packages (prometheus/promtool, prometheus-pushgateway, podman, buildah, ...)
 
 $(STAMPS)/tools: requirements-tools.txt
 	@mkdir -p $(STAMPS)
@@ -62,7 +64,7 @@ audit: tools ## pip-audit over requirements.lock (needs PyPI's vulnerability API
 
 lock: ## Re-pin requirements.lock from the current .venv
 	@{ sed -n '1,3p' requirements.lock; echo "torch==$(TORCH_VERSION)"; \
-	   $(PY) -m pip freeze --exclude-editable | grep -v -i '^torch=='; } > requirements.lock.new
+	   $(PY) -m pip freeze --exclude-editable | grep -v -i '^torch==' | sed 's/^lm_eval==/lm-eval[hf]==/'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 # ---- the two commands ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import dataclasses
 import math
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -154,6 +155,33 @@ class MetricsConfig:
 
 
 @dataclass
+class HeldoutSource:
+    """Text scored as bits per byte during training and by `motif eval`; never a training source."""
+
+    name: str
+    language: str  # the `language` label of motif_heldout_bits_per_byte (sources of one language pool)
+    path: str  # local .jsonl / .parquet / .txt file, directory or glob
+    text_field: str = "text"
+
+
+@dataclass
+class EvalConfig:
+    """`motif eval --stage` (lm-evaluation-harness benchmarks) and held-out scoring in training."""
+
+    tasks: list[str] = field(default_factory=list)  # lm-eval task or group names (kmmlu, kobest, mmlu, ...)
+    num_fewshot: int | None = None  # None: each task's own default (most are 0-shot; the papers use 5)
+    # Local task data, one `<data_dir>/<task>/<split>.jsonl` per split (a volume; see docs/evaluation.md):
+    # the tasks then read it instead of the hub, and the run is offline.
+    data_dir: str | None = None
+    include_path: str | None = None  # extra task YAML directory, as lm-eval's --include_path
+    limit: int | None = None  # documents per task (None: all); for smoke runs, not for reported scores
+    every_steps: int = 0  # held-out scoring interval in training; 0: only at the end of the stage
+    heldout: list[HeldoutSource] = field(default_factory=list)
+    pushgateway: str | None = None  # Prometheus Pushgateway (host:port or URL) for motif_eval_score
+    out: str | None = None  # result directory; None: <output>/eval
+
+
+@dataclass
 class StageConfig:
     """The `motif:` section of a stage file."""
 
@@ -170,6 +198,7 @@ class StageConfig:
     growth: GrowthConfig | None = None
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    eval: EvalConfig | None = None  # benchmarks and held-out sets of this stage (motif eval)
     source_file: str | None = None  # set by the loader; not a key in the file
 
     @property
@@ -321,6 +350,35 @@ def _positive(where: str, value: int | float | None, allow_zero: bool = False) -
         raise ConfigError(f"{where}: expected {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def _check_eval(s: StageConfig) -> None:
+    e = s.eval
+    if e is None:
+        return
+    if not e.tasks and not e.heldout:
+        raise ConfigError("motif.eval: names no tasks and no heldout sets (set tasks, heldout or both)")
+    if len(set(e.tasks)) != len(e.tasks):
+        raise ConfigError(f"motif.eval.tasks: task names must be unique, got {e.tasks}")
+    _positive("motif.eval.num_fewshot", e.num_fewshot, allow_zero=True)
+    _positive("motif.eval.limit", e.limit)
+    _positive("motif.eval.every_steps", e.every_steps, allow_zero=True)
+    if e.every_steps and not e.heldout:
+        raise ConfigError(f"motif.eval.every_steps: {e.every_steps} needs motif.eval.heldout (nothing to score)")
+    names = [h.name for h in e.heldout]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"motif.eval.heldout: source names must be unique, got {names}")
+    trained = {src.path: i for i, src in enumerate(s.data.sources) if src.path is not None}
+    for i, h in enumerate(e.heldout):
+        if h.path in trained:
+            raise ConfigError(
+                f"motif.eval.heldout[{i}].path: {h.path} is also motif.data.sources[{trained[h.path]}].path; "
+                "held-out text must never be trained on"
+            )
+    if e.pushgateway is not None:
+        url = urllib.parse.urlsplit(e.pushgateway if "://" in e.pushgateway else f"http://{e.pushgateway}")
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"motif.eval.pushgateway: expected host:port or an http(s) URL, got {e.pushgateway!r}")
+
+
 def _check(s: StageConfig) -> None:
     """Cross-field rules the types alone cannot express."""
     if s.input is None and s.model is None:
@@ -358,6 +416,7 @@ def _check(s: StageConfig) -> None:
             raise ConfigError("motif.train.nan_policy: skip needs motif.parallel.engine: ddp (deepspeed supports stop)")
         if s.train.compile:
             raise ConfigError("motif.train.compile: true needs motif.parallel.engine: ddp (not deepspeed)")
+    _check_eval(s)
     if not 1 <= s.metrics.port <= 65535:
         raise ConfigError(f"motif.metrics.port: expected 1-65535, got {s.metrics.port}")
     if not s.data.sources:

@@ -55,6 +55,19 @@ WORLD_SIZE = Metric("motif_world_size", "gauge", "Processes in the job, as seen 
 STAGE_INFO = Metric(
     "motif_stage", "info", "The stage this process trains.", ("stage", "growth", "params", "world_size", "engine")
 )
+HELDOUT_BITS_PER_BYTE = Metric(
+    "motif_heldout_bits_per_byte",
+    "gauge",
+    "Bits per byte of the held-out text of each language (motif.eval.heldout) at its last scoring.",
+    ("language",),
+)
+# Pushed by `motif eval` to a Pushgateway (a short-lived eval Job is not scraped reliably).
+EVAL_SCORE = Metric(
+    "motif_eval_score",
+    "gauge",
+    "Benchmark score of a stage's final checkpoint (lm-evaluation-harness, via motif eval).",
+    ("stage", "task", "metric"),
+)
 
 ALL: tuple[Metric, ...] = (
     STEP,
@@ -73,4 +86,6 @@ ALL: tuple[Metric, ...] = (
     STAGE_INFO,
     TOKENS_PER_SECOND,
     GROWTH_LOSS,
+    HELDOUT_BITS_PER_BYTE,
+    EVAL_SCORE,
 )

@@ -1,0 +1,145 @@
+"""What `motif eval` leaves behind: lm-eval's results JSON, samples, and one `summary.json`.
+
+`summary.json` is the file `motif status`, the dashboards' push and the demo read:
+
+    {"stage", "checkpoint", "tasks": {task: {metric: value}}, "heldout": {language: bits_per_byte},
+     "finished": ISO-8601 time, "motif_version", "lm_eval_version", "request", "checkpoint_id"}
+
+It is written last, by rename, so its presence means the evaluation finished; `request` and
+`checkpoint_id` say what was evaluated, so a rerun with the same request on the same checkpoint
+reuses it instead of evaluating again (the eval Job of a stage is idempotent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from motif.model.checkpoint import CONFIG_NAME
+
+SUMMARY = "summary.json"
+RESULTS = "lm-eval-results.json"
+
+
+def flatten(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """`{task: {metric: value}}` from lm-eval's results: numeric values only, filter suffix `,none` dropped."""
+    out: dict[str, dict[str, float]] = {}
+    for task, metrics in results.get("results", {}).items():
+        row = {}
+        for key, value in metrics.items():
+            if "," not in key or isinstance(value, bool) or not isinstance(value, int | float):
+                continue  # alias, name, sample_len, and "N/A" stderr
+            metric, filt = key.split(",", 1)
+            row[metric if filt == "none" else key] = float(value)
+        if row:
+            out[task] = row
+    return out
+
+
+def checkpoint_id(path: str | Path) -> str:
+    """Identity of a checkpoint's contents as written: config.json's bytes plus each file's size and mtime."""
+    path = Path(path)
+    h = hashlib.sha256((path / CONFIG_NAME).read_bytes())
+    for file in sorted(path.glob("*.safetensors*")):
+        st = file.stat()
+        h.update(f"{file.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def read_summary(out: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out / SUMMARY).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def reusable(out: Path, request: dict[str, Any], ckpt_id: str) -> dict[str, Any] | None:
+    """The finished summary in `out` when it answers the same request on the same checkpoint."""
+    summary = read_summary(out)
+    if summary and summary.get("request") == request and summary.get("checkpoint_id") == ckpt_id:
+        return summary
+    return None
+
+
+def make_summary(
+    stage: str | None,
+    checkpoint: Path,
+    tasks: dict[str, dict[str, float]],
+    heldout: dict[str, float],
+    request: dict[str, Any],
+    ckpt_id: str,
+) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    from motif import __version__
+
+    return {
+        "stage": stage,
+        "checkpoint": str(checkpoint),
+        "tasks": tasks,
+        "heldout": heldout,
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "motif_version": __version__,
+        "lm_eval_version": version("lm_eval"),
+        "request": request,
+        "checkpoint_id": ckpt_id,
+    }
+
+
+def write_results(out: Path, results: dict[str, Any] | None, summary: dict[str, Any]) -> list[Path]:
+    """lm-eval's results (and samples), then summary.json last; each file by write-then-rename."""
+    from lm_eval.utils import handle_non_serializable
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if results is not None:
+        samples = results.pop("samples", None) or {}
+        written.append(_write(out / RESULTS, json.dumps(results, indent=2, default=handle_non_serializable)))
+        for task, rows in samples.items():
+            lines = "".join(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows)
+            written.append(_write(out / f"samples_{task}.jsonl", lines))
+    written.append(_write(out / SUMMARY, json.dumps(summary, indent=2, ensure_ascii=False)))
+    return written
+
+
+def _write(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# ---- tables -------------------------------------------------------------------------------------
+
+
+def table(summary: dict[str, Any]) -> str:
+    """Scores and held-out bits per byte as an aligned text table."""
+    rows = [["task", "metric", "value", "stderr"]]
+    for task, metrics in summary["tasks"].items():
+        for metric, value in metrics.items():
+            if metric.endswith("_stderr"):
+                continue
+            stderr = metrics.get(f"{metric}_stderr")
+            rows.append([task, metric, f"{value:.4f}", "" if stderr is None else f"±{stderr:.4f}"])
+    for lang, bpb in summary.get("heldout", {}).items():
+        rows.append([f"held-out {lang}", "bits_per_byte", f"{bpb:.4f}", ""])
+    return render(rows)
+
+
+def render(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append(
+            "  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths, strict=True)))
+        )
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)

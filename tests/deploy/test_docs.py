@@ -89,3 +89,12 @@ def test_kubectl_commands_name_objects_the_chart_creates():
             assert name in installed, command
         for name in re.findall(r"app\.kubernetes\.io/instance=([a-z0-9-]+)", command):
             assert name in installed, command
+
+
+def test_deletes_by_label_are_scoped_to_one_release():
+    """A `kubectl delete -l` in the docs names its release: a selector such as
+    app.kubernetes.io/part-of=motif alone would delete the objects of every stage in the namespace."""
+    deletes = [c for c in _commands("kubectl -n motif delete") if " -l " in c]
+    assert deletes
+    for command in deletes:
+        assert "app.kubernetes.io/instance=" in command.split(" -l ", 1)[1], command

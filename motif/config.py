@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 import urllib.parse
@@ -23,6 +24,8 @@ from typing import Any, Literal
 import yaml
 
 from motif.errors import MotifError
+from motif.growth.targets import GrowthTargets
+from motif.model.args import ModelArgs
 
 
 class ConfigError(MotifError):
@@ -32,42 +35,17 @@ class ConfigError(MotifError):
 # ---- the schema ------------------------------------------------------------------------------
 
 
-@dataclass
-class ModelShape:
-    """Shape of a model trained from scratch (stage 0 of the tiny recipe). Mirrors HF LlamaConfig."""
+@dataclass(frozen=True)
+class GrowthConfig(GrowthTargets):
+    """The growth step of a stage: its targets (None keeps a dimension) and how `motif grow` reaches them."""
 
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int | None = None  # None: hidden_size // num_attention_heads, as in transformers
-    max_position_embeddings: int = 8192
-    rope_theta: float = 500000.0
-    rms_norm_eps: float = 1e-5
-    tie_word_embeddings: bool = False
-
-
-@dataclass
-class GrowthConfig:
-    """Targets applied by `motif grow` before training. None keeps that dimension as it is."""
-
-    output: str  # where the grown checkpoint is written (the stage trains from here)
-    layers: int | None = None
-    hidden: int | None = None
-    intermediate: int | None = None
-    heads: int | None = None
-    kv_heads: int | None = None
+    output: str = field(default="", metadata={"required": True})  # the grown checkpoint; the stage trains from it
     # llamapro: copied blocks with zeroed output projections (exact, no mask);
     # msg: randomly initialised blocks blended in by the mask.
     depth_method: Literal["llamapro", "msg"] = "llamapro"
     seed: int = 0  # seed of the random initialisation of new MSG weights
     # MSG only: optimizer steps over which the mask rises linearly 0 -> 1; then masks are removed.
     ramp_steps: int = 0
-
-    def grows_width(self) -> bool:
-        return any(v is not None for v in (self.hidden, self.intermediate, self.heads, self.kv_heads))
 
 
 @dataclass
@@ -92,6 +70,11 @@ class DataConfig:
     seed: int = 0
     # Streaming hub datasets on a cluster; local files are memory-mapped Arrow either way.
     streaming: bool = False
+    # Logical data shards: each is its own seeded stream, and each rank reads whole shards, so a
+    # job resumed on another world size redistributes them without losing or repeating a sample.
+    # None: the world size of the stage's first run (recorded in its checkpoints). A job may run
+    # on any world size up to `shards`; an elastic job sets it to its largest world size.
+    shards: int | None = None
 
 
 @dataclass
@@ -121,14 +104,23 @@ class TrainConfig:
     deterministic: bool = False  # bit-exact resume; slower kernels on GPU
     compile: bool = False  # torch.compile the model
     nan_policy: Literal["skip", "stop"] = "stop"
+    # nan_policy skip: at most this many skipped optimizer steps in a run; one more stops it (exit 4).
+    max_skipped_steps: int = 3
 
 
 @dataclass
 class ParallelConfig:
     """How the stage is laid out. The chart reads nodes/procs_per_node for the PyTorchJob too."""
 
-    engine: Literal["deepspeed", "ddp", "fsdp", "none"] = "ddp"
-    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3 (engine: deepspeed)
+    # ddp: replicated weights (small models); fsdp: PyTorch FSDP2, weights, gradients and Adam
+    # state sharded across ranks; deepspeed: DeepSpeed ZeRO-3, the same sharding by DeepSpeed.
+    engine: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    # engine deepspeed: the ZeRO stage, 3 (the stage that shards the weights too; null means 3).
+    zero_stage: int | None = None
+    # fsdp: HSDP replicate degree. 1 shards over every rank; R > 1 shards within groups of
+    # world_size / R ranks (a node, typically: R = nodes) and replicates across them, so the
+    # all-gathers of the forward stay on the node's NVLink and only gradients cross nodes.
+    replicate: int = 1
     nodes: int = 1  # pods: 1 Master + (nodes - 1) Workers
     procs_per_node: int = 1  # GPUs per pod (processes per pod)
     device: Literal["cuda", "cpu"] = "cuda"
@@ -194,7 +186,7 @@ class StageConfig:
     input: str | None = None  # checkpoint directory to start from (previous stage's output)
     # From-scratch shape when there is no input; with an input, the shape it must have (checked at
     # start, and used by `motif plan` when the input is not readable from where plan runs).
-    model: ModelShape | None = None
+    model: ModelArgs | None = None
     growth: GrowthConfig | None = None
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -273,14 +265,22 @@ def to_dict(stage: StageConfig) -> dict[str, Any]:
     """The `motif:` mapping of a stage (inverse of parse_stage), for writing stage files."""
     d = dataclasses.asdict(stage)
     d.pop("source_file", None)
+    if d.get("model") is not None:
+        for name in _NOT_SETTINGS[ModelArgs]:
+            d["model"].pop(name, None)
     return d
+
+
+# Fields of a type that are state, not settings: never read from a stage file.
+_NOT_SETTINGS: dict[type, tuple[str, ...]] = {ModelArgs: ("growth",)}
 
 
 def _build(cls: type, value: Any, where: str) -> Any:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping, got {_show(value)}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source_file"}
+    skip = ("source_file", *_NOT_SETTINGS.get(cls, ()))
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
     unknown = sorted((k for k in value if k not in fields), key=repr)
     if unknown:
         raise ConfigError(f"{_key_path(where, unknown[0])}: unknown key (expected one of: {', '.join(fields)})")
@@ -288,9 +288,14 @@ def _build(cls: type, value: Any, where: str) -> Any:
     for name, f in fields.items():
         if name in value:
             kwargs[name] = _coerce(hints[name], value[name], f"{where}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        elif f.metadata.get("required") or (
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ):
             raise ConfigError(f"{where}.{name}: missing required key")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except MotifError as e:  # a type's own validation (ModelArgs): the same one line, under this key
+        raise ConfigError(f"{where}.{e}") from None
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -305,6 +310,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if value not in args:
             raise ConfigError(f"{where}: expected one of {', '.join(map(repr, args))}, got {_show(value)}")
         return value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: expected a mapping with string keys, got {_show(value)}")
+        return dict(value)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {_show(value)}")
@@ -348,6 +357,34 @@ def _positive(where: str, value: int | float | None, allow_zero: bool = False) -
         return
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{where}: expected {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _check_parallel(s: StageConfig) -> None:
+    p = s.parallel
+    if p.zero_stage is not None and p.engine != "deepspeed":
+        raise ConfigError(
+            f"motif.parallel.zero_stage: {p.zero_stage} needs motif.parallel.engine: deepspeed (got {p.engine}; "
+            "fsdp shards like ZeRO-3 by itself)"
+        )
+    if p.engine == "deepspeed":
+        if p.zero_stage not in (None, 3):
+            raise ConfigError(
+                f"motif.parallel.zero_stage: expected 3, got {p.zero_stage} (the deepspeed engine runs ZeRO-3, "
+                "which shards weights, gradients and Adam state; for replicated weights use engine ddp)"
+            )
+        if s.train.compile:
+            # DeepSpeed's ZeRO-3 parameter hooks fetch weights inside forward: torch.compile breaks there.
+            raise ConfigError("motif.train.compile: true needs motif.parallel.engine: fsdp or ddp (not deepspeed)")
+    _positive("motif.parallel.replicate", p.replicate)
+    if p.replicate > 1:
+        if p.engine != "fsdp":
+            raise ConfigError(f"motif.parallel.replicate: {p.replicate} (HSDP) needs motif.parallel.engine: fsdp")
+        if p.world_size % p.replicate:
+            raise ConfigError(
+                f"motif.parallel.replicate: {p.replicate} does not divide the world size {p.world_size} "
+                "(nodes x procs_per_node)"
+            )
+    _positive("motif.data.shards", s.data.shards)
 
 
 def _check_eval(s: StageConfig) -> None:
@@ -403,20 +440,11 @@ def _check(s: StageConfig) -> None:
     _positive("motif.parallel.nodes", s.parallel.nodes)
     _positive("motif.parallel.procs_per_node", s.parallel.procs_per_node)
     _positive("motif.parallel.collective_timeout_s", s.parallel.collective_timeout_s)
-    if not 0 <= s.parallel.zero_stage <= 3:
-        raise ConfigError(f"motif.parallel.zero_stage: expected 0, 1, 2 or 3, got {s.parallel.zero_stage}")
-    if s.parallel.zero_stage and s.parallel.engine != "deepspeed":
-        raise ConfigError(
-            f"motif.parallel.zero_stage: {s.parallel.zero_stage} needs motif.parallel.engine: deepspeed "
-            f"(got {s.parallel.engine})"
-        )
-    if s.parallel.engine == "deepspeed":
-        # DeepSpeed owns the optimizer step: it cannot skip one, and it wraps the module itself.
-        if s.train.nan_policy == "skip":
-            raise ConfigError("motif.train.nan_policy: skip needs motif.parallel.engine: ddp (deepspeed supports stop)")
-        if s.train.compile:
-            raise ConfigError("motif.train.compile: true needs motif.parallel.engine: ddp (not deepspeed)")
+    _check_parallel(s)
     _check_eval(s)
+    _check_seeds(s)
+    _positive("motif.train.max_skipped_steps", s.train.max_skipped_steps, allow_zero=True)
+    _check_paths(s)
     if not 1 <= s.metrics.port <= 65535:
         raise ConfigError(f"motif.metrics.port: expected 1-65535, got {s.metrics.port}")
     if not s.data.sources:
@@ -451,3 +479,64 @@ def _check(s: StageConfig) -> None:
             )
     if s.train.freeze == "new_blocks" and (g is None or g.layers is None or g.depth_method != "llamapro"):
         raise ConfigError("motif.train.freeze: new_blocks needs LlamaPro depth growth (motif.growth.layers)")
+
+
+SEED_LIMIT = 2**32  # growth mixes a seed with a tensor name into one 64-bit generator seed
+
+
+def _check_seeds(s: StageConfig) -> None:
+    seeds = {"motif.train.seed": s.train.seed, "motif.data.seed": s.data.seed}
+    if s.growth is not None:
+        seeds["motif.growth.seed"] = s.growth.seed
+    for key, seed in seeds.items():
+        if not 0 <= seed < SEED_LIMIT:
+            raise ConfigError(f"{key}: expected 0 <= seed < 2**32 ({SEED_LIMIT}), got {seed}")
+
+
+_STEP_NAMES = ("step_", ".step_")  # training checkpoint directories (motif.train.checkpoint)
+
+
+def _check_paths(s: StageConfig) -> None:
+    """No directory a stage writes may overlap another it uses, judged by key, before anything runs.
+
+    output and growth.output are replaced whole by their final write: neither may equal or contain
+    another key's path. Nothing is written inside input. output and growth.output may live inside
+    checkpoint.dir (the chart's layout: one writable directory per stage), but not under a name
+    of the training checkpoints kept there (step_*).
+    """
+    paths = {"motif.output": s.output, "motif.input": s.input, "motif.checkpoint.dir": s.checkpoint.dir}
+    if s.growth is not None:
+        paths["motif.growth.output"] = s.growth.output
+    real = {k: Path(os.path.realpath(v)) for k, v in paths.items() if v is not None}
+    keys = list(real)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            if real[a] == real[b]:
+                raise ConfigError(f"{a}: {paths[a]} is also {b}; each must be a directory of its own")
+    for replaced in ("motif.output", "motif.growth.output"):
+        for other in keys:
+            if replaced in real and other != replaced and real[replaced] in real[other].parents:
+                raise ConfigError(
+                    f"{replaced}: {paths[replaced]} contains {other} ({paths[other]}); the final write "
+                    "replaces it whole, which would delete that: use separate directories"
+                )
+    if "motif.input" in real:
+        for other in keys:
+            if other != "motif.input" and real["motif.input"] in real[other].parents:
+                raise ConfigError(
+                    f"{other}: {paths[other]} is inside motif.input ({paths['motif.input']}); "
+                    "nothing is written inside a stage's input"
+                )
+        if real["motif.checkpoint.dir"] in real["motif.input"].parents:
+            raise ConfigError(
+                f"motif.input: {paths['motif.input']} is inside motif.checkpoint.dir ({s.checkpoint.dir}), "
+                "whose contents the trainer manages: start from a directory outside it"
+            )
+    for key in ("motif.output", "motif.growth.output"):
+        if key in real and real["motif.checkpoint.dir"] in real[key].parents:
+            first = real[key].relative_to(real["motif.checkpoint.dir"]).parts[0]
+            if first.startswith(_STEP_NAMES):
+                raise ConfigError(
+                    f"{key}: {paths[key]} is named like a training checkpoint ({first}) inside "
+                    "motif.checkpoint.dir; choose another name (e.g. final)"
+                )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,7 @@ def plan_recipe(recipe: str | Path) -> list[dict[str, Any]]:
     from motif.config import load_stage
     from motif.errors import MotifError
     from motif.growth.operators import plan_growth
-    from motif.growth.targets import GrowthTargets, shape_dict
+    from motif.growth.targets import shape_dict
     from motif.model.args import ModelArgs
     from motif.model.checkpoint import read_args
 
@@ -112,7 +112,7 @@ def plan_recipe(recipe: str | Path) -> list[dict[str, Any]]:
     for file in files:
         stage = load_stage(file)
         if stage.model is not None:
-            args = ModelArgs(**asdict(stage.model))
+            args = stage.model
         elif stage.input in produced:
             args = produced[stage.input]
         else:
@@ -126,7 +126,7 @@ def plan_recipe(recipe: str | Path) -> list[dict[str, Any]]:
         after, new_layers = args, []
         if stage.growth is not None:
             try:
-                plan = plan_growth(args, GrowthTargets.from_config(stage.growth), stage.growth.depth_method)
+                plan = plan_growth(args, stage.growth.targets(), stage.growth.depth_method)
             except MotifError as e:
                 raise MotifError(f"{file}: motif.growth: {e}") from None
             after, new_layers = plan.args.replace(growth=None), plan.new_layers

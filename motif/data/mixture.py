@@ -44,6 +44,10 @@ class Batch:
     def targets(self) -> torch.Tensor:
         return self.tokens[:, 1:]
 
+    @staticmethod
+    def concat(parts: list[Batch]) -> Batch:
+        return Batch(torch.cat([p.tokens for p in parts]), torch.cat([p.source for p in parts]))
+
 
 class Mixture:
     def __init__(

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from motif.config import StageConfig, check_input_shape
 from motif.errors import CheckpointError, GrowthError
-from motif.growth.provenance import same_request, source_fingerprint
-from motif.growth.stream import grow_checkpoint
-from motif.growth.targets import GrowthTargets, check_targets
+from motif.growth.provenance import request_mismatch
+from motif.growth.stream import grow_checkpoint, input_fingerprint
+from motif.growth.targets import check_targets
 from motif.model.checkpoint import open_checkpoint, read_args, read_provenance
+from motif.storage import integrity
+from motif.storage.lease import acquire
+from motif.storage.space import check_writable
+
+if TYPE_CHECKING:  # motif.config imports motif.growth.targets: no import of it at load time
+    from motif.config import StageConfig
 
 
 def grow_stage(stage: StageConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Grow `stage.input` into `stage.growth.output`, or reuse an output grown by the same request.
 
     The returned provenance has `"reused": True` when the existing output was kept. An output that
-    exists but holds anything else (another source, other targets, a partial copy) is an error
-    unless `overwrite`.
+    exists but holds anything else (another source, other targets, other weights of the same
+    source, a partial copy) is an error unless `overwrite`. The lease on the output is held from
+    the reuse check to the end, so a second job growing it fails at once instead of racing.
     """
     where = stage.source_file or stage.name
     if stage.growth is None:
@@ -33,37 +39,52 @@ def grow_stage(stage: StageConfig, overwrite: bool = False, progress: bool = Tru
         raise GrowthError(f"{where}: {prefix}{e}") from None
 
 
-_TARGET_KEYS = ("layers", "hidden", "intermediate", "heads", "kv_heads", "depth_method")
+_TARGET_KEYS = ("layers", "hidden", "intermediate", "heads", "kv_heads", "depth_method", "seed")
 
 
 def _grow_stage(stage: StageConfig, overwrite: bool, progress: bool) -> dict[str, Any]:
+    from motif.config import check_input_shape  # motif.config imports motif.growth.targets
+
     g = stage.growth
-    targets = GrowthTargets.from_config(g)
+    targets = g.targets()
     src, dst = Path(stage.input), Path(g.output)
     check_input_shape(stage, read_args(src), str(src))
-    if dst.exists() and not overwrite:
-        source = open_checkpoint(src)
-        wanted = check_targets(source.args, targets, g.depth_method).to_dict()
-        reason = _reuse_problem(dst, str(src.resolve()), source_fingerprint(source), wanted, g.depth_method, g.seed)
-        if reason is None:
-            return {**read_provenance(dst), "reused": True}
-        raise CheckpointError(f"{dst}: already exists and {reason}; pass overwrite to replace it")
-    return grow_checkpoint(src, dst, targets, g.depth_method, g.seed, overwrite=overwrite, progress=progress)
+    source = open_checkpoint(src)
+    wanted = check_targets(source.args, targets, g.depth_method).to_dict()
+    check_writable(dst, "motif.growth.output")
+    with acquire(dst, "motif grow --stage") as lease:
+        if (dst.exists() or dst.is_symlink()) and not overwrite:
+            reason = _reuse_problem(dst)
+            if reason is None:
+                prov = read_provenance(dst)
+                fingerprint = input_fingerprint(source, progress)
+                reason = request_mismatch(prov, str(src.resolve()), fingerprint, wanted, g.depth_method, g.seed)
+                if reason is None:
+                    return {**prov, "reused": True}
+            raise CheckpointError(f"{dst}: already exists and {reason}; pass overwrite to replace it")
+        return grow_checkpoint(
+            src,
+            dst,
+            targets,
+            g.depth_method,
+            g.seed,
+            overwrite=overwrite,
+            progress=progress,
+            lease=lease,
+            dst_key="motif.growth.output",
+        )
 
 
-def _reuse_problem(
-    dst: Path, source: str, fingerprint: str, targets: dict[str, int], method: str, seed: int
-) -> str | None:
+def _reuse_problem(dst: Path) -> str | None:
+    """None if `dst` is a complete grown checkpoint (headers and sizes; content is checked on load)."""
     try:
         prov = read_provenance(dst)
         open_checkpoint(dst)
+        problem = integrity.verify(dst, integrity.read_record(dst) or {}, content=False)
     except CheckpointError as e:
         return f"is not a complete checkpoint ({e})"
-    if prov is None:
+    if problem:
+        return f"is not a complete checkpoint ({problem})"
+    if not isinstance(prov, dict):
         return "has no growth.json (not a grown checkpoint)"
-    if not same_request(prov, source, fingerprint, targets, method, seed):
-        return (
-            f"was grown from another request (source {prov.get('source', {}).get('path')}, "
-            f"targets {prov.get('targets')}, method {prov.get('depth_method')}, seed {prov.get('seed')})"
-        )
     return None

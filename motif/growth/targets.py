@@ -6,16 +6,20 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from motif.config import GrowthConfig
 from motif.errors import GrowthError
 from motif.model.args import ModelArgs
 
 DEPTH_METHODS = ("llamapro", "msg")
+SEED_LIMIT = 2**32  # seeds are mixed with tensor names into 64-bit generator seeds (tensors.generator_for)
 
 
 @dataclass(frozen=True)
 class GrowthTargets:
-    """The grown shape. None keeps that dimension as it is."""
+    """The grown shape. None keeps that dimension as it is.
+
+    A stage file's `motif.growth` (`motif.config.GrowthConfig`) is a `GrowthTargets` with the settings
+    of how to reach them; `targets()` gives the bare shape of either.
+    """
 
     layers: int | None = None
     hidden: int | None = None
@@ -23,12 +27,14 @@ class GrowthTargets:
     heads: int | None = None
     kv_heads: int | None = None
 
-    @classmethod
-    def from_config(cls, growth: GrowthConfig) -> GrowthTargets:
-        return cls(growth.layers, growth.hidden, growth.intermediate, growth.heads, growth.kv_heads)
+    def targets(self) -> GrowthTargets:
+        return GrowthTargets(self.layers, self.hidden, self.intermediate, self.heads, self.kv_heads)
 
     def to_dict(self) -> dict[str, int | None]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self.targets())
+
+    def grows_width(self) -> bool:
+        return any(v is not None for v in (self.hidden, self.intermediate, self.heads, self.kv_heads))
 
     def resolve(self, args: ModelArgs) -> GrowthTargets:
         """Targets with every None replaced by the source's value."""
@@ -83,6 +89,11 @@ def check_targets(args: ModelArgs, targets: GrowthTargets, depth_method: str = "
             f"{args.num_hidden_layers} ({depth_method} inserts one block after every L/(L'-L) blocks)"
         )
     return t
+
+
+def check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise GrowthError(f"seed: expected an integer 0 <= seed < 2**32, got {seed!r}")
 
 
 def grown_args(args: ModelArgs, targets: GrowthTargets) -> ModelArgs:

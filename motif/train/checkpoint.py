@@ -1,15 +1,22 @@
-"""Periodic training checkpoints: atomic, self-describing, pruned to the last K.
+"""Training checkpoints: owned by one `CheckpointManager`, atomic, self-describing, pruned to the last K.
 
 Why it is built this way:
-- A checkpoint is a directory `step_NNNNNNNN` that appears only complete. Every rank writes its
-  files into `.step_NNNNNNNN.tmp`, rank 0 waits for all of them (a barrier), fsyncs, writes
-  `meta.json` last (listing every file with its size) and renames the directory. A job killed at
-  any moment leaves either the previous checkpoints untouched or a stale `.tmp` that the next save
-  removes; `latest()` also re-checks the sizes in `meta.json`, so a directory damaged later (a
-  copy cut short, a truncated file) is skipped with a warning instead of crashing the resume.
-- Weights and optimizer moments are safetensors; small state (step, data position, RNG, mask)
-  is JSON. Nothing is pickled, so a checkpoint from shared storage cannot execute code.
-- Rank-local state (data position, RNG) is one file per rank: each rank reads its own shard.
+- **The manager owns the state of the parts it saves** (torchtitan's `Stateful` pattern). The
+  trainer hands it its parts once: global ones (the train state: step, tokens, counters) whose
+  `state_dict()` goes into `meta.json`; per-rank ones (data position, RNG) written one JSON file
+  per rank; and the engine, which writes and reads its own tensor files (each rank its shard).
+  File names are declared here and in the engines, nowhere else; when to save is decided here
+  (`due`); `resume()` is one call.
+- **Any world size reads a checkpoint.** Per-rank state is keyed by what it describes (a data
+  shard, a rank of a world size), never by position, and a resume gives every part the union of
+  all ranks' keys: each rank takes what it owns now. The engines reshard their tensors likewise.
+- **A checkpoint appears only complete.** Every rank writes into `.step_NNNNNNNN.tmp`; rank 0
+  waits for all (a barrier), fsyncs, writes `meta.json` last (listing every file with its size)
+  and renames the directory. A kill at any moment leaves the previous checkpoints untouched or a
+  stale `.tmp` that the next save removes; `latest()` re-checks the sizes, so a directory damaged
+  later (a copy cut short, a truncated file) is skipped with a warning instead of failing a resume.
+- **Nothing is pickled**: tensors are safetensors, the rest JSON, so a checkpoint from shared
+  storage cannot run code.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 from safetensors import SafetensorError
 
@@ -31,13 +39,34 @@ log = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 META = "meta.json"
-FORMAT = "motif-train-checkpoint/1"
+RANK_STATE = "rank_{rank:05d}.json"
+FORMAT = "motif-train-checkpoint/2"
 # What a full disk or a failing volume raises while writing (safetensors wraps the OSError).
 WRITE_ERRORS = (OSError, SafetensorError)
 
 
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class TensorState(Protocol):
+    """A part that writes its own (sharded) tensor files: the engine."""
+
+    name: str
+
+    def save(self, directory: Path) -> None: ...
+
+    def load(self, directory: Path) -> None: ...
+
+
 def step_dir(root: Path, step: int) -> Path:
     return root / f"step_{step:08d}"
+
+
+def _files(path: Path) -> list[Path]:
+    return sorted(f for f in path.rglob("*") if f.is_file())
 
 
 def check_complete(path: Path) -> str | None:
@@ -47,11 +76,14 @@ def check_complete(path: Path) -> str | None:
         return "no meta.json (the write did not finish)"
     try:
         meta = json.loads(meta_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return f"unreadable meta.json: {e}"
-    if meta.get("format") != FORMAT:
-        return f"unknown format {meta.get('format')!r}"
-    for name, size in meta.get("files", {}).items():
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return f"unknown format {meta.get('format') if isinstance(meta, dict) else meta!r}"
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        return "meta.json has no file list"
+    for name, size in files.items():
         f = path / name
         if not f.is_file():
             return f"missing {name}"
@@ -67,11 +99,45 @@ def read_meta(path: Path) -> dict:
     return json.loads((path / META).read_text())
 
 
+def union(states: list[dict]) -> dict:
+    """Every rank's keys of a per-rank state, merged (nested dicts merged, the first value kept)."""
+    out: dict = {}
+    for state in states:
+        for key, value in state.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = union([out[key], value])
+            else:
+                out.setdefault(key, value)
+    return out
+
+
 class CheckpointManager:
-    def __init__(self, root: str | Path, keep_last: int, world: World):
+    def __init__(
+        self,
+        root: str | Path,
+        keep_last: int,
+        world: World,
+        *,
+        every_steps: int = 0,
+        parts: dict[str, Stateful] | None = None,
+        rank_parts: dict[str, Stateful] | None = None,
+        tensors: TensorState | None = None,
+    ):
         self.root = Path(root)
         self.keep_last = keep_last
+        self.every_steps = every_steps
         self.world = world
+        self.parts = parts or {}
+        self.rank_parts = rank_parts or {}
+        self.tensors = tensors
+
+    # ---- when --------------------------------------------------------------------------------
+
+    def due(self, step: int, last_step: int) -> bool:
+        """A periodic checkpoint after `step`? (The stage's last step writes its output instead.)"""
+        return self.every_steps > 0 and step % self.every_steps == 0 and step < last_step
+
+    # ---- finding -----------------------------------------------------------------------------
 
     def candidates(self) -> list[Path]:
         """`step_*` directories, newest first."""
@@ -90,7 +156,32 @@ class CheckpointManager:
                 log.warning("skipping incomplete checkpoint %s: %s", path, problem)
         return None
 
-    def save(self, step: int, write: Callable[[Path], None], meta: dict) -> Path:
+    def find(self, how: str) -> Path | None:
+        """The checkpoint `--resume` names: auto (newest complete, if any), none, or a directory."""
+        if how == "none":
+            return None
+        return self.latest() if how == "auto" else Path(how)
+
+    # ---- saving ------------------------------------------------------------------------------
+
+    def save(self, step: int, extra: dict[str, Any] | None = None) -> Path:
+        """Collective: write every part's state as the checkpoint of `step`."""
+
+        def write(directory: Path) -> None:
+            if self.tensors is not None:
+                self.tensors.save(directory)
+            state = {name: part.state_dict() for name, part in self.rank_parts.items()}
+            (directory / RANK_STATE.format(rank=self.world.rank)).write_text(json.dumps(state))
+
+        meta = {
+            "world_size": self.world.world_size,
+            "engine": self.tensors.name if self.tensors is not None else None,
+            "parts": {name: part.state_dict() for name, part in self.parts.items()},
+            **(extra or {}),
+        }
+        return self.publish(step, write, meta)
+
+    def publish(self, step: int, write: Callable[[Path], None], meta: dict) -> Path:
         """Collective: every rank calls it; `write(tmp_dir)` writes this rank's files."""
         final = step_dir(self.root, step)
         tmp = self.root / f".{final.name}.tmp"
@@ -128,9 +219,11 @@ class CheckpointManager:
     def _finish(self, step: int, tmp: Path, final: Path, meta: dict) -> None:
         """Rank 0, once every rank has written: sizes and meta.json last, then the rename."""
         files = {}
-        for f in sorted(tmp.iterdir()):
+        for f in _files(tmp):
             fsync_path(f)
-            files[f.name] = f.stat().st_size
+            files[str(f.relative_to(tmp))] = f.stat().st_size
+        for d in sorted({f.parent for f in _files(tmp)}, reverse=True):
+            fsync_path(d)
         record = {"format": FORMAT, "step": step, **meta, "files": files}
         meta_tmp = tmp / (META + ".tmp")
         meta_tmp.write_text(json.dumps(record, indent=1))
@@ -146,6 +239,32 @@ class CheckpointManager:
         complete = [p for p in self.candidates() if check_complete(p) is None]
         for old in complete[self.keep_last :]:
             _remove(old)
+
+    # ---- resuming ----------------------------------------------------------------------------
+
+    def load(self, path: Path) -> dict:
+        """Load every part from the checkpoint `path` (written by any world size); returns its meta."""
+        meta = read_meta(path)
+        engine = self.tensors.name if self.tensors is not None else None
+        if meta.get("engine") != engine:
+            raise CheckpointError(
+                f"{path}: written by engine {meta.get('engine')}, this run uses {engine} (motif.parallel.engine): "
+                "a checkpoint's tensor layout belongs to its engine"
+            )
+        for name, part in self.parts.items():
+            if name not in meta["parts"]:
+                raise CheckpointError(f"{path}: meta.json: parts.{name}: missing")
+            part.load_state_dict(meta["parts"][name])
+        rank_files = [path / RANK_STATE.format(rank=r) for r in range(meta["world_size"])]
+        try:
+            states = [json.loads(f.read_text()) for f in rank_files]
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: unreadable per-rank state: {e}") from None
+        for name, part in self.rank_parts.items():
+            part.load_state_dict(union([s.get(name, {}) for s in states]))
+        if self.tensors is not None:
+            self.tensors.load(path)
+        return meta
 
 
 def _remove(path: Path) -> None:

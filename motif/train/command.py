@@ -1,24 +1,43 @@
-"""`motif train STAGE_FILE`: train one growth stage. Every rank of the job runs this command."""
+"""`motif train STAGE_FILE`: train one growth stage. Every rank of the job runs this command.
+
+The command owns what the trainer must not do on its own: joining the process group, growing the
+start checkpoint when the stage grows (rank 0; the others wait), serving metrics, turning SIGTERM
+into a stop request, and mapping each outcome to an exit status the job's restart policy reads.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
 import sys
+import time
+from pathlib import Path
 
 HELP = "Train one stage (grows its checkpoint first if needed); run it on every rank of the job"
 DESCRIPTION = """\
 Train one growth stage described by a stage file (its `motif:` section).
 
-Run it on every rank: `torchrun --nproc-per-node N -m motif train STAGE_FILE` (what each PyTorchJob
-pod runs), or as one bare process. If the stage grows and its grown checkpoint is missing, rank 0
-runs the growth first and the other ranks wait. Relative paths in the stage file resolve against
-the working directory.
+Run it on every rank: `torchrun --nproc-per-node N -m motif train STAGE_FILE` (in a pod:
+`motif-torchrun`, the same arguments), or as one bare process. If the stage grows and its grown
+checkpoint is missing, rank 0 runs the growth first and the other ranks wait. Relative paths in the
+stage file resolve against the working directory. A checkpoint written by another number of ranks
+is resumed on this one: the weights, Adam state and data shards are redistributed.
 
-exit status: 0 done; 2 bad input (stage file, checkpoint, data); 3 a peer rank was lost (restart the
-job: it resumes from the last checkpoint); 4 non-finite loss with train.nan_policy: stop.
+On SIGTERM (a preempted or deleted pod) every rank finishes its step, they write a checkpoint
+together and exit 143; `--resume auto` continues from it.
+
+exit status: 0 done; 2 bad input (stage file, checkpoint, data) or a growth that did not preserve the
+loss; 3 a peer rank was lost (restart the job: it resumes from the last checkpoint); 4 non-finite loss
+(train.nan_policy: stop, or more skipped steps than train.max_skipped_steps); 143 stopped by SIGTERM
+after writing a checkpoint (retry: it resumes).
 """
+
+EXIT_NONFINITE = 4
+EXIT_PREEMPTED = 128 + signal.SIGTERM
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,26 +69,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from motif.config import load_stage
     from motif.errors import MotifError
-    from motif.train.trainer import RunOptions, Trainer
 
     stage = load_stage(args.stage_file)
     if args.max_steps is not None and args.max_steps <= 0:
         raise MotifError(f"--max-steps: expected > 0, got {args.max_steps}")
     if args.resume not in ("auto", "none") and not os.path.isdir(args.resume):
         raise MotifError(f"--resume: {args.resume}: not a checkpoint directory (or use auto / none)")
-    options = RunOptions(
-        max_steps=args.max_steps,
-        metrics_port=args.metrics_port,
-        resume=args.resume,
-        linger_seconds=args.linger_seconds,
-        log_every=max(1, args.log_every),
-    )
-    trainer = Trainer(stage, options)
-    try:
-        code = trainer.train()
-    finally:
-        trainer.close()
-    trainer.linger()
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise MotifError(f"--metrics-port: expected 0-65535, got {args.metrics_port}")
+    code = train(stage, args)
     if stage.parallel.engine == "deepspeed":
         # DeepSpeed's CPU communication threads can abort the interpreter's teardown after a finished
         # run ("terminate called without an active exception"), turning success into SIGABRT.
@@ -79,3 +87,105 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def train(stage, args: argparse.Namespace) -> int:
+    from motif.train import dist, growth
+    from motif.train.trainer import NonFiniteStop, Preempted, RunOptions, Trainer
+
+    world = dist.init(
+        stage.parallel.device, stage.parallel.collective_timeout_s, force_group=stage.parallel.engine != "ddp"
+    )
+    exporter = None
+    trainer = None
+    try:
+        growth.ensure_grown(stage, world)
+        metrics, exporter = build_metrics(stage, world, args.metrics_port)
+        options = RunOptions(max_steps=args.max_steps, resume=args.resume, log_every=max(1, args.log_every))
+        trainer = Trainer(stage, options, world, metrics)
+        _stop_on_sigterm(trainer)
+        trainer.setup()
+        trainer.train()
+        return 0
+    except NonFiniteStop as e:
+        if world.is_main:
+            print(f"motif train: {e}", file=sys.stderr, flush=True)
+        return EXIT_NONFINITE
+    except Preempted as e:
+        if world.is_main:
+            print(
+                f"motif train: stopped by SIGTERM after step {e.args[0]}: checkpoint written; "
+                f"exiting with status {EXIT_PREEMPTED} (resume with --resume auto)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return EXIT_PREEMPTED
+    finally:
+        if trainer is not None:
+            trainer.close()
+            trainer.metrics.close()
+        dist.close(world)
+        _linger(exporter, args.linger_seconds)
+
+
+def _stop_on_sigterm(trainer) -> None:
+    """SIGTERM asks for a stop at the end of the current step (agreed by all ranks, then a checkpoint)."""
+
+    def handler(signum, frame) -> None:
+        trainer.stop_requested = True
+        log.warning("SIGTERM: stopping after this step, with a checkpoint")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def build_metrics(stage, world, port_override: int | None):
+    """The metric sinks of this rank: on rank 0 the JSONL log and the Prometheus exporter (serving)."""
+    from motif.metrics.jsonl import JsonlBackend
+    from motif.metrics.logger import MetricLogger
+    from motif.metrics.prometheus import PrometheusBackend
+
+    if not world.is_main:
+        return MetricLogger([]), None
+    jsonl = stage.metrics.jsonl or str(Path(stage.checkpoint.dir) / "metrics.jsonl")
+    backends = [JsonlBackend(jsonl, static={"stage": stage.name})]
+    exporter = PrometheusBackend()
+    port = port_override if port_override is not None else stage.metrics.port
+    try:
+        url = exporter.serve(port)
+        log.info("metrics: serving Prometheus metrics at %s", url)
+        print(f"motif train: metrics at {url}", flush=True)
+        backends.append(exporter)
+    except OSError as e:
+        log.warning("metrics: cannot serve on port %d (%s); training goes on without the exporter", port, e)
+        exporter = None
+    if exporter is not None:
+        g = stage.growth
+        kind = "none" if g is None else ("msg" if g.grows_width() or g.depth_method == "msg" else "llamapro")
+        exporter.info(
+            {
+                "stage": stage.name,
+                "growth": kind,
+                "params": str(_stage_params(stage)),
+                "world_size": str(world.world_size),
+                "engine": stage.parallel.engine,
+            }
+        )
+    return MetricLogger(backends), exporter
+
+
+def _stage_params(stage) -> int:
+    """Parameters of the model this stage trains, from shapes alone."""
+    from motif.model.checkpoint import read_args
+
+    start = stage.start_checkpoint
+    return (stage.model if start is None else read_args(start)).num_params()
+
+
+def _linger(exporter, seconds: float) -> None:
+    """Keep the exporter serving after the run (so a scraper sees the final values), then stop it."""
+    if exporter is None:
+        return
+    if seconds > 0:
+        log.info("metrics: serving for %.0fs more at %s", seconds, exporter.url)
+        time.sleep(seconds)
+    exporter.stop()

@@ -74,6 +74,8 @@ def init(device_kind: str, timeout_s: int, *, force_group: bool = False) -> Worl
     if world_size == 1 and not force_group:
         return World(0, 1, 0, device, None)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if world_size == 1 and "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())  # a lone process: no launcher chose one
     os.environ.setdefault("MASTER_PORT", "29500")
     os.environ.setdefault("RANK", str(rank))
     os.environ.setdefault("WORLD_SIZE", str(world_size))
@@ -102,6 +104,14 @@ def init(device_kind: str, timeout_s: int, *, force_group: bool = False) -> Worl
         global _heartbeat
         _heartbeat = Heartbeat(world)
     return world
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def store():
@@ -208,6 +218,13 @@ def fail_fast(world: World, step: int, err: BaseException) -> None:
     )
     logging.shutdown()
     os._exit(EXIT_LOST_RANK)
+
+
+def is_collective_failure(err: BaseException) -> bool:
+    """Whether `err`, raised in a collective, means a peer rank is gone (or unreachable)."""
+    text = str(err).lower()
+    markers = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "socket", "broken pipe")
+    return isinstance(err, dist.DistBackendError) or any(m in text for m in markers)
 
 
 def barrier(world: World) -> None:

@@ -1,0 +1,96 @@
+"""Engines: how the model is laid out over the ranks and stepped, chosen by name (`parallel.engine`).
+
+    ddp        replicated weights, gradients all-reduced by torch DDP: small models (tiny recipe, tests)
+    fsdp       PyTorch FSDP2, as torchtitan trains Llama 3: every block `fully_shard`ed, then the root;
+               weights, gradients and Adam state sharded over the ranks (HSDP with `replicate`)
+    deepspeed  DeepSpeed ZeRO-3: the same sharding, by DeepSpeed (`zero.Init`, partitioned Adam)
+
+The sharded engines keep one memory contract in every phase (docs/training.md): no rank ever holds
+more than its 1/W share of weights, gradients and Adam state, plus a bounded working set. The model
+is built without storage and each rank reads from the start checkpoint only the bytes of its own
+shards; a checkpoint is each rank writing its own shard; the stage's output is written tensor by
+tensor (one whole tensor gathered at a time).
+
+Every engine is growth-aware in the same way: Adam moments carried from the previous stage are put
+into its (sharded) state before the first step, decay spares the elements an MSG mask hides, a
+non-finite step can be skipped, and the loss of the un-grown input on the first batch is computed
+with the same sharding.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+import torch
+
+from motif.errors import MotifError
+
+if TYPE_CHECKING:
+    from motif.config import StageConfig
+    from motif.model import Llama
+    from motif.train.dist import World
+    from motif.train.start import MomentSource, WeightSource
+
+
+class Engine(Protocol):
+    """What the trainer asks of an engine."""
+
+    name: ClassVar[str]
+    model: Llama  # the (possibly sharded) module: its args and growth masks are the model's
+    bytes_read: int  # bytes this rank read from the start checkpoint and its optimizer state
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, V]. Collective on the sharded engines: every rank calls it as often."""
+
+    def accumulate(self, last: bool) -> AbstractContextManager:
+        """Context of one micro-batch: gradients are reduced on the last one only."""
+
+    def backward(self, loss: torch.Tensor, grad_accum: int) -> None: ...
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor | None:
+        """Clip and return the global gradient norm, or None if the engine clips inside `step`."""
+
+    def step(self, lr: float, finite: bool) -> float | None:
+        """Apply (or, with `finite` false, skip) the optimizer step; the norm if measured here."""
+
+    def trainable(self) -> list[str]:
+        """Names of the parameters this stage trains."""
+
+    def save(self, directory: Path) -> None:
+        """Write this rank's part of the weights and Adam state of a training checkpoint."""
+
+    def load(self, directory: Path) -> None:
+        """Read this rank's part of a checkpoint written by any world size."""
+
+    def full_tensors(self, frozen: WeightSource, carried: MomentSource) -> Iterator[tuple[str, torch.Tensor | None]]:
+        """Collective: every weight, then every Adam tensor (`exp_avg.<name>` ...), whole, in
+        checkpoint order, one at a time; the tensor on rank 0, None elsewhere."""
+
+    def input_loss(self, checkpoint: str, batches: list) -> torch.Tensor:
+        """[loss sum, token count] of the un-grown input model on `batches`, sharded like this engine."""
+
+    def close(self) -> None: ...
+
+
+# The registry: engine name -> its class, imported on use (so `ddp` never imports DeepSpeed).
+ENGINES: dict[str, str] = {
+    "ddp": "motif.train.engines.ddp:DdpEngine",
+    "fsdp": "motif.train.engines.fsdp:FsdpEngine",
+    "deepspeed": "motif.train.engines.deepspeed:DeepSpeedEngine",
+}
+
+
+def engine_class(name: str) -> type[Engine]:
+    if name not in ENGINES:
+        raise MotifError(f"motif.parallel.engine: {name!r} is not an engine (expected one of: {', '.join(ENGINES)})")
+    module, cls = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_engine(stage: StageConfig, world: World, weights: WeightSource, moments: MomentSource, frozen: set[str]):
+    """The engine `stage.parallel.engine` names, with the model built and its start state loaded."""
+    return engine_class(stage.parallel.engine)(stage, world, weights, moments, frozen)

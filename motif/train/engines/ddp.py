@@ -1,0 +1,173 @@
+"""`ddp`: every rank holds the whole model; torch DDP all-reduces gradients during backward.
+
+The small-model path (the tiny recipe, tests, single-GPU runs). Its checkpoint is the replicated
+state written once by rank 0 (`model.safetensors`, `optimizer.safetensors` in the per-parameter
+layout `motif grow` reads); any world size reads it back, since every rank needs all of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from motif.config import StageConfig
+from motif.errors import CheckpointError
+from motif.model import Llama
+from motif.train import optimizer as optim
+from motif.train.dist import World
+from motif.train.slices import TensorReader, write_tensors
+from motif.train.start import MOMENTS, MomentSource, WeightSource
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+def compile_blocks(model: Llama) -> None:
+    """torch.compile each transformer block (torchtitan's choice): small graphs, compiled once, reused."""
+    for block in model.model.layers:
+        block.compile()
+
+
+def loss_sums(model, batches, device) -> torch.Tensor:
+    """[loss sum, token count] of `model` on `batches` (no gradients)."""
+    import torch.nn.functional as F
+
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for batch in batches:
+            logits = model(batch.inputs.to(device))
+            t = batch.targets.to(device)
+            sums[0] += F.cross_entropy(logits.float().flatten(0, 1), t.flatten(), reduction="sum").double()
+            sums[1] += t.numel()
+    return sums
+
+
+class DdpEngine:
+    name: ClassVar[str] = "ddp"
+
+    def __init__(self, stage: StageConfig, world: World, weights: WeightSource, moments: MomentSource, frozen: set[str]):
+        self.stage, self.world = stage, world
+        args = weights.args
+        self.model = Llama.from_state_dict(args, {n: weights.full(n) for n in weights.shapes}, world.device)
+        self.bytes_read = weights.bytes_read
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name not in frozen)
+        self.model.train()
+        self.model.set_activation_checkpointing(stage.train.activation_checkpointing)
+        if stage.train.compile:
+            compile_blocks(self.model)
+        self.runner = self.model
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # broadcast_buffers=False: the only buffers (RoPE tables, growth masks) are computed
+            # identically on every rank; a broadcast per forward would only cost time.
+            self.runner = DDP(
+                self.model,
+                device_ids=[world.local_rank] if world.device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
+        self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.optimizer = optim.adamw([{"params": list(self.params.values())}], stage.optim, fused=True)
+        for name, p in self.params.items():
+            state = optim.init_state(self.optimizer, p, moments.step(name), fused=True)
+            if moments.has(name):
+                moments.check_shape(name, tuple(p.shape))
+                for key in MOMENTS:
+                    state[key].copy_(moments.full(key, name))
+        self.bytes_read += moments.bytes_read
+        self.autocast_dtype = torch.bfloat16 if stage.train.precision == "bf16" else None
+
+    # ---- stepping --------------------------------------------------------------------------------
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.autocast_dtype is None:
+            return self.runner(tokens)
+        with torch.autocast(self.world.device.type, dtype=self.autocast_dtype):
+            return self.runner(tokens)
+
+    def accumulate(self, last: bool):
+        if self.world.distributed and not last:
+            return self.runner.no_sync()
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, grad_accum: int) -> None:
+        (loss / grad_accum).backward()
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        params = list(self.params.values())
+        return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=True)
+
+    def step(self, lr: float, finite: bool) -> float | None:
+        if finite:
+            optim.set_lr(self.optimizer, lr)
+            views = [(n, p.detach().view(-1), 0, tuple(p.shape)) for n, p in self.params.items() if p.grad is not None]
+            optim.decay_(views, self.model.args, lr, self.stage.optim.weight_decay)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return None
+
+    def trainable(self) -> list[str]:
+        return list(self.params)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def _optimizer_tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, p in self.params.items():
+            state = self.optimizer.state[p]
+            for key in MOMENTS:
+                out[f"{key}.{name}"] = state[key].detach().cpu()
+            out[f"step.{name}"] = state["step"].detach().float().cpu().reshape(())
+        return out
+
+    def save(self, directory: Path) -> None:
+        if not self.world.is_main:
+            return
+        write_tensors(directory / MODEL_FILE, {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        write_tensors(directory / OPTIMIZER_FILE, self._optimizer_tensors())
+
+    @torch.no_grad()
+    def load(self, directory: Path) -> None:
+        with TensorReader.file(directory / MODEL_FILE) as weights:
+            for name, p in self.model.named_parameters():
+                if name not in weights or weights.shape(name) != tuple(p.shape):
+                    raise CheckpointError(f"{directory / MODEL_FILE}: no tensor {name} of shape {list(p.shape)}")
+                p.copy_(weights.read(name))
+        with TensorReader.file(directory / OPTIMIZER_FILE) as moments:
+            for name, p in self.params.items():
+                state = self.optimizer.state[p]
+                for key in MOMENTS:
+                    state[key].copy_(moments.read(f"{key}.{name}"))
+                state["step"].copy_(moments.read(f"step.{name}").reshape(()))
+
+    # ---- the stage's output --------------------------------------------------------------------
+
+    def full_tensors(self, frozen: WeightSource, carried: MomentSource) -> Iterator[tuple[str, torch.Tensor | None]]:
+        main = self.world.is_main
+        params = dict(self.model.named_parameters())
+        for name in self.model.args.tensor_shapes():
+            yield name, params[name].detach() if main else None
+        for name in self.model.args.tensor_shapes():
+            if name in self.params:
+                state = self.optimizer.state[self.params[name]]
+                for key in MOMENTS:
+                    yield f"{key}.{name}", state[key] if main else None
+                yield f"step.{name}", state["step"].float().reshape(()) if main else None
+            elif carried.has(name):  # frozen here: its moments pass through to the next stage
+                for key in MOMENTS:
+                    yield f"{key}.{name}", carried.full(key, name) if main else None
+                yield f"step.{name}", torch.tensor(carried.step(name)) if main else None
+
+    def input_loss(self, checkpoint: str, batches: list) -> torch.Tensor:
+        from motif.model.checkpoint import load
+
+        model = load(checkpoint, dtype=torch.float32, device=self.world.device)
+        return loss_sums(model, batches, self.world.device)
+
+    def close(self) -> None:
+        pass

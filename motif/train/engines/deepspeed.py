@@ -1,0 +1,314 @@
+"""`deepspeed`: DeepSpeed ZeRO-3, held to the same memory contract as `fsdp`.
+
+- **Build partitioned.** The model is constructed under `deepspeed.zero.Init`, so every parameter
+  is partitioned as soon as its module exists; ZeRO-3 gives rank r the elements
+  [r * P, (r + 1) * P) of each flattened tensor (P = ceil(numel / W)), and that is exactly the
+  range each rank reads from the start checkpoint into its partition.
+- **Adam state is DeepSpeed's**, one flat fp32 partition per parameter group; per-tensor step
+  counts are kept by grouping the parameters by the step they carry from the previous stage (a
+  wholly new LlamaPro or MSG block restarts at 0, the old tensors continue). Moments carried from
+  `motif grow` are written into the partitions with DeepSpeed's local-state API before step 1.
+- **Decay follows the growth mask**: the torch optimizer inside runs without decay and
+  `optimizer.decay_` is applied to each rank's fp32 master partition before the step.
+- **A non-finite step is skipped by DeepSpeed itself** (its global norm is not finite); the
+  engine checks that its verdict and the trainer's agree.
+- **Checkpoints are this rank's partitions**, fp32 master weights and moments, as one safetensors
+  file per rank with the element range of every tensor in its JSON metadata. A load assembles the
+  range this rank owns now from whichever files hold it, so a job resumed on another world size
+  reshards (no DeepSpeed pickle checkpoint, no offline conversion).
+- **The stage's output** gathers one parameter at a time (`safe_get_full_fp32_param`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from motif.config import StageConfig
+from motif.errors import CheckpointError, MotifError
+from motif.model import Llama, ModelArgs
+from motif.train import optimizer as optim
+from motif.train.dist import World
+from motif.train.engines.ddp import loss_sums
+from motif.train.slices import TensorReader, write_tensors
+from motif.train.start import MOMENTS, MomentSource, WeightSource
+
+# DeepSpeed 0.19 calls collectives torch 2.13 deprecated; the warning would repeat at every step.
+warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
+
+RANK_FILE = "zero_rank_{rank:05d}.safetensors"
+META_KEY = "motif_zero3"
+
+
+def ds_config(stage: StageConfig, with_optimizer: bool = True) -> dict:
+    t, o = stage.train, stage.optim
+    cfg = {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.grad_accum_steps,
+        "zero_optimization": {
+            "stage": 3,
+            # Every parameter partitioned, however small: nothing is kept whole on every rank, and a
+            # rank's partition is always the range the loader read for it.
+            "stage3_param_persistence_threshold": 0,
+        },
+        "bf16": {"enabled": t.precision == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+    if with_optimizer:
+        cfg["gradient_clipping"] = o.grad_clip
+    return cfg
+
+
+def partition(p: torch.nn.Parameter, rank: int) -> tuple[int, int, int]:
+    """(start, stop, size): the flat elements of `p` in this rank's partition, and its padded size."""
+    size = p.ds_tensor.numel()
+    start = rank * size
+    return start, max(start, min(start + size, p.ds_numel)), size
+
+
+def partitioned_llama(args: ModelArgs, stage: StageConfig, world: World, weights: WeightSource, frozen: set[str]):
+    """A Llama built under `zero.Init`, each rank's partitions filled from `weights`."""
+    import deepspeed
+
+    dtype = torch.bfloat16 if stage.train.precision == "bf16" else torch.float32
+    with deepspeed.zero.Init(config_dict_or_path=ds_config(stage), dtype=dtype):
+        model = Llama(args)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.requires_grad_(name not in frozen)
+            start, stop, _ = partition(p, world.rank)
+            if stop > start:
+                p.ds_tensor.data[: stop - start].copy_(weights.flat(name, start, stop).to(dtype))
+    return model
+
+
+class DeepSpeedEngine:
+    name: ClassVar[str] = "deepspeed"
+
+    def __init__(self, stage: StageConfig, world: World, weights: WeightSource, moments: MomentSource, frozen: set[str]):
+        import deepspeed
+
+        self.stage, self.world = stage, world
+        model = partitioned_llama(weights.args, stage, world, weights, frozen)
+        model.set_activation_checkpointing(stage.train.activation_checkpointing)
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.steps = {n: moments.step(n) for n in self.params}
+        # One parameter group per carried step count: ZeRO keeps one Adam step per group.
+        by_step: dict[float, list] = {}
+        for name, p in self.params.items():
+            by_step.setdefault(self.steps[name], []).append(p)
+        self.group_steps = sorted(by_step)
+        groups = [{"params": by_step[s]} for s in self.group_steps]
+        inner = optim.adamw(groups, stage.optim, fused=True)
+        self.runner, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=inner, config=ds_config(stage), dist_init_required=False
+        )
+        self.model = model
+        model.init_buffers(world.device)  # RoPE tables and masks in fp32, whatever DeepSpeed cast
+        model.train()
+        self._init_optimizer_state()
+        if stage.train.precision == "bf16":  # the fp32 masters were made from bf16 partitions: make them exact
+            self._set_local("param", lambda n, a, b: weights.flat(n, a, b))
+        for name in self.params:
+            if moments.has(name):
+                moments.check_shape(name, tuple(weights.shapes[name]))
+        for key in MOMENTS:
+            self._set_local(key, lambda n, a, b, k=key: moments.flat(k, n, a, b), only=moments.has)
+        self.bytes_read = weights.bytes_read + moments.bytes_read
+
+    def _init_optimizer_state(self) -> None:
+        """Adam state of each flat fp32 partition, made now (torch makes it lazily at the first step)."""
+        inner = self.optimizer.optimizer
+        for i, flat in enumerate(self.optimizer.fp32_partitioned_groups_flat):
+            step = self.group_steps[self.optimizer.sub_group_to_group_id[i]]
+            inner.state[flat] = {
+                "step": torch.tensor(step, dtype=torch.float32, device=flat.device),
+                "exp_avg": torch.zeros_like(flat),
+                "exp_avg_sq": torch.zeros_like(flat),
+            }
+
+    def _set_local(self, key: str, read, only=lambda name: True) -> None:
+        """Write this rank's partition of `key` ("param" or a moment) for every trained parameter."""
+        from deepspeed.utils import safe_set_local_fp32_param, safe_set_local_optimizer_state
+
+        for name, p in self.params.items():
+            if not only(name):
+                continue
+            start, stop, size = partition(p, self.world.rank)
+            value = torch.zeros(size, dtype=torch.float32, device=self.world.device)
+            if stop > start:
+                value[: stop - start] = read(name, start, stop).to(value.device)
+            if key == "param":
+                safe_set_local_fp32_param(p, value)
+                with torch.no_grad():  # and the compute copy DeepSpeed gathers for forward
+                    p.ds_tensor.data.copy_(value.to(p.ds_tensor.dtype))
+            else:
+                safe_set_local_optimizer_state(p, value, key)
+
+    # ---- stepping --------------------------------------------------------------------------------
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.runner(tokens)
+
+    def accumulate(self, last: bool):
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, grad_accum: int) -> None:
+        self.runner.backward(loss)  # DeepSpeed divides by gradient_accumulation_steps itself
+        if not self.runner.is_gradient_accumulation_boundary():
+            self.runner.step()  # only advances DeepSpeed's micro-step counter
+
+    def clip_grad_norm(self, max_norm: float) -> None:
+        return None  # ZeRO-3 knows the global norm only inside its step, where it clips
+
+    def step(self, lr: float, finite: bool) -> float | None:
+        from deepspeed.utils import safe_get_local_fp32_param
+
+        optim.set_lr(self.optimizer, lr)
+        if finite:
+            views = []
+            for name, p in self.params.items():
+                start, stop, _ = partition(p, self.world.rank)
+                views.append((name, safe_get_local_fp32_param(p)[: stop - start], start, tuple(p.ds_shape)))
+            optim.decay_(views, self.model.args, lr, self.stage.optim.weight_decay)
+        self.runner.step()
+        skipped = bool(getattr(self.optimizer, "overflow", False))
+        if skipped == finite:
+            raise MotifError(
+                f"engine deepspeed: the step was {'skipped' if skipped else 'taken'} by DeepSpeed, but the "
+                f"loss and gradients were {'finite' if finite else 'not finite'} by motif's count"
+            )
+        norm = self.runner.get_global_grad_norm()
+        return None if norm is None or skipped else float(norm)
+
+    def trainable(self) -> list[str]:
+        return list(self.params)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def _local(self, key: str, p) -> torch.Tensor:
+        from deepspeed.utils import safe_get_local_fp32_param, safe_get_local_optimizer_state
+
+        start, stop, _ = partition(p, self.world.rank)
+        value = safe_get_local_fp32_param(p) if key == "param" else safe_get_local_optimizer_state(p, key)
+        return value[: stop - start].detach().float().cpu()
+
+    def save(self, directory: Path) -> None:
+        tensors, ranges = {}, {}
+        for name, p in self.params.items():
+            start, stop, _ = partition(p, self.world.rank)
+            ranges[name] = [start, stop, list(p.ds_shape)]
+            for key in ("param", *MOMENTS):
+                tensors[f"{key}.{name}"] = self._local(key, p)
+        steps = {name: self._group_step(p) for name, p in self.params.items()}
+        meta = {"world_size": self.world.world_size, "ranges": ranges, "steps": steps}
+        write_tensors(directory / RANK_FILE.format(rank=self.world.rank), tensors, {META_KEY: json.dumps(meta)})
+
+    def _group_step(self, p) -> float:
+        inner = self.optimizer.optimizer
+        for i, flat in enumerate(self.optimizer.fp32_partitioned_groups_flat):
+            if any(q is p for q in self.optimizer.fp16_groups[i]):
+                return float(inner.state[flat]["step"])
+        raise MotifError("engine deepspeed: a parameter is in no ZeRO group")
+
+    def load(self, directory: Path) -> None:
+        """This rank's partitions, assembled from the files of the ranks that saved them (any count)."""
+        from motif.model.safetensors_io import read_header
+
+        files = sorted(directory.glob("zero_rank_*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{directory}: no zero_rank_*.safetensors (not a checkpoint of engine deepspeed)")
+        saved = []
+        for f in files:
+            _, metadata = read_header(f)
+            try:
+                saved.append((TensorReader.file(f), json.loads(metadata[META_KEY])))
+            except (KeyError, json.JSONDecodeError):
+                raise CheckpointError(f"{f}: no {META_KEY} metadata (not written by engine deepspeed)") from None
+        try:
+            for key in ("param", *MOMENTS):
+                self._set_local(key, lambda n, a, b, k=key: _assemble(saved, k, n, a, b, directory))
+            steps = {n: s for _, meta in saved for n, s in meta["steps"].items()}
+            self._load_steps(steps, directory)
+        finally:
+            for reader, _ in saved:
+                reader.close()
+
+    def _load_steps(self, steps: dict[str, float], directory: Path) -> None:
+        inner = self.optimizer.optimizer
+        for i, flat in enumerate(self.optimizer.fp32_partitioned_groups_flat):
+            names = [n for n, p in self.params.items() if any(q is p for q in self.optimizer.fp16_groups[i])]
+            values = {steps.get(n) for n in names}
+            if len(values) != 1 or None in values:
+                raise CheckpointError(f"{directory}: step counts of one ZeRO group differ or are missing: {values}")
+            inner.state[flat]["step"].fill_(values.pop())
+
+    # ---- the stage's output --------------------------------------------------------------------
+
+    def full_tensors(self, frozen: WeightSource, carried: MomentSource) -> Iterator[tuple[str, torch.Tensor | None]]:
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+        main = self.world.is_main
+        shapes = self.model.args.tensor_shapes()
+        for name in shapes:
+            if name in self.params:
+                full = safe_get_full_fp32_param(self.params[name])  # collective: one whole tensor at a time
+                yield name, full.cpu() if main else None
+                del full
+            else:  # frozen: the start checkpoint's own values (the compute copy may be bf16)
+                yield name, frozen.full(name) if main else None
+        for name in shapes:
+            if name in self.params:
+                p = self.params[name]
+                for key in MOMENTS:
+                    full = safe_get_full_optimizer_state(p, key)
+                    yield f"{key}.{name}", full.cpu() if main else None
+                    del full
+                yield f"step.{name}", torch.tensor(self._group_step(p)) if main else None
+            elif carried.has(name):
+                for key in MOMENTS:
+                    yield f"{key}.{name}", carried.full(key, name) if main else None
+                yield f"step.{name}", torch.tensor(carried.step(name)) if main else None
+
+    def input_loss(self, checkpoint: str, batches: list) -> torch.Tensor:
+        """The un-grown input, partitioned the same way and run by a ZeRO-3 engine without optimizer."""
+        import deepspeed
+
+        from motif.model.checkpoint import read_args
+
+        with WeightSource.open(read_args(checkpoint), checkpoint, seed=0) as source:
+            model = partitioned_llama(source.args, self.stage, self.world, source, frozen=set(source.shapes))
+        runner, *_ = deepspeed.initialize(model=model, config=ds_config(self.stage, False), dist_init_required=False)
+        model.init_buffers(self.world.device)
+        model.eval()
+        sums = loss_sums(runner, batches, self.world.device)
+        runner.destroy()
+        return sums
+
+    def close(self) -> None:
+        pass
+
+
+def _assemble(saved, key: str, name: str, start: int, stop: int, directory: Path) -> torch.Tensor:
+    """Elements [start, stop) of `key.name`, from the saved partitions that overlap them."""
+    out = torch.empty(stop - start, dtype=torch.float32)
+    covered = 0
+    for reader, meta in saved:
+        if name not in meta["ranges"]:
+            continue
+        a, b, _ = meta["ranges"][name]
+        lo, hi = max(a, start), min(b, stop)
+        if lo < hi:
+            out[lo - start : hi - start] = reader.read_flat(f"{key}.{name}", lo - a, hi - a)
+            covered += hi - lo
+    if covered != stop - start:
+        raise CheckpointError(f"{directory}: {key}.{name}: elements {start}..{stop} are not all in the saved partitions")
+    return out

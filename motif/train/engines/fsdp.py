@@ -1,0 +1,210 @@
+"""`fsdp`: PyTorch FSDP2, the way torchtitan trains Llama 3.
+
+- **Build without storage.** The model is made on the meta device, every transformer block is
+  `fully_shard`ed, then the root; only then does each rank allocate its shards (`to_empty`) and
+  read into them its rows of every tensor (`Shard(0)`), from the start checkpoint's safetensors.
+- **Mixed precision** on bf16 stages: bf16 compute copies of the gathered blocks, fp32 sharded
+  master weights, gradients reduced in fp32. fp32 stages compute in fp32.
+- **HSDP** with `parallel.replicate = R > 1`: a 2-D mesh (R replicas x W/R shards), so the
+  forward's all-gathers stay inside a shard group (a node) and only the gradient reduction
+  crosses the replicas.
+- **Checkpoints through torch.distributed.checkpoint** with its Hugging Face storage: each rank
+  writes its own shards as safetensors (the shard offsets in the safetensors header, JSON), and a
+  load reads the pieces it needs from whichever files hold them, so a job resumed on another
+  world size reshards natively. No pickle is written or read. Frozen weights (LlamaPro's original
+  blocks) are not checkpointed: they are the start checkpoint's, read again on resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import math
+
+import torch
+from torch.distributed.tensor import DTensor
+
+from motif.config import StageConfig
+from motif.model import Llama, ModelArgs
+from motif.train import optimizer as optim
+from motif.train.dist import World
+from motif.train.engines.ddp import compile_blocks, loss_sums
+from motif.train.start import MOMENTS, MomentSource, WeightSource
+
+CHECKPOINT_DIR = "fsdp"  # the DCP directory inside a training checkpoint
+
+
+def device_mesh(stage: StageConfig, world: World):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    replicate = stage.parallel.replicate
+    if replicate > 1:
+        return init_device_mesh(
+            world.device.type, (replicate, world.world_size // replicate), mesh_dim_names=("replicate", "shard")
+        )
+    return init_device_mesh(world.device.type, (world.world_size,), mesh_dim_names=("shard",))
+
+
+def local_rows(p: DTensor) -> tuple[int, int]:
+    """The rows [start, stop) of the full tensor that this rank's shard of `p` holds."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    if len(shape) == 0:
+        return 0, 1
+    return offset[0], offset[0] + shape[0]
+
+
+def sharded_llama(args: ModelArgs, stage: StageConfig, world: World, mesh, weights: WeightSource, frozen: set[str]):
+    """A Llama sharded with FSDP2 and holding the start weights, built without ever allocating it whole."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    with torch.device("meta"):
+        model = Llama(args)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+    model.set_activation_checkpointing(stage.train.activation_checkpointing)
+    if stage.train.compile:
+        compile_blocks(model)
+    mp = None
+    if stage.train.precision == "bf16":
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for block in model.model.layers:
+        fully_shard(block, mesh=mesh, mp_policy=mp or MixedPrecisionPolicy())
+    fully_shard(model, mesh=mesh, mp_policy=mp or MixedPrecisionPolicy())
+    model.to_empty(device=world.device)
+    model.init_buffers(world.device)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            start, stop = local_rows(p)
+            local = p.to_local()
+            if local.numel():
+                local.copy_(weights.rows(name, start, stop).view_as(local))
+    return model
+
+
+class FsdpEngine:
+    name: ClassVar[str] = "fsdp"
+
+    def __init__(self, stage: StageConfig, world: World, weights: WeightSource, moments: MomentSource, frozen: set[str]):
+        self.stage, self.world = stage, world
+        self.mesh = device_mesh(stage, world)
+        self.model = sharded_llama(weights.args, stage, world, self.mesh, weights, frozen)
+        self.model.train()
+        # Parameters are taken before the first forward: FSDP2's root keeps its parameters unsharded
+        # between a forward and its backward, and those are not the ones to optimize.
+        self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.optimizer = optim.adamw([{"params": list(self.params.values())}], stage.optim, fused=True)
+        with torch.no_grad():
+            for name, p in self.params.items():
+                state = optim.init_state(self.optimizer, p, moments.step(name), fused=True)
+                if moments.has(name):
+                    moments.check_shape(name, tuple(p.shape))
+                    start, stop = local_rows(p)
+                    for key in MOMENTS:
+                        local = state[key].to_local()
+                        if local.numel():
+                            local.copy_(moments.rows(key, name, start, stop).view_as(local))
+        self.bytes_read = weights.bytes_read + moments.bytes_read
+
+    # ---- stepping --------------------------------------------------------------------------------
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens)
+
+    def accumulate(self, last: bool):
+        # Gradients are reduce-scattered after every micro-batch: holding unsharded gradients
+        # across micro-batches would break the memory contract.
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, grad_accum: int) -> None:
+        (loss / grad_accum).backward()
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        params = list(self.params.values())
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=True)
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+    def step(self, lr: float, finite: bool) -> float | None:
+        if finite:
+            optim.set_lr(self.optimizer, lr)
+            optim.decay_(self._local_views(), self.model.args, lr, self.stage.optim.weight_decay)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return None
+
+    def _local_views(self):
+        for name, p in self.params.items():
+            if p.grad is None:
+                continue
+            start, _ = local_rows(p)
+            yield name, p.detach().to_local().view(-1), start * math.prod(p.shape[1:]), tuple(p.shape)
+
+    def trainable(self) -> list[str]:
+        return list(self.params)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        """The DCP state: trained weights, their moments and step counts (sharded DTensors, no copies)."""
+        out = {}
+        for name, p in self.params.items():
+            state = self.optimizer.state[p]
+            out[name] = p
+            out[f"exp_avg.{name}"] = state["exp_avg"]
+            out[f"exp_avg_sq.{name}"] = state["exp_avg_sq"]
+            out[f"step.{name}"] = state["step"]
+        return out
+
+    def save(self, directory: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+        dcp.save(self._state(), storage_writer=HuggingFaceStorageWriter(str(directory / CHECKPOINT_DIR), save_distributed=True))
+
+    def load(self, directory: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+        dcp.load(self._state(), storage_reader=HuggingFaceStorageReader(str(directory / CHECKPOINT_DIR)))
+
+    # ---- the stage's output --------------------------------------------------------------------
+
+    def full_tensors(self, frozen: WeightSource, carried: MomentSource) -> Iterator[tuple[str, torch.Tensor | None]]:
+        main = self.world.is_main
+        params = dict(self.model.named_parameters())
+        shapes = self.model.args.tensor_shapes()
+        for name in shapes:
+            full = params[name].full_tensor()  # collective: one whole tensor at a time
+            yield name, full if main else None
+            del full
+        for name in shapes:
+            if name in self.params:
+                state = self.optimizer.state[self.params[name]]
+                for key in MOMENTS:
+                    full = state[key].full_tensor()
+                    yield f"{key}.{name}", full if main else None
+                    del full
+                yield f"step.{name}", state["step"].float().reshape(()) if main else None
+            elif carried.has(name):
+                for key in MOMENTS:
+                    yield f"{key}.{name}", carried.full(key, name) if main else None
+                yield f"step.{name}", torch.tensor(carried.step(name)) if main else None
+
+    def input_loss(self, checkpoint: str, batches: list) -> torch.Tensor:
+        """The un-grown input, sharded the same way (1/W of it per rank), on this rank's batches."""
+        from motif.model.checkpoint import read_args
+
+        with WeightSource.open(read_args(checkpoint), checkpoint, seed=0) as source:
+            model = sharded_llama(source.args, self.stage, self.world, self.mesh, source, frozen=set(source.shapes))
+        model.eval()
+        sums = loss_sums(model, batches, self.world.device)
+        del model
+        return sums
+
+    def close(self) -> None:
+        pass

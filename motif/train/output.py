@@ -1,0 +1,89 @@
+"""The stage's output: the Hugging Face layout plus `optimizer.safetensors`, written tensor by tensor.
+
+Why it is built this way: at 102B the output is 400 GB of fp32 weights and 800 GB of moments, so no
+rank may assemble it. The engine yields one whole tensor at a time (gathered from its shards: a
+collective every rank joins), rank 0 writes it straight into its place in the output file (the
+header is written first, so every tensor's offset is known before any data), and drops it. The
+files appear only complete (`atomic_dir`). A tensor that is not finite is not written: the write
+is abandoned and no output appears, so a non-finite model never becomes the next stage's input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from motif.errors import MotifError
+from motif.model.checkpoint import DEFAULT_SHARD_BYTES, atomic_dir, plan_shards, shard_names, write_index
+from motif.model.safetensors_io import SafetensorsWriter
+from motif.train import dist
+from motif.train.dist import World
+from motif.train.start import MOMENTS, OPTIMIZER_FILE, MomentSource, WeightSource
+
+
+class NonFiniteOutput(MotifError):
+    """The model to be written holds NaN or infinite values."""
+
+
+def write_output(
+    path: str | Path,
+    engine,
+    frozen: WeightSource,
+    carried: MomentSource,
+    world: World,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> None:
+    """Collective: every rank streams the engine's tensors; rank 0 writes them to `path`."""
+    args = engine.model.args.replace(torch_dtype="float32")
+    shapes = args.tensor_shapes()
+    trained = set(engine.trainable())
+    with_state = [n for n in shapes if n in trained or carried.has(n)]
+    weight_specs = [(n, torch.float32, s) for n, s in shapes.items()]
+    shards = plan_shards(weight_specs, max_shard_bytes)
+    files = shard_names(args, len(shards))
+    state_specs = []
+    for n in with_state:
+        state_specs += [(f"{k}.{n}", torch.float32, shapes[n]) for k in MOMENTS] + [(f"step.{n}", torch.float32, ())]
+    order = [name for shard in shards for name, _, _ in shard] + [k for k, _, _ in state_specs]
+
+    problem: str | None = None
+    with atomic_dir(path, overwrite=True) if world.is_main else contextlib.nullcontext() as tmp:
+        writers: list[tuple[SafetensorsWriter, int]] = []
+        if world.is_main:
+            writers = [(SafetensorsWriter(tmp / f, shard), len(shard)) for f, shard in zip(files, shards, strict=True)]
+            writers.append((SafetensorsWriter(tmp / OPTIMIZER_FILE, state_specs), len(state_specs)))
+        current, written = 0, 0
+        for i, (name, tensor) in enumerate(engine.full_tensors(frozen, carried)):
+            if name != order[i]:
+                raise MotifError(f"output: engine yielded {name} where {order[i]} was expected")
+            if not world.is_main:
+                continue
+            if problem is None and not bool(torch.isfinite(tensor).all()):
+                problem = f"{name} holds NaN or infinite values"
+            if problem is not None:
+                continue  # keep joining the engine's collectives; nothing more is written
+            writer, count = writers[current]
+            writer.write(name, tensor.float())
+            written += 1
+            if written == count:
+                writer.close()
+                current, written = current + 1, 0
+        failed = _agree(world, problem)
+        if failed:
+            raise NonFiniteOutput(f"{path}: not written: {failed}")
+        if world.is_main:
+            write_index(tmp, args, shards, files)
+    dist.barrier(world)
+
+
+def _agree(world: World, problem: str | None) -> str | None:
+    """Rank 0's verdict on the stream, known to every rank."""
+    if not world.distributed:
+        return problem
+    import torch.distributed as tdist
+
+    box = [problem]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]

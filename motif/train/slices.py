@@ -1,0 +1,100 @@
+"""Reading only the part of each tensor that a rank owns, from safetensors files on shared storage.
+
+Why it is built this way: on the sharded engines no rank may hold, or read, the whole model. A
+tensor in a safetensors file is row-major bytes at a known offset, and both shardings motif uses
+cut a tensor into contiguous pieces of those bytes: FSDP2 gives a rank a range of rows (`Shard(0)`),
+ZeRO-3 a range of the flattened elements. So a rank's part is one `pread` of exactly its bytes,
+whatever the file's dtype, and the bytes each rank reads are counted (a test checks the halves).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from motif.errors import CheckpointError
+from motif.model.safetensors_io import TensorEntry, read_header, read_tensor
+
+
+class TensorReader:
+    """Parts of the tensors of a checkpoint directory or of one safetensors file."""
+
+    def __init__(self, entries: dict[str, TensorEntry], source: str):
+        self.entries = entries
+        self.source = source
+        self.bytes_read = 0
+        self._fds: dict[Path, int] = {}
+
+    @classmethod
+    def checkpoint(cls, path: str | Path) -> TensorReader:
+        """The weights of a checkpoint directory (checked against its config.json first)."""
+        from motif.model.checkpoint import open_checkpoint
+
+        return cls(open_checkpoint(path).entries, str(path))
+
+    @classmethod
+    def file(cls, path: str | Path) -> TensorReader:
+        return cls(read_header(Path(path))[0], str(path))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.entry(name).shape
+
+    def entry(self, name: str) -> TensorEntry:
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise CheckpointError(f"{self.source}: no tensor {name}") from None
+
+    def read_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements [start, stop) of the flattened tensor, as a 1-D tensor in the file's dtype."""
+        e = self.entry(name)
+        numel = math.prod(e.shape)
+        if not 0 <= start <= stop <= numel:
+            raise CheckpointError(f"{self.source}: {name}: elements {start}..{stop} outside 0..{numel}")
+        size = e.dtype.itemsize
+        part = replace(e, shape=(stop - start,), offset=e.offset + start * size, nbytes=(stop - start) * size)
+        self.bytes_read += part.nbytes
+        return read_tensor(part, self._fd(e.path))
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) (slices of dim 0) of the tensor."""
+        shape = self.shape(name)
+        row = math.prod(shape[1:])
+        return self.read_flat(name, start * row, stop * row).reshape(stop - start, *shape[1:])
+
+    def read(self, name: str) -> torch.Tensor:
+        shape = self.shape(name)
+        return self.read_flat(name, 0, math.prod(shape)).reshape(shape)
+
+    def _fd(self, path: Path) -> int:
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+        return self._fds[path]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> TensorReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file of `tensors` (mode 0644, written tensor by tensor, no copy of the whole set)."""
+    from motif.model.safetensors_io import SafetensorsWriter
+
+    writer = SafetensorsWriter(path, [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()], metadata)
+    for key, value in tensors.items():
+        writer.write(key, value)
+    writer.close()

@@ -1,0 +1,137 @@
+"""Where a stage's weights and Adam moments start: a checkpoint read in parts, or a seeded init.
+
+Why it is built this way: every engine asks for *parts* of tensors by name (rows for FSDP2, a
+flat range for ZeRO-3, the whole tensor for DDP), so "load the model" never means "hold the
+model". A from-scratch stage draws each tensor from a generator seeded by the tensor's name, so
+the initial weights are the same on 1 or 64 ranks and for every engine, and generating one tensor
+at a time keeps the working set at one tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from pathlib import Path
+
+import torch
+
+from motif.model.args import ModelArgs
+from motif.train.slices import TensorReader
+
+OPTIMIZER_FILE = "optimizer.safetensors"  # the per-parameter Adam state `motif grow` reads and grows
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+class WeightSource:
+    """Parts of the start weights, by HF tensor name, in fp32."""
+
+    def __init__(self, args: ModelArgs, reader: TensorReader | None, seed: int):
+        self.args = args
+        self.reader = reader
+        self.seed = seed
+        self.shapes = args.tensor_shapes()
+        self._cache: tuple[str, torch.Tensor] | None = None  # the last generated tensor (init only)
+
+    @classmethod
+    def open(cls, args: ModelArgs, checkpoint: str | Path | None, seed: int) -> WeightSource:
+        return cls(args, TensorReader.checkpoint(checkpoint) if checkpoint is not None else None, seed)
+
+    @property
+    def bytes_read(self) -> int:
+        return self.reader.bytes_read if self.reader is not None else 0
+
+    def flat(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements [start, stop) of the flattened tensor (fp32, 1-D)."""
+        if self.reader is not None:
+            return self.reader.read_flat(name, start, stop).float()
+        return self._generated(name).reshape(-1)[start:stop]
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        shape = self.shapes[name]
+        row = math.prod(shape[1:])
+        return self.flat(name, start * row, stop * row).reshape(stop - start, *shape[1:])
+
+    def full(self, name: str) -> torch.Tensor:
+        return self.flat(name, 0, math.prod(self.shapes[name])).reshape(self.shapes[name])
+
+    def _generated(self, name: str) -> torch.Tensor:
+        """From-scratch value of one tensor: N(0, 0.02) for matrices and embeddings, ones for norm gains."""
+        if self._cache is not None and self._cache[0] == name:
+            return self._cache[1]
+        shape = self.shapes[name]
+        if len(shape) == 1:
+            value = torch.ones(shape)
+        else:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
+            value = torch.empty(shape).normal_(0.0, 0.02, generator=gen)
+        self._cache = (name, value)
+        return value
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+        self._cache = None
+
+    def __enter__(self) -> WeightSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class MomentSource:
+    """Adam moments and step counts carried from the previous stage (`optimizer.safetensors`)."""
+
+    def __init__(self, reader: TensorReader | None):
+        self.reader = reader
+
+    @classmethod
+    def open(cls, checkpoint: str | Path | None) -> MomentSource:
+        if checkpoint is None or not (Path(checkpoint) / OPTIMIZER_FILE).is_file():
+            return cls(None)
+        return cls(TensorReader.file(Path(checkpoint) / OPTIMIZER_FILE))
+
+    @property
+    def path(self) -> str | None:
+        return None if self.reader is None else self.reader.source
+
+    def has(self, name: str) -> bool:
+        return self.reader is not None and f"exp_avg.{name}" in self.reader
+
+    def names(self) -> list[str]:
+        if self.reader is None:
+            return []
+        return [k.split(".", 1)[1] for k in self.reader.entries if k.startswith("exp_avg.")]
+
+    def step(self, name: str) -> float:
+        return float(self.reader.read(f"step.{name}").reshape(()).item()) if self.has(name) else 0.0
+
+    def flat(self, key: str, name: str, start: int, stop: int) -> torch.Tensor:
+        return self.reader.read_flat(f"{key}.{name}", start, stop).float()
+
+    def rows(self, key: str, name: str, start: int, stop: int) -> torch.Tensor:
+        shape = self.reader.shape(f"{key}.{name}")
+        row = math.prod(shape[1:])
+        return self.flat(key, name, start * row, stop * row).reshape(stop - start, *shape[1:])
+
+    def full(self, key: str, name: str) -> torch.Tensor:
+        return self.reader.read(f"{key}.{name}").float()
+
+    def check_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        from motif.errors import CheckpointError
+
+        for key in MOMENTS:
+            found = self.reader.shape(f"{key}.{name}")
+            if tuple(found) != tuple(shape):
+                raise CheckpointError(
+                    f"{self.reader.source}: {key}.{name} has shape {list(found)}, the parameter has {list(shape)} "
+                    "(was the optimizer state grown with the checkpoint? `motif grow` does both)"
+                )
+
+    @property
+    def bytes_read(self) -> int:
+        return self.reader.bytes_read if self.reader is not None else 0
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()

@@ -200,7 +200,7 @@ NEEDS = {
         "serviceaccount/trainer",
         "pvc/checkpoints",
     ],
-    "08-eval-katib-preflight": [
+    "08-eval-katib": [
         "crd/pytorchjobs.kubeflow.org",
         "webhook/training-operator",
         "crd/podmonitors.monitoring.coreos.com",
@@ -284,7 +284,7 @@ def test_the_table_names_what_is_missing(fake_api, capsys):
 def test_only_reads(fake_api, api_requests, capsys):
     """Read-only: the server saw GETs only (the fake answers no other method)."""
     fake_api(_objects())
-    assert cli.main(["preflight", str(CI / "08-eval-katib-preflight-values.yaml")]) == 0
+    assert cli.main(["preflight", str(CI / "08-eval-katib-values.yaml")]) == 0
     assert api_requests and all(not q.startswith("/api/v1/namespaces/motif/pods") for q in api_requests)
 
 
@@ -301,8 +301,19 @@ def test_a_bad_stage_file_is_one_line_and_exit_2(tmp_path, capsys, text, fragmen
 
 
 def test_the_helm_test_hook_runs_preflight_on_the_release_values():
-    values = r.load_values(CI / "08-eval-katib-preflight-values.yaml")
+    """Opt-in (preflight.helmTest): the one part of the chart with API access, read-only, and only
+    while `helm test` runs. It renders, lints and validates like every other template."""
+    values = r.load_values(CI / "08-eval-katib-values.yaml")
+    values["preflight"] = {"helmTest": True}
+    assert r.lint(values) == []
     objs = r.objects(r.render(values, "motif-ci-eval"))
+    for obj in objs:
+        r.validate(obj)
+    assert not [
+        o
+        for o in r.objects(r.render(r.load_values(CI / "08-eval-katib-values.yaml"), "x"))
+        if o["kind"] in ("Role", "ClusterRole")
+    ]
     hooks = [o for o in objs if o["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
     assert sorted(o["kind"] for o in hooks) == sorted(
         ["ServiceAccount", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Pod"]
@@ -316,5 +327,5 @@ def test_the_helm_test_hook_runs_preflight_on_the_release_values():
     (cm,) = [o for o in hooks if o["kind"] == "ConfigMap"]
     shipped = json.loads(cm["data"]["values.json"])
     assert [p.what for p in preflight.prerequisites(shipped, NS)] == [
-        p.what for p in preflight.prerequisites(preflight.load_values(CI / "08-eval-katib-preflight-values.yaml"), NS)
+        p.what for p in preflight.prerequisites(preflight.load_values(CI / "08-eval-katib-values.yaml"), NS)
     ]

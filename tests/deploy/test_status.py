@@ -269,7 +269,7 @@ def test_trainjob_counts_come_from_its_jobs_status():
 
 def test_the_eval_job_state_is_shown(fake_api, capsys):
     """The eval Job of a stage (ci/08 renders one) is joined by release, like the growth Job."""
-    objs = r.objects(r.render(r.load_values(r.CHART / "ci" / "08-eval-katib-preflight-values.yaml"), "motif-ev"))
+    objs = r.objects(r.render(r.load_values(r.CHART / "ci" / "08-eval-katib-values.yaml"), "motif-ev"))
     (job,) = [o for o in objs if o["kind"] == "PyTorchJob"]
     (ev,) = [o for o in objs if o["kind"] == "Job" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "eval"]
     job["status"] = {"conditions": [{"type": "Succeeded", "status": "True", "lastTransitionTime": _ts(dt.timedelta())}]}

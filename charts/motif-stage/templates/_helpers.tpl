@@ -308,15 +308,3 @@ a second grower on the same destination cannot be created.
   volumeMounts:
     {{- include "motif-stage.volumeMounts" $root | nindent 4 }}
 {{- end -}}
-
-{{/* TCP port of a URL (`http://pushgateway:9091`, `pushgateway:9091`; 80/443 by scheme when none). */}}
-{{- define "motif-stage.urlPort" -}}
-{{- $url := ternary . (printf "http://%s" .) (contains "://" .) -}}
-{{- $u := urlParse $url -}}
-{{- $host := $u.host -}}
-{{- if regexMatch ":[0-9]+$" $host -}}
-{{- regexFind "[0-9]+$" $host -}}
-{{- else -}}
-{{- ternary 443 80 (eq $u.scheme "https") -}}
-{{- end -}}
-{{- end -}}

@@ -12,7 +12,7 @@ TOOLS_VENV    := .venv-tools
 PY            := $(VENV)/bin/python
 STAMPS        := .stamps
 # Debian packages the tests and the demo drive for real.
-DEBIAN_PKGS   := prometheus prometheus-pushgateway podman buildah debootstrap runc uidmap fuse-overlayfs
+DEBIAN_PKGS   := prometheus prometheus-pushgateway podman buildah debootstrap runc uidmap fuse-overlayfs openssl
 # DeepSpeed on this CPU: JIT-build its ops for the CPU accelerator.
 export DS_ACCELERATOR ?= cpu
 export PIP_DISABLE_PIP_VERSION_CHECK := 1

@@ -3,6 +3,11 @@
 The trainer reads `new_layers` (to freeze the original blocks, LlamaPro's choice) and `masks` (the
 pending MSG state, also in config.json). `motif grow --stage` compares source, targets, method and
 seed with a request to decide whether an existing output can be reused.
+
+The source fingerprint is of content, not of names and sizes: a source retrained in place keeps
+its shape, its file names and sizes, and only its bytes tell. It hashes config.json and every
+weight file's checksum, computed by reading the whole input (`verify_checkpoint`), never copied
+from the input's own record, which a tool other than motif could have left stale.
 """
 
 from __future__ import annotations
@@ -18,15 +23,16 @@ from motif.model.checkpoint import CONFIG_NAME, Checkpoint
 FORMAT = "motif-growth/1"
 
 
-def source_fingerprint(ckpt: Checkpoint) -> str:
-    """Hash of config.json and every weight file's name, size and header: cheap, and changes when
-    the source is replaced by a different checkpoint (not when weights are edited in place)."""
+FINGERPRINT = "sha256-of-xxh3"
+
+
+def source_fingerprint(ckpt: Checkpoint, checksums: dict[str, str]) -> str:
+    """Hash of config.json and every weight file's name, size and content checksum (`checksums`:
+    file name -> checksum, as `verify_checkpoint` computed them): changes when any weight changes."""
     h = hashlib.sha256((ckpt.path / CONFIG_NAME).read_bytes())
     for file in sorted({e.path for e in ckpt.entries.values()}):
-        with open(file, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            h.update(f"{file.name}:{file.stat().st_size}:".encode() + f.read(n))
-    return h.hexdigest()
+        h.update(f"{file.name}:{file.stat().st_size}:{checksums[file.name]}\n".encode())
+    return f"{FINGERPRINT}:{h.hexdigest()}"
 
 
 def make_provenance(
@@ -52,15 +58,24 @@ def make_provenance(
     }
 
 
+def request_mismatch(
+    prov: dict[str, Any], source: str, fingerprint: str, targets: dict[str, int], depth_method: str, seed: int
+) -> str | None:
+    """None if `prov` records this very request on this very input, else what differs."""
+    src = prov.get("source") if isinstance(prov.get("source"), dict) else {}
+    if prov.get("format") != FORMAT:
+        return f"was grown from another request (growth.json format {prov.get('format')!r})"
+    if src.get("path") != source:
+        return f"was grown from another request (source {src.get('path')})"
+    if src.get("fingerprint") != fingerprint:
+        return f"was grown from another request: the weights of {source} changed since (content fingerprint differs)"
+    for key, want in (("targets", targets), ("depth_method", depth_method), ("seed", seed)):
+        if prov.get(key) != want:
+            return f"was grown from another request ({key} {prov.get(key)}, this request: {want})"
+    return None
+
+
 def same_request(
     prov: dict[str, Any], source: str, fingerprint: str, targets: dict[str, int], depth_method: str, seed: int
 ) -> bool:
-    src = prov.get("source") or {}
-    return (
-        prov.get("format") == FORMAT
-        and src.get("path") == source
-        and src.get("fingerprint") == fingerprint
-        and prov.get("targets") == targets
-        and prov.get("depth_method") == depth_method
-        and prov.get("seed") == seed
-    )
+    return request_mismatch(prov, source, fingerprint, targets, depth_method, seed) is None

@@ -7,6 +7,12 @@ leaves unchanged (all of them for LlamaPro, which only adds blocks) are copied b
 that cost no disk write) without reading their source. Everything is checked (source headers,
 shapes, targets, destination) before the first weight is read, and the output appears at `dst`
 only once complete.
+
+Before writing, under an exclusive lease on `dst` (a second grow into it fails at once, naming
+the first): memory (the largest tensor's source and grown forms must fit) and disk space (the
+whole output size is known) are checked, and the input is read once in full to verify it
+(checksums against its record, NaN/inf) and to fingerprint its content, recorded in growth.json.
+The output gets its own checksum record, computed while it is written.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from motif.errors import CheckpointError
 from motif.growth.operators import GrowthPlan, plan_growth
 from motif.growth.optim import grow_optimizer_file
 from motif.growth.provenance import make_provenance, source_fingerprint
-from motif.growth.targets import GrowthTargets
-from motif.growth.tensors import grow_tensor
+from motif.growth.targets import GrowthTargets, check_seed
+from motif.growth.tensors import CHUNK_BYTES, grow_tensor
 from motif.model.checkpoint import (
+    CHECKSUMS_NAME,
     CONFIG_NAME,
     DEFAULT_SHARD_BYTES,
     GROWING_PREFIX,
@@ -34,14 +41,18 @@ from motif.model.checkpoint import (
     PLAIN_PREFIX,
     PROVENANCE_NAME,
     Checkpoint,
-    atomic_dir,
     open_checkpoint,
     plan_shards,
+    record_checksums,
     shard_names,
+    verify_checkpoint,
     write_index,
     write_json,
 )
-from motif.model.safetensors_io import FILE_MODE, SafetensorsWriter, read_tensor
+from motif.model.safetensors_io import FILE_MODE, SafetensorsWriter, read_header, read_tensor
+from motif.storage.atomic import atomic_dir, check_replaceable
+from motif.storage.lease import Lease, acquire
+from motif.storage.space import check_free_space, check_memory, check_writable
 
 
 def grow_checkpoint(
@@ -53,25 +64,95 @@ def grow_checkpoint(
     overwrite: bool = False,
     progress: bool = True,
     max_shard_bytes: int | None = None,
+    lease: Lease | None = None,
+    dst_key: str = "DST",
 ) -> dict[str, Any]:
-    """Grow the checkpoint at `src` into `dst`; return the provenance (also written to growth.json)."""
+    """Grow the checkpoint at `src` into `dst`; return the provenance (also written to growth.json).
+
+    `lease`: the caller's held lease on `dst` (`grow_stage` holds it across its reuse check);
+    without one, the lease is taken here. `dst_key` names `dst` in errors (a stage file's key).
+    """
     src, dst = Path(src), Path(dst)
+    check_seed(seed)
     ckpt = open_checkpoint(src)  # headers only: missing, truncated or mismatched shards fail here
     plan = plan_growth(ckpt.args, targets, depth_method)  # impossible targets fail here
-    if dst.exists() and not overwrite:
+    if (dst.exists() or dst.is_symlink()) and not overwrite:
         raise CheckpointError(f"{dst}: already exists (pass --overwrite to replace it)")
-    if dst.resolve() == src.resolve():
-        raise CheckpointError(f"{dst}: the output must not be the source checkpoint")
-    provenance = make_provenance(plan, targets, depth_method, seed, str(src.resolve()), source_fingerprint(ckpt))
+    check_replaceable(dst, overwrite, sources=[src])  # never the source, its parent, or a non-checkpoint
+    check_writable(dst, dst_key)
+    preflight(ckpt, plan, dst)
+    if lease is None:
+        with acquire(dst, "motif grow") as held:
+            return _grow(ckpt, plan, dst, targets, depth_method, seed, overwrite, progress, max_shard_bytes, held)
+    return _grow(ckpt, plan, dst, targets, depth_method, seed, overwrite, progress, max_shard_bytes, lease)
+
+
+def _grow(
+    ckpt: Checkpoint,
+    plan: GrowthPlan,
+    dst: Path,
+    targets: GrowthTargets,
+    depth_method: str,
+    seed: int,
+    overwrite: bool,
+    progress: bool,
+    max_shard_bytes: int | None,
+    lease: Lease,
+) -> dict[str, Any]:
+    src = ckpt.path
+    fingerprint = input_fingerprint(ckpt, progress)
+    provenance = make_provenance(plan, targets, depth_method, seed, str(src.resolve()), fingerprint)
     shard_bytes = max_shard_bytes or _source_shard_bytes(ckpt)
     out_bytes = sum(_nbytes(dtype, shape) for _, dtype, shape in _output_specs(plan, ckpt))
-    with atomic_dir(dst, overwrite) as tmp, _progress_bar(out_bytes, progress, dst) as bar:
-        _write_weights(ckpt, plan, tmp, seed, shard_bytes, bar)
+    with atomic_dir(dst, overwrite, sources=[src], lease=lease) as tmp, _progress_bar(out_bytes, progress, dst) as bar:
+        known = _write_weights(ckpt, plan, tmp, seed, shard_bytes, bar)
         if (src / OPTIMIZER_NAME).exists():
-            provenance["optimizer"] = grow_optimizer_file(src / OPTIMIZER_NAME, tmp / OPTIMIZER_NAME, plan)
+            provenance["optimizer"] = grow_optimizer_file(src / OPTIMIZER_NAME, tmp / OPTIMIZER_NAME, plan, known)
         write_json(tmp / PROVENANCE_NAME, provenance)
         _copy_side_files(src, tmp)
+        record_checksums(tmp, known)
     return provenance
+
+
+def input_fingerprint(ckpt: Checkpoint, progress: bool = False) -> str:
+    """Verify the input in full (checksums, NaN/inf) and return its content fingerprint."""
+    total = sum(f.stat().st_size for f in {e.path for e in ckpt.entries.values()})
+    with _progress_bar(total, progress, ckpt.path, "verify") as bar:
+        sums = verify_checkpoint(ckpt, progress=bar.update)
+    return source_fingerprint(ckpt, sums)
+
+
+def preflight(ckpt: Checkpoint, plan: GrowthPlan, dst: Path) -> None:
+    """Refuse, before anything is written, a growth this machine cannot hold in memory or on disk."""
+    specs = _output_specs(plan, ckpt)
+    need, largest = 0, None
+    for name, dtype, shape in specs:
+        tp = plan.tensors[name]
+        if tp.zero or tp.is_copy:
+            continue  # a hole, or a kernel copy: no tensor in memory
+        # the source tensor, its grown form, and the chunks grow_tensor works in
+        here = ckpt.entries[tp.source].nbytes + _nbytes(dtype, shape) + 2 * CHUNK_BYTES
+        if here > need:
+            need, largest = here, name
+    optimizer = ckpt.path / OPTIMIZER_NAME
+    opt_bytes = _optimizer_bytes(plan, optimizer) if optimizer.exists() else 0
+    if opt_bytes:  # two fp32 moments of the largest tensor, source and grown, held at once
+        biggest = max(plan.tensors.values(), key=lambda tp: math.prod(tp.shape))
+        source = math.prod(ckpt.entries[biggest.source].shape)
+        opt_need = 2 * 4 * (math.prod(biggest.shape) + source) + 2 * CHUNK_BYTES
+        if opt_need > need:
+            need, largest = opt_need, f"optimizer moments of {biggest.source}"
+    if largest is not None:
+        check_memory(need, f"growing {ckpt.path} into {dst}: tensor {largest}")
+    written = sum(_nbytes(dtype, shape) for name, dtype, shape in specs if not plan.tensors[name].zero)
+    side = sum(p.stat().st_size for p in ckpt.path.iterdir() if p.is_file() and not p.name.endswith(".safetensors"))
+    check_free_space(dst.parent, written + opt_bytes + side, f"the grown checkpoint {dst}")
+
+
+def _optimizer_bytes(plan: GrowthPlan, optimizer: Path) -> int:
+    entries, _ = read_header(optimizer)
+    params = {k.split(".", 1)[1] for k in entries if k.startswith("step.")}
+    return sum(4 * (2 * math.prod(tp.shape) + 1) for tp in plan.tensors.values() if tp.source in params)
 
 
 def _output_specs(plan: GrowthPlan, ckpt: Checkpoint) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
@@ -90,10 +171,14 @@ def _source_shard_bytes(ckpt: Checkpoint) -> int:
     return max(f.stat().st_size for f in files)
 
 
-def _write_weights(ckpt: Checkpoint, plan: GrowthPlan, tmp: Path, seed: int, shard_bytes: int, bar: Any) -> None:
+def _write_weights(
+    ckpt: Checkpoint, plan: GrowthPlan, tmp: Path, seed: int, shard_bytes: int, bar: Any
+) -> dict[str, str]:
+    """Write the grown weight files; returns their checksums, computed while writing."""
     specs = _output_specs(plan, ckpt)
     shards = plan_shards(specs, shard_bytes)
     names = shard_names(plan.args, len(shards))
+    known: dict[str, str] = {}
     fds: dict[Path, int] = {}
     try:
         for shard, file in zip(shards, names, strict=True):
@@ -112,16 +197,17 @@ def _write_weights(ckpt: Checkpoint, plan: GrowthPlan, tmp: Path, seed: int, sha
                     writer.write(name, grow_tensor(tp, source, name, seed).to(dtype))
                     del source
                 bar.update(_nbytes(dtype, tp.shape))
-            writer.close()
+            known[file] = writer.close()
     finally:
         for fd in fds.values():
             os.close(fd)
     write_index(tmp, plan.args, shards, names)
+    return known
 
 
 def _copy_side_files(src: Path, tmp: Path) -> None:
     """Tokenizer and generation files travel with the weights; weights, config and state do not."""
-    skip = {CONFIG_NAME, PROVENANCE_NAME, OPTIMIZER_NAME}
+    skip = {CONFIG_NAME, PROVENANCE_NAME, OPTIMIZER_NAME, CHECKSUMS_NAME}
     for path in sorted(src.iterdir()):
         name = path.name
         if name in skip or name.startswith((PLAIN_PREFIX + ".", PLAIN_PREFIX + "-", GROWING_PREFIX)):
@@ -142,9 +228,9 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total: int, enabled: bool, dst: Path) -> Any:
+def _progress_bar(total: int, enabled: bool, dst: Path, verb: str = "grow") -> Any:
     if not enabled or not sys.stderr.isatty():
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"grow {dst.name}", file=sys.stderr)
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"{verb} {dst.name}", file=sys.stderr)

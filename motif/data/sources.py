@@ -5,15 +5,29 @@ read with HF `datasets`. Local files become memory-mapped Arrow tables, so a sou
 costs little RAM and supports random access: that is what lets each rank walk its own seeded
 permutation of the documents and resume at an exact document index. Hub datasets with
 `streaming: true` are iterated instead (see `StreamingDocuments`).
+
+A document longer than `LONG_TEXT_BYTES` is never turned into one Python string: `read` hands out
+a `LongText`, whose pieces are cut straight from the memory-mapped Arrow buffer, so a single
+multi-GB document costs a piece of RAM at a time (`motif.data.stream` tokenises it piece by piece).
+The text field must hold strings: a column of numbers, objects or mixed JSON values is refused with
+one line naming the source, the field and what it holds.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from motif.config import DataSource
 from motif.errors import DataError
+
+LONG_TEXT_BYTES = 256 << 10  # a document above this is read and tokenised in pieces
+PIECE_BYTES = 64 << 10  # the size of those pieces (tokenizers needs ~140 bytes of RAM per byte)
 
 # File suffix -> `datasets` builder.
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
@@ -36,24 +50,133 @@ def local_files(path: str) -> tuple[str, list[str]]:
     return kinds.pop(), files
 
 
+@dataclass
+class LongText:
+    """A document too long to hold as one string: UTF-8 bytes (a memory-mapped slice, or a str)."""
+
+    data: memoryview | str
+    nbytes: int
+
+    def pieces(self, size: int = PIECE_BYTES) -> Iterator[str]:
+        """The text in pieces of about `size` bytes, cut before a space where one is near, else at a
+        character boundary, so tokenising the pieces gives (almost always) the whole text's tokens."""
+        if isinstance(self.data, str):
+            yield from _str_pieces(self.data, max(1, size // 4))
+            return
+        data, pos, end = self.data, 0, len(self.data)
+        while pos < end:
+            cut = min(end, pos + size)
+            if cut < end:
+                cut = _cut(data, pos, cut)
+            yield bytes(data[pos:cut]).decode("utf-8")
+            pos = cut
+
+
+def _cut(data: memoryview, start: int, limit: int) -> int:
+    """A cut point in (start, limit]: before a space that follows a non-space, else a UTF-8 boundary."""
+    window = bytes(data[max(start + 1, limit - (limit - start) // 2) : limit + 1])
+    at = window.rfind(b" ")
+    while at > 0 and window[at - 1] in b" \t\r\n":
+        at = window.rfind(b" ", 0, at)
+    if at > 0:
+        return limit - (len(window) - 1) + at
+    cut = limit
+    while cut > start + 1 and data[cut] & 0xC0 == 0x80:  # not inside a multi-byte character
+        cut -= 1
+    return cut
+
+
+def _str_pieces(text: str, size: int) -> Iterator[str]:
+    pos = 0
+    while pos < len(text):
+        cut = min(len(text), pos + size)
+        if cut < len(text):
+            space = text.rfind(" ", pos + max(1, (cut - pos) // 2), cut + 1)
+            while space > pos and text[space - 1].isspace():
+                space = text.rfind(" ", pos + 1, space)
+            cut = space if space > pos else cut
+        yield text[pos:cut]
+        pos = cut
+
+
 class Documents:
     """Random access to the texts of a map-style source."""
 
-    def __init__(self, dataset, text_field: str, name: str):
+    def __init__(self, dataset, text_field: str, name: str, where: str | None = None):
+        where = f"{where}: " if where else ""
         if text_field not in dataset.column_names:
             raise DataError(
-                f"source {name!r}: no field {text_field!r} (fields: {', '.join(dataset.column_names)}); "
+                f"{where}source {name!r}: no field {text_field!r} (fields: {', '.join(dataset.column_names)}); "
                 "set text_field in motif.data.sources"
+            )
+        kind = dataset.features[text_field]
+        if getattr(kind, "dtype", None) not in ("string", "large_string"):
+            raise DataError(
+                f"{where}source {name!r}: field {text_field!r} holds {_describe(kind)}, expected text "
+                "(a string in every record)"
             )
         self._ds = dataset.select_columns([text_field])
         self._field = text_field
         self.name = name
+        self._column = None
 
     def __len__(self) -> int:
         return len(self._ds)
 
     def texts(self, indices: list[int]) -> list[str]:
         return [t or "" for t in self._ds[indices][self._field]]
+
+    def read(self, indices: list[int]) -> list[str | LongText]:
+        """The documents at `indices`: strings, or a `LongText` for each very long one."""
+        sizes = self._sizes(indices)
+        if max(sizes, default=0) <= LONG_TEXT_BYTES:
+            return self.texts(indices)
+        return [
+            self._long(i) if n > LONG_TEXT_BYTES else self.texts([i])[0] for i, n in zip(indices, sizes, strict=True)
+        ]
+
+    # Arrow access: document i is bytes offsets[i]..offsets[i+1] of its chunk's data buffer.
+
+    def _chunks(self):
+        if self._column is None:
+            table = self._ds.data.table if hasattr(self._ds.data, "table") else self._ds.data
+            column = table.column(self._field)
+            starts = np.cumsum([0] + [len(c) for c in column.chunks])
+            self._column = (column.chunks, starts)
+        return self._column
+
+    def _locate(self, i: int):
+        if self._ds._indices is not None:  # a selection or shuffle: map to the table row
+            i = self._ds._indices.column(0)[i].as_py()
+        chunks, starts = self._chunks()
+        c = int(np.searchsorted(starts, i, side="right")) - 1
+        arr = chunks[c]
+        j = arr.offset + i - int(starts[c])
+        width = np.int64 if str(arr.type) == "large_string" else np.int32
+        offsets = np.frombuffer(arr.buffers()[1], dtype=width)
+        return arr, int(offsets[j]), int(offsets[j + 1])
+
+    def _sizes(self, indices: list[int]) -> list[int]:
+        sizes = []
+        for i in indices:
+            arr, start, end = self._locate(i)
+            sizes.append(end - start)
+        return sizes
+
+    def _long(self, i: int) -> LongText:
+        arr, start, end = self._locate(i)
+        data = memoryview(arr.buffers()[2])[start:end]
+        return LongText(data, end - start)
+
+
+def _describe(kind) -> str:
+    dtype = getattr(kind, "dtype", None)
+    if dtype is not None:
+        return f"{dtype} values"
+    name = type(kind).__name__
+    if name == "Json":
+        return "JSON values of more than one type (strings mixed with numbers, lists or objects)"
+    return f"{name} values ({kind})"
 
 
 class StreamingDocuments:
@@ -73,7 +196,13 @@ class StreamingDocuments:
         self._ds.set_epoch(epoch)
         for i, row in enumerate(self._ds):
             if i >= skip:
-                yield row.get(self._field) or ""
+                text = row.get(self._field)
+                if text is not None and not isinstance(text, str):
+                    raise DataError(
+                        f"source {self.name!r}: record {i} of epoch {epoch}: field {self._field!r} is "
+                        f"{type(text).__name__}, expected a string"
+                    )
+                yield text or ""
 
 
 def open_source(src: DataSource, *, streaming: bool, rank: int = 0, world: int = 1, seed: int = 0):
@@ -81,6 +210,8 @@ def open_source(src: DataSource, *, streaming: bool, rank: int = 0, world: int =
     import datasets
 
     datasets.disable_progress_bars()
+    # datasets logs its own multi-line report before raising; the one line below says it instead.
+    datasets.utils.logging.set_verbosity(logging.CRITICAL + 1)
     try:
         if src.path is not None:
             builder, files = local_files(src.path)
@@ -98,10 +229,13 @@ def open_source(src: DataSource, *, streaming: bool, rank: int = 0, world: int =
         where = src.path or src.hub
         if src.path is not None and _caused_by(e, UnicodeDecodeError):
             raise DataError(_not_utf8(files, src)) from None
-        raise DataError(f"source {src.name!r} ({where}): cannot load: {type(e).__name__}: {e}") from None
+        cause = _root_cause(e)
+        raise DataError(
+            f"source {src.name!r} ({where}): cannot load: {type(cause).__name__}: {_one_line(cause)}"
+        ) from None
     if len(ds) == 0:
         raise DataError(f"{src.path or src.hub}: empty: no documents in source {src.name!r} (expected at least one)")
-    return Documents(ds, src.text_field, src.name)
+    return Documents(ds, src.text_field, src.name, src.path or src.hub)
 
 
 def _caused_by(err: BaseException | None, kind: type) -> bool:
@@ -111,6 +245,18 @@ def _caused_by(err: BaseException | None, kind: type) -> bool:
             return True
         err, seen = err.__cause__ or err.__context__, seen + 1
     return False
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of a chain (datasets wraps the parser's own error in a generic one)."""
+    seen = 0
+    while (err.__cause__ or err.__context__) is not None and seen < 20:
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return err
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:500] or type(err).__name__
 
 
 def _not_utf8(files: list[str], src: DataSource) -> str:

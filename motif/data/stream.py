@@ -4,15 +4,22 @@ document `doc` of this rank's order for `epoch`.
 
 Each rank owns a disjoint shard of every epoch's permutation (`perm[rank::world]`), so ranks never
 see the same document in an epoch and none has to tokenise another rank's data.
+
+Tokens wait in a buffer of segments: a document's tokens, or, for a very long document
+(`sources.LongText`), the tokens of one piece of it, produced only when the stream reaches them. So
+memory is bounded by what a batch needs plus one piece (64 KB of text), however long a single
+document is, and a resume inside a long document re-tokenises it piece by piece up to the offset.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from motif.data.sources import Documents, StreamingDocuments
+from motif.data.sources import LONG_TEXT_BYTES, Documents, LongText, StreamingDocuments
 from motif.data.tokenizer import Tokenizer
 from motif.errors import DataError
 
@@ -22,6 +29,17 @@ class StreamPosition:
     epoch: int = 0
     doc: int = 0
     offset: int = 0
+
+
+@dataclass
+class Segment:
+    """Tokens `start`.. of document (epoch, doc); `last`: they end the document."""
+
+    epoch: int
+    doc: int
+    start: int
+    ids: np.ndarray
+    last: bool = True
 
 
 class TokenStream:
@@ -54,8 +72,11 @@ class TokenStream:
         self._reset_buffer()
 
     def _reset_buffer(self) -> None:
-        # Tokenised documents from `position` onwards; `_next` is the position of the first not yet read.
-        self._buffer: list[tuple[int, int, np.ndarray]] = []
+        # Segments from `position` onwards; `_queue`: documents read but not yet tokenised;
+        # `_long`: a long document being tokenised piece by piece; `_next`: the first not yet read.
+        self._buffer: deque[Segment] = deque()
+        self._queue: deque[tuple[int, int, str | LongText]] = deque()
+        self._long: tuple[int, int, Iterator[tuple[list[int], bool]], int] | None = None
         self._next = (self.position.epoch, self.position.doc)
         self._order_epoch = -1
         self._iter = None
@@ -72,7 +93,7 @@ class TokenStream:
                 raise DataError(f"source {self.docs.name!r}: {n} documents cannot be shared among {self.world} ranks")
         return self._order_cache
 
-    def _read_texts(self) -> tuple[list[str], list[tuple[int, int]]]:
+    def _read_texts(self) -> tuple[list[str | LongText], list[tuple[int, int]]]:
         """The next batch of texts and the (epoch, doc) of each."""
         epoch, doc = self._next
         if isinstance(self.docs, StreamingDocuments):
@@ -87,7 +108,7 @@ class TokenStream:
                     epoch, doc = epoch + 1, 0
                     self._iter = self.docs.iterate(epoch, skip=0)
                     continue
-                texts.append(text)
+                texts.append(LongText(text, len(text)) if len(text) > LONG_TEXT_BYTES // 4 else text)
             positions = [(epoch, doc + i) for i in range(len(texts))]
             self._next = (epoch, doc + len(texts))
             return texts, positions
@@ -97,17 +118,55 @@ class TokenStream:
             order = self._order(epoch)
         ids = order[doc : doc + self.BATCH_DOCS]
         self._next = (epoch, doc + len(ids))
-        return self.docs.texts(ids.tolist()), [(epoch, doc + i) for i in range(len(ids))]
+        return self.docs.read(ids.tolist()), [(epoch, doc + i) for i in range(len(ids))]
 
     # ---- reading -------------------------------------------------------------------------------
 
+    def _available(self) -> int:
+        if not self._buffer:
+            return 0
+        return sum(len(seg.ids) for seg in self._buffer) - (self.position.offset - self._buffer[0].start)
+
     def _fill(self, need: int) -> None:
-        have = sum(len(t) for _, _, t in self._buffer) - self.position.offset
-        while have < need:
+        while self._available() < need:
+            self._produce()
+
+    def _produce(self) -> None:
+        """Tokenise what comes next: one piece of a long document, or a run of ordinary ones."""
+        if self._long is not None:
+            epoch, doc, pieces, start = self._long
+            ids, last = next(pieces)
+            self._push(Segment(epoch, doc, start, np.asarray(ids, dtype=np.int64), last))
+            self._long = None if last else (epoch, doc, pieces, start + len(ids))
+            return
+        if not self._queue:
             texts, positions = self._read_texts()
-            for (epoch, doc), ids in zip(positions, self.tokenizer.encode_batch(texts), strict=True):
-                self._buffer.append((epoch, doc, np.asarray(ids, dtype=np.int64)))
-                have += len(ids)
+            self._queue.extend((e, d, t) for (e, d), t in zip(positions, texts, strict=True))
+        run = []
+        while self._queue and isinstance(self._queue[0][2], str):
+            run.append(self._queue.popleft())
+        if run:
+            for (epoch, doc, _), ids in zip(run, self.tokenizer.encode_batch([t for *_, t in run]), strict=True):
+                self._push(Segment(epoch, doc, 0, np.asarray(ids, dtype=np.int64)))
+            return
+        epoch, doc, text = self._queue.popleft()
+        self._long = (epoch, doc, self.tokenizer.encode_pieces(text.pieces()), 0)
+
+    def _push(self, seg: Segment) -> None:
+        pos = self.position
+        if (seg.epoch, seg.doc) == (pos.epoch, pos.doc) and seg.start + len(seg.ids) <= pos.offset:
+            return  # resuming inside a long document: this piece lies before the position
+        self._buffer.append(seg)
+
+    def _upcoming(self) -> tuple[int, int]:
+        """(epoch, doc) of the document after the buffered ones."""
+        if self._buffer:
+            return self._buffer[0].epoch, self._buffer[0].doc
+        if self._long is not None:
+            return self._long[0], self._long[1]
+        if self._queue:
+            return self._queue[0][0], self._queue[0][1]
+        return self._next
 
     def take(self, n: int) -> np.ndarray:
         """The next `n` tokens, advancing the position."""
@@ -116,13 +175,17 @@ class TokenStream:
         filled = 0
         pos = self.position
         while filled < n:
-            _, _, head = self._buffer[0]
-            k = min(n - filled, len(head) - pos.offset)
-            out[filled : filled + k] = head[pos.offset : pos.offset + k]
+            if not self._buffer:
+                self._fill(n - filled)
+            seg = self._buffer[0]
+            i = pos.offset - seg.start
+            k = min(n - filled, len(seg.ids) - i)
+            out[filled : filled + k] = seg.ids[i : i + k]
             filled += k
             pos.offset += k
-            if pos.offset == len(head):
-                self._buffer.pop(0)
-                pos.offset = 0
-                pos.epoch, pos.doc = self._buffer[0][:2] if self._buffer else self._next
+            if i + k == len(seg.ids):
+                self._buffer.popleft()
+                if seg.last:
+                    pos.offset = 0
+                    pos.epoch, pos.doc = self._upcoming()
         return out

@@ -3,13 +3,15 @@
 We drive the Rust `tokenizers` library directly rather than transformers' `AutoTokenizer`: it is the
 same fast tokenizer, loads in milliseconds, and needs no model hub. BOS/EOS come from
 `tokenizer_config.json` when the directory has one (Llama 3: `<|begin_of_text|>`, `<|end_of_text|>`).
+A malformed tokenizer file or config is one DataError naming the file and the key, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from motif.errors import DataError
 
@@ -17,11 +19,14 @@ BOS = "<|begin_of_text|>"
 EOS = "<|end_of_text|>"
 
 
-def _token_text(value) -> str | None:
+def _token_text(config: dict[str, Any], key: str, file: Path) -> str | None:
     # tokenizer_config.json stores special tokens either as strings or as AddedToken dicts.
+    value = config.get(key)
     if isinstance(value, dict):
-        return value.get("content")
-    return value
+        value = value.get("content")
+    if value is not None and not isinstance(value, str):
+        raise DataError(f'{file}: {key}: expected a token string or {{"content": string}}, got {config[key]!r}')
+    return value or None
 
 
 class Tokenizer:
@@ -36,16 +41,21 @@ class Tokenizer:
             raise DataError(f"{self.path}: no tokenizer.json (motif.data.tokenizer must be an HF tokenizer directory)")
         try:
             self._tok = _Tok.from_file(str(file))
-        except Exception as e:  # tokenizers raises a bare Exception on a malformed file
-            raise DataError(f"{file}: cannot read tokenizer: {e}") from None
-        config = {}
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # a bare Exception, or a Rust panic (a BaseException), on a malformed file
+            raise DataError(f"{file}: cannot read tokenizer: {' '.join(str(e).split())[:300]}") from None
         config_file = file.parent / "tokenizer_config.json"
-        if config_file.is_file():
-            config = json.loads(config_file.read_text())
-        self.bos_id = self._id(_token_text(config.get("bos_token")) or BOS)
-        self.eos_id = self._id(_token_text(config.get("eos_token")) or EOS)
+        config = _read_config(config_file)
+        bos = _token_text(config, "bos_token", config_file)
+        eos = _token_text(config, "eos_token", config_file)
+        self.bos_id = self._id(bos or BOS)
+        self.eos_id = self._id(eos or EOS)
+        if bos is not None and self.bos_id is None:
+            raise DataError(f"{config_file}: bos_token: {bos!r} is not in the vocabulary of {file}")
         if self.eos_id is None:
-            raise DataError(f"{file}: no end-of-text token (set eos_token in tokenizer_config.json)")
+            where = f"{config_file}: eos_token: {eos!r} is not in the vocabulary of {file}" if eos else None
+            raise DataError(where or f"{file}: no end-of-text token (set eos_token in tokenizer_config.json)")
         # Llama 3's base tokenizer adds BOS in its post-processor; we frame documents ourselves.
         self._tok.no_padding()
         self._tok.no_truncation()
@@ -64,8 +74,37 @@ class Tokenizer:
         head = [] if self.bos_id is None else [self.bos_id]
         return [head + e.ids + [self.eos_id] for e in encodings]
 
+    def encode_pieces(self, pieces: Iterable[str]) -> Iterator[tuple[list[int], bool]]:
+        """Token ids of one document given in pieces, piece by piece: BOS before the first, EOS
+        after the last; yields (ids, is_last). Memory: one piece at a time."""
+        it = iter(pieces)
+        current: str | None = next(it, "")
+        first = True
+        while current is not None:
+            following = next(it, None)
+            ids = self._tok.encode_batch_fast([current], add_special_tokens=False)[0].ids
+            if first and self.bos_id is not None:
+                ids = [self.bos_id, *ids]
+            last = following is None
+            if last:
+                ids.append(self.eos_id)
+            yield ids, last
+            current, first = following, False
+
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids)
+
+
+def _read_config(file: Path) -> dict[str, Any]:
+    if not file.is_file():
+        return {}
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{file}: not valid JSON: {' '.join(str(e).split())}") from None
+    if not isinstance(config, dict):
+        raise DataError(f"{file}: expected a JSON object, got {type(config).__name__}")
+    return config
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> Path:

@@ -20,7 +20,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY requirements.lock pyproject.toml README.md ./
 RUN python -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '2.13.0' else f'base image torch {v}, want 2.13.0')" \
-    && grep -v -i '^torch==' requirements.lock > /src/constraints.txt \
+    && grep -v -i '^torch==' requirements.lock | sed -E 's/\[[^]]*\]//' > /src/constraints.txt \
     && pip wheel --no-cache-dir --no-build-isolation --no-deps --wheel-dir /wheels "deepspeed==${DEEPSPEED_VERSION}"
 COPY motif/ motif/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
@@ -41,7 +41,9 @@ COPY --from=build /wheels /wheels
 COPY --from=build /src/constraints.txt /wheels/constraints.txt
 # torch stays the base image's CUDA build: the constraints pin everything else, and the check
 # fails the build if a dependency replaced torch.
-RUN pip install --no-cache-dir --constraint /wheels/constraints.txt /wheels/*.whl \
+# The kubernetes client (pinned by the constraints) for `motif status` and `motif preflight`
+# (the chart's `helm test` hook) inside the cluster.
+RUN pip install --no-cache-dir --constraint /wheels/constraints.txt /wheels/*.whl "$(grep -i '^kubernetes==' /wheels/constraints.txt)" \
     && python -c "import torch, deepspeed, motif; assert torch.version.cuda, 'torch lost its CUDA build'" \
     && rm -rf /wheels \
     && groupadd --gid 10001 motif \

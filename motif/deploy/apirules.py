@@ -30,9 +30,7 @@ from typing import Any
 Path = tuple[str | int, ...]
 
 
-def check(
-    obj: Any, schema: dict[str, Any], definitions: dict[str, Any] | None = None, old: Any = None
-) -> list[str]:
+def check(obj: Any, schema: dict[str, Any], definitions: dict[str, Any] | None = None, old: Any = None) -> list[str]:
     """Problems of `obj` (after defaulting) as the API server words them, one line each."""
     obj = copy.deepcopy(obj)
     walker = _Walker(definitions or {})

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -98,14 +99,16 @@ def ensure_base(name: str = BASE_IMAGE) -> str:
 
 
 def runtime_requirements() -> list[str]:
-    """motif's runtime dependencies (pyproject), pinned to the versions in requirements.lock."""
+    """motif's runtime dependencies (pyproject, with the k8s extra), pinned to the versions in requirements.lock."""
     pins = {}
     for line in (ROOT / "requirements.lock").read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#") and "==" in line:
             name, version = line.split("==", 1)
             pins[_norm(name)] = f"{name}=={version}"
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # The kubernetes client too: `motif status` and `motif preflight` (the chart's helm test) in a pod.
+    deps = project["dependencies"] + project["optional-dependencies"]["k8s"]
     out = []
     for dep in deps:
         name = _norm(dep.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip())
@@ -127,9 +130,10 @@ def torch_wheel() -> Path:
 
 
 def _constraints() -> Path:
-    """requirements.lock without torch (torch comes from the local CPU wheel)."""
+    """requirements.lock without torch (torch comes from the local CPU wheel) and without extras
+    (`lm-eval[hf]==...`): pip refuses a constraint with extras, and a pin is all it needs."""
     lines = [
-        ln
+        re.sub(r"\[[^\]]*\]", "", ln)
         for ln in (ROOT / "requirements.lock").read_text().splitlines()
         if ln.strip() and not ln.startswith("#") and _norm(ln.split("==")[0]) != "torch"
     ]

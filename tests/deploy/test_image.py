@@ -95,6 +95,9 @@ def test_image_runs_motif_as_non_root_on_a_read_only_root(image):
         assert command in out
     out = _check(images.run(image, ["sh", "-c", "command -v motif-torchrun"]), "motif-torchrun on PATH")
     assert out.strip() == "/opt/motif/bin/motif-torchrun"
+    out = _check(images.run(image, ["motif", "preflight", "--help"]), "motif preflight --help")
+    assert "STAGE_FILE" in out
+    _check(images.run(image, ["python3", "-c", "import kubernetes"]), "the kubernetes client for helm test")
     script = "id -u; id -g; touch /opt/motif/x 2>/dev/null && echo writable || echo read-only; echo $HOME"
     out = _check(images.run(image, ["sh", "-c", script]), "id")
     assert out.split() == ["10001", "10001", "read-only", "/tmp/home"]

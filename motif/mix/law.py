@@ -44,10 +44,12 @@ class MixingLaw:
         z = np.atleast_2d(np.asarray(shares, dtype=np.float64))[:, :-1]
         return self.c + self.k * np.exp(z @ np.asarray(self.t))
 
-    def describe(self) -> str:
-        if len(self.t) == 1:
+    def describe(self, names: list[str] | None = None) -> str:
+        """The law as text; `names` label the shares (the last one's exponent is 0)."""
+        if len(self.t) == 1 and names is None:
             return f"{self.c:.4f} + {self.k:.4f} * exp({self.t[0]:+.3f} * x)"
-        terms = " ".join(f"{t:+.3f}*r{j + 1}" for j, t in enumerate(self.t))
+        names = names or [f"r{j + 1}" for j in range(len(self.t) + 1)]
+        terms = " ".join(f"{t:+.3f} * {name}" for t, name in zip(self.t, names, strict=False))
         return f"{self.c:.4f} + {self.k:.4f} * exp({terms})"
 
 

@@ -49,7 +49,10 @@ def fit_lines(result: FitResult) -> list[str]:
     lines = []
     for lang in result.languages:
         f = result.fits[lang]
-        what = f"L_{lang}(x) = {f.law.describe()}" if result.sweep.mode == "grid" else f"law {f.law.describe()}"
+        if result.sweep.mode == "grid":
+            what = f"L_{lang}(x) = {f.law.describe()}"
+        else:
+            what = f"L_{lang}(r) = {f.law.describe(result.sweep.sources)}"
         loo = f.loo
         err = (
             "held-out error: n/a (needs one proxy more than the law's parameters)"

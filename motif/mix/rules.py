@@ -124,6 +124,14 @@ def top(rule: Rule, predicted: dict[str, np.ndarray], baseline: dict[str, float]
 def pareto_front(points: np.ndarray) -> np.ndarray:
     """Mask of the rows of `points` ([N, languages], losses) that no other row dominates."""
     p = np.asarray(points, dtype=np.float64)
+    if p.shape[1] == 2:
+        # Two languages: sorted by the first loss (ties by the second), a row is on the front when
+        # its second loss is below every earlier row's. O(N log N) for 100,000 simulated mixtures.
+        order = np.lexsort((p[:, 1], p[:, 0]))
+        best_before = np.minimum.accumulate(np.concatenate([[np.inf], p[order, 1]]))[:-1]
+        front = np.zeros(len(p), dtype=bool)
+        front[order] = p[order, 1] < best_before
+        return front
     front = np.ones(len(p), dtype=bool)
     for i in range(len(p)):
         dominated = np.all(p <= p[i], axis=1) & np.any(p < p[i], axis=1)

@@ -180,3 +180,57 @@ def test_baseline_is_read_from_the_sweep(tmp_path, motif_cli):
     assert code == 0, err
     result = json.loads(out)
     assert result["baseline"] == {"ko": 2.0, "en": 1.55} and result["bounds"] == {"en": 1.56}
+
+
+def test_dirichlet_sweep_over_three_sources(tmp_path, motif_cli):
+    """RegMix's case: 12 proxies over three sources; the law (over all shares) and the regression
+    are both fitted, the one with the smaller leave-one-out error chooses among simulated mixtures."""
+    from motif.mix import mixtures
+    from motif.mix.sweep import Proxy, Sweep, write_manifest
+
+    sources = ["ko-wiki", "ko-news", "en-wiki"]
+    centre = [0.4, 0.2, 0.4]
+    rows = mixtures.dirichlet(centre, 12, seed=5)
+
+    def truth(w):
+        ko = 0.8 + 1.0 * np.exp(-3.0 * w[0] - 2.0 * w[1])
+        en = 0.9 + 0.1 * np.exp(3.0 * (w[0] + w[1]))
+        return {"ko": float(ko), "en": float(en)}
+
+    sweep_dir = tmp_path / "sweep"
+    proxies = []
+    for i, w in enumerate(rows):
+        p = Proxy(f"t-s1-mix-{i + 1:02d}", dict(zip(sources, w, strict=True)), w[0] + w[1], "done", 0)
+        proxies.append(p)
+        (sweep_dir / p.name).mkdir(parents=True)
+        record = {"step": 40, "motif_heldout_bits_per_byte": truth(np.asarray(w))}
+        (sweep_dir / p.name / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    sweep = Sweep(
+        stage_file="t.yaml",
+        stage="t-s1",
+        mode="dirichlet",
+        steps=40,
+        runner="local",
+        out=str(sweep_dir),
+        workdir=str(tmp_path),
+        sources=sources,
+        languages={"ko-wiki": "ko", "ko-news": "ko", "en-wiki": "en"},
+        stage_weights=dict(zip(sources, centre, strict=True)),
+        start_checkpoint=None,
+        proxies=proxies,
+        centre=centre,
+        centre_from="test",
+    )
+    write_manifest(sweep_dir, sweep)
+    code, out, err = _fit(motif_cli, sweep_dir, "--rule", "weighted", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert {f["model"] for f in result["fits"].values()} <= {"law", "regression"}
+    chosen = result["chosen"]["weights"]
+    assert sum(chosen.values()) == pytest.approx(1.0, abs=1e-6) and set(chosen) == set(sources)
+    sims = mixtures.simulate(centre, 20000, seed=9)
+    objective = [0.5 * sum(truth(w).values()) for w in sims]
+    best = min(objective)
+    got = 0.5 * sum(truth(np.asarray([chosen[s] for s in sources])).values())
+    assert got - best < 0.02, (got, best)  # the averaged top mixtures land near the true optimum
+    assert (sweep_dir / "mix.png").stat().st_size > 30_000

@@ -54,7 +54,12 @@ def run(args: argparse.Namespace) -> int:
     stage_path = Path(args.stage_file)
     stage = load_stage(stage_path)
     doc = sw.load_document(stage_path)
-    sw.heldout_languages(doc["motif"], str(stage_path))
+    scored = sw.heldout_languages(doc["motif"], str(stage_path))
+    for lang in sorted({s.language for s in stage.data.sources} - set(scored)):
+        raise MotifError(
+            f"{stage_path}: motif.eval.heldout: no held-out set in {lang}, a language of motif.data.sources "
+            f"that the Katib Experiment reports as heldout_bpb_{lang}"
+        )
     (share,) = mixtures.parse_shares(args.ko)
     if args.steps <= 0:
         raise MotifError(f"--steps: expected > 0, got {args.steps}")

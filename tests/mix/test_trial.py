@@ -51,12 +51,17 @@ def test_a_trial_builds_the_proxy_under_its_dir(tmp_path, motif_cli, monkeypatch
     """Bad input first (nothing written), then the proxy stage file it would train."""
     monkeypatch.chdir(tmp_path)
     write_doc(tmp_path / "stage.yaml", tiny_stage())
+    with_code = tiny_stage()
+    with_code["motif"]["data"]["sources"][1]["weight"] = 0.4
+    with_code["motif"]["data"]["sources"].append({"name": "code", "language": "code", "weight": 0.1, "path": "c"})
+    write_doc(tmp_path / "code.yaml", with_code)
     for args, expected in (
-        (["--ko", "1.5", "--steps", "30"], "--ko: share 1.5 is outside 0..1"),
-        (["--ko", "0.3", "--steps", "0"], "--steps: expected > 0, got 0"),
+        (["stage.yaml", "--ko", "1.5", "--steps", "30"], "--ko: share 1.5 is outside 0..1"),
+        (["stage.yaml", "--ko", "0.3", "--steps", "0"], "--steps: expected > 0, got 0"),
+        (["code.yaml", "--ko", "0.3", "--steps", "30"], "motif.eval.heldout: no held-out set in code"),
     ):
         before = snapshot(tmp_path)
-        code, out, err = motif_cli("mix", "trial", "stage.yaml", *args, "--dir", str(tmp_path / "trial"))
+        code, out, err = motif_cli("mix", "trial", *args, "--dir", str(tmp_path / "trial"))
         assert code == 2 and err.count("\n") == 1 and expected in err, err
         assert snapshot(tmp_path) == before
     from motif.config import load_stage

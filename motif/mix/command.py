@@ -298,7 +298,12 @@ def _print_outcome(sweep, sweep_dir: Path, runner: str, args) -> None:
     for p in sweep.proxies:
         print(
             f"  {p.name}: {p.status}"
-            + (f" (exit status {p.exit_code}, log {sweep_dir / p.log})" if p.status == "failed" else "")
+            + (f" (exit status {p.exit_code}, log {sweep_dir / p.log})" if p.status == "failed" and p.exit_code else "")
+            + (
+                " (no held-out record at its last step: motif.eval.heldout not scored)"
+                if p.status == "failed" and not p.exit_code
+                else ""
+            )
         )
     failed = sum(p.status == "failed" for p in sweep.proxies)
     if failed:

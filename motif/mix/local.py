@@ -123,8 +123,9 @@ def run(sweep_dir: Path, sweep: Sweep, workdir: Path, *, jobs: int, nproc: int, 
                 if p.status == "done":
                     report_result(sweep_dir, sweep, p)
                 bar.update(sweep.steps - done_steps[name])
-                if p.status == "failed":
-                    tqdm.write(f"   {p.name}: failed (exit status {proc.returncode}; log {sweep_dir / p.log})")
+                if p.status == "failed" and not quiet:
+                    why = f"exit status {proc.returncode}" if proc.returncode else "no held-out record at its last step"
+                    tqdm.write(f"   {p.name}: failed ({why}; log {sweep_dir / p.log})")
                 write_manifest(sweep_dir, sweep)
     finally:
         for p, proc, log in running.values():

@@ -60,7 +60,7 @@ def read_results(sweep_dir: Path, sweep: Sweep) -> list[ProxyResult]:
 def _problem(sweep_dir: Path, sweep: Sweep, proxy: Proxy, path: Path, points: dict) -> str | None:
     log = sweep_dir / proxy.log
     see = f"; log {log}" if log.is_file() else ""
-    if proxy.status == "failed":
+    if proxy.status == "failed" and proxy.exit_code != 0:  # exit 0 without a last record: said below
         return f"failed (exit status {proxy.exit_code}{see})"
     if not path.is_file():
         return f"has no metrics ({path} missing: not run yet, or failed before its first step{see})"

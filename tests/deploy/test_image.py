@@ -51,7 +51,11 @@ class Stage:
         pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
         (self.trainer,) = pod["containers"]
         self.init = pod.get("initContainers", [])
-        grow = [o for o in self.objects if o["kind"] == "Job"]
+        grow = [
+            o
+            for o in self.objects
+            if o["kind"] == "Job" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "grow"
+        ]
         self.grow = grow[0]["spec"]["template"]["spec"]["containers"][0] if grow else None
         self.stage = config.parse_stage(values["motif"])
 

@@ -41,6 +41,17 @@ DASHBOARD_REFRESH = "30s"
 # The growth view compares a stage's loss over its first steps with the previous stage's last loss.
 GROWTH_EARLY_STEPS = 20
 
+# Benchmark panels of the growth view (motif_eval_score, pushed by `motif eval`): lm-eval task names
+# (anchored regexes) by language, and the metric shown. Subtasks (kmmlu_accounting, ...) stay in the
+# table of all scores; the bars show the benchmarks' headline groups.
+KOREAN_TASKS = "kmmlu|haerae|kobest|click|kormedmcqa|csatqa|global_mmlu_ko|demo_kmmlu|demo_kobest_copa"
+ENGLISH_TASKS = "mmlu|demo_mmlu"
+EVAL_METRIC = "acc"
+# The language whose held-out bits per byte is watched for forgetting (alert MotifEnglishForgetting).
+FORGETTING_LANGUAGE = "en"
+# Recorded series holding each stage's first held-out score (its "start"), per job and language.
+HELDOUT_START_RECORD = "motif:heldout_bits_per_byte:stage_start"
+
 # Where the runbook of each alert lives; the anchor is the alert name in lower case.
 RUNBOOK_BASE = "docs/runbooks.md"
 
@@ -90,6 +101,13 @@ class Thresholds:
     # Seconds since the last completed checkpoint.
     checkpoint_max_age_seconds: int = 2 * 3600
     checkpoint_age_for: str = "10m"
+    # Forgetting: English held-out bits per byte more than this fraction above its value at the
+    # stage start (the first score of the stage's job), for `forgetting_for`.
+    forgetting_margin: float = 0.03
+    forgetting_for: str = "10m"
+    # The stage-start value is kept while the job exported held-out scores within this window
+    # (restarts and scoring gaps included); a job silent for longer starts afresh.
+    forgetting_hold: str = "6h"
 
 
 THRESHOLDS = Thresholds()

@@ -3,6 +3,7 @@
     python -m monitoring.local                          # scrape 127.0.0.1:9401 (the default metrics.port)
     python -m monitoring.local --target 127.0.0.1:9555  # another exporter; repeat for several
     python -m monitoring.local --port 9090              # a fixed Prometheus port (default: a free one)
+    python -m monitoring.local --pushgateway 127.0.0.1:9091  # also the Pushgateway motif eval pushes to
 
 Prometheus listens on 127.0.0.1 only, keeps its data in a temporary directory (removed on exit),
 loads the motif alert rules, and gives local targets the labels a PodMonitor gives pods in the
@@ -46,18 +47,32 @@ def target_labels(job: str) -> dict[str, str]:
     return {"namespace": "local", "pod": f"{job}-master-0", "container": config.TRAINER_CONTAINER}
 
 
-def prometheus_config(targets: list[str], job: str, interval: str, rules: list[Path]) -> dict:
+def prometheus_config(
+    targets: list[str], job: str, interval: str, rules: list[Path], pushgateway: str | None = None
+) -> dict:
+    scrape = [
+        {
+            "job_name": job,
+            "scrape_interval": interval,
+            "scrape_timeout": interval,
+            "static_configs": [{"targets": targets, "labels": target_labels(job)}],
+        }
+    ]
+    if pushgateway:
+        # Pushed series keep their own labels (stage, task, metric; job of the pusher): honor_labels.
+        scrape.append(
+            {
+                "job_name": "pushgateway",
+                "honor_labels": True,
+                "scrape_interval": interval,
+                "scrape_timeout": interval,
+                "static_configs": [{"targets": [pushgateway], "labels": {"namespace": "local"}}],
+            }
+        )
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(p.resolve()) for p in rules],
-        "scrape_configs": [
-            {
-                "job_name": job,
-                "scrape_interval": interval,
-                "scrape_timeout": interval,
-                "static_configs": [{"targets": targets, "labels": target_labels(job)}],
-            }
-        ],
+        "scrape_configs": scrape,
     }
 
 
@@ -72,7 +87,9 @@ class Prometheus:
         port: int | None = None,
         rules: list[Path] | None = None,
         binary: str | None = None,
+        pushgateway: str | None = None,
     ) -> None:
+        """`pushgateway`: host:port of a Pushgateway to scrape as well (motif eval pushes its scores there)."""
         self.binary = binary or shutil.which("prometheus")
         if not self.binary:
             raise FileNotFoundError("prometheus not found: run `make deps` (Debian package prometheus)")
@@ -80,13 +97,15 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{self.port}"
         self.targets, self.job, self.interval = targets, job, interval
         self.rules = [RULES_FILE] if rules is None else rules
+        self.pushgateway = pushgateway
         self.proc: subprocess.Popen | None = None
         self.dir: Path | None = None
 
     def start(self, timeout: float = 30.0) -> Prometheus:
         self.dir = Path(tempfile.mkdtemp(prefix="motif-prometheus-"))
         cfg = self.dir / "prometheus.yml"
-        cfg.write_text(yaml.safe_dump(prometheus_config(self.targets, self.job, self.interval, self.rules)))
+        config = prometheus_config(self.targets, self.job, self.interval, self.rules, self.pushgateway)
+        cfg.write_text(yaml.safe_dump(config))
         self.log = (self.dir / "prometheus.log").open("w")
         self.proc = subprocess.Popen(
             [
@@ -107,7 +126,8 @@ class Prometheus:
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
                     # Ready, and the scrape targets synced (they appear a few seconds after start).
-                    if r.status == 200 and len(self.api("targets")["activeTargets"]) == len(self.targets):
+                    expected = len(self.targets) + (1 if self.pushgateway else 0)
+                    if r.status == 200 and len(self.api("targets")["activeTargets"]) == expected:
                         return self
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
@@ -165,14 +185,93 @@ class Prometheus:
         return [t for t in self.api("targets")["activeTargets"] if t["health"] == "up"]
 
 
+class Pushgateway:
+    """A real Pushgateway (Debian `prometheus-pushgateway`) on 127.0.0.1 with a throwaway store; a context manager.
+
+    `motif eval --pushgateway` pushes stage scores to it; a `Prometheus(..., pushgateway=...)` scrapes it.
+    """
+
+    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+        self.binary = binary or shutil.which("prometheus-pushgateway")
+        if not self.binary:
+            raise FileNotFoundError("prometheus-pushgateway not found: run `make deps` (Debian package)")
+        self.port = port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.address}"
+        self.proc: subprocess.Popen | None = None
+        self.dir: Path | None = None
+
+    def start(self, timeout: float = 30.0) -> Pushgateway:
+        self.dir = Path(tempfile.mkdtemp(prefix="motif-pushgateway-"))
+        self.log = (self.dir / "pushgateway.log").open("w")
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                f"--web.listen-address={self.address}",
+                f"--persistence.file={self.dir / 'store'}",
+                "--persistence.interval=1s",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus-pushgateway exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"prometheus-pushgateway not ready after {timeout}s")
+
+    def logs(self) -> str:
+        return (self.dir / "pushgateway.log").read_text() if self.dir else ""
+
+    def metrics(self) -> str:
+        """The Pushgateway's own /metrics page: every pushed series, as Prometheus scrapes it."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if self.dir is not None:
+            self.log.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def __enter__(self) -> Pushgateway:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monitoring.local", description=__doc__.splitlines()[0])
     parser.add_argument("--target", action="append", metavar="HOST:PORT", help=f"exporter (default {DEFAULT_TARGET})")
     parser.add_argument("--job", default="motif-local", help="job label of the targets (default motif-local)")
     parser.add_argument("--port", type=int, default=None, help="Prometheus port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--interval", default="5s", help="scrape and rule evaluation interval (default 5s)")
+    parser.add_argument("--pushgateway", metavar="HOST:PORT", help="also scrape this Pushgateway (motif eval scores)")
     args = parser.parse_args(argv)
-    prom = Prometheus(args.target or [DEFAULT_TARGET], job=args.job, interval=args.interval, port=args.port)
+    prom = Prometheus(
+        args.target or [DEFAULT_TARGET],
+        job=args.job,
+        interval=args.interval,
+        port=args.port,
+        pushgateway=args.pushgateway,
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with prom:
         print(f"Prometheus: {prom.url}  (scraping {', '.join(prom.targets)} as job {args.job!r})", flush=True)

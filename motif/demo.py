@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from motif.config import load_stage
     from motif.errors import MotifError
+    from motif.eval import demo as eval_demo
 
     out = Path(args.out).resolve()
     stage_files = sorted(Path(args.stages).glob("*.yaml"))
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     prepare_data(out, stages[0][1])
+    eval_demo.prepare(out)  # tiny local benchmark tasks and held-out sets (read by training and motif eval)
     for _, stage in stages:
         if not args.keep:
             for d in (stage.checkpoint.dir, stage.output, stage.growth.output if stage.growth else None):
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     plot = plot_loss(out, stages, rows)
     print(f"\nloss plot: {plot}")
     check_transformers(out / stages[-1][1].output, out / stages[0][1].data.tokenizer)
+    eval_demo.report(out, [path for path, _ in stages])  # motif eval --stage per stage: the score table
     print(f"\ndemo done in {time.perf_counter() - t0:.0f}s; final checkpoint: {out / stages[-1][1].output}")
     return 0
 

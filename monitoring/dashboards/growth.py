@@ -1,4 +1,5 @@
-"""Growth view: the stages of a growth recipe side by side (loss across growth events, mask ramp, tokens).
+"""Growth view: the stages of a growth recipe side by side (loss across growth events, mask ramp, tokens,
+benchmark scores per stage, held-out bits per byte per language over training).
 
 Each stage is its own job; series are labelled with their stage by joining on `motif_stage_info`
 at every evaluation point, so a process that trains several stages in turn (the local demo) is
@@ -35,7 +36,8 @@ def build() -> dashboard.Dashboard:
         UID,
         "motif / Growth",
         "growth",
-        "Growth stages compared: loss before and after each growth event, MSG mask ramp, tokens per stage.",
+        "Growth stages compared: loss before and after each growth event, MSG mask ramp, tokens per stage, "
+        "benchmark scores per stage (Korean vs English) and held-out bits per byte per language.",
         config.GROWTH_DASHBOARD_TIME,
     )
     info = series(names.STAGE_INFO, SEL)
@@ -159,4 +161,73 @@ def build() -> dashboard.Dashboard:
         ),
         w=8,
     )
+    evaluation(g)
     return g.b
+
+
+def evaluation(g: Layout) -> None:
+    """Benchmark scores per stage (pushed by `motif eval`) and held-out bits per byte over training."""
+    # Pushed series carry the stage, not the training job's labels: they are selected by stage alone.
+    stage = config.DASHBOARD_STAGE_SELECTOR
+    g.row(30, "Evaluation: Korean up, English kept")
+    for panel_id, language, tasks in ((31, "Korean", config.KOREAN_TASKS), (32, "English", config.ENGLISH_TASKS)):
+        score = series(names.EVAL_SCORE, f'{stage}, metric="{config.EVAL_METRIC}", task=~"{tasks}"')
+        g.add(
+            panel_id,
+            bars(
+                f"{language} benchmarks per stage",
+                f"{config.EVAL_METRIC} of each stage's final checkpoint on the {language} benchmarks "
+                "(lm-evaluation-harness through motif eval, pushed when the stage's eval Job finishes).",
+                query(
+                    f"max by (stage, task) (last_over_time({score}[$__range]))",
+                    "{{stage}} {{task}}",
+                    instant=True,
+                    table=False,
+                ),
+                unit="percentunit",
+            ),
+            w=12,
+            h=8,
+        )
+    every = series(names.EVAL_SCORE, stage)
+    g.add(
+        33,
+        grid(
+            "Every benchmark score",
+            "All tasks and metrics motif eval pushed, subtasks included (standard errors are in summary.json).",
+            query(f"max by (stage, task, metric) (last_over_time({every}[$__range]))", instant=True),
+            columns={"Value": "score"},
+        ),
+        w=24,
+        h=8,
+    )
+    g.add(
+        34,
+        graph(
+            "Held-out bits per byte over training",
+            "Bits per byte of each language's held-out text (motif.eval.heldout, never trained on), scored every "
+            "motif.eval.every_steps: Korean should fall; English should not rise (forgetting).",
+            query(
+                f"avg by (stage, language) ({with_stage(series(names.HELDOUT_BITS_PER_BYTE, SEL))})",
+                "{{stage}} {{language}}",
+            ),
+        ),
+        w=12,
+        h=8,
+    )
+    lang = config.FORGETTING_LANGUAGE
+    key = "namespace, job, language"
+    now = series(names.HELDOUT_BITS_PER_BYTE, f'{SEL}, language="{lang}"')
+    start = f'{config.HELDOUT_START_RECORD}{{{SEL}, language="{lang}"}}'
+    g.add(
+        35,
+        graph(
+            f"Held-out bits per byte ({lang}) above the stage start",
+            f"Relative rise of the {lang} held-out bits per byte over the job's first score; "
+            f"MotifEnglishForgetting fires above {config.THRESHOLDS.forgetting_margin:.0%}.",
+            query(f"max by ({key}) ({now}) / on ({key}) {start} - 1", "{{job}}"),
+            unit="percentunit",
+        ),
+        w=12,
+        h=8,
+    )

@@ -51,6 +51,18 @@ class Case:
 
 
 @dataclass(frozen=True)
+class Recording:
+    """A recording rule: a series the alerts read and Prometheus stores (a `level:metric:operation` name)."""
+
+    record: str
+    expr: str
+    help: str
+
+    def rule(self) -> dict:
+        return {"record": self.record, "expr": self.expr}
+
+
+@dataclass(frozen=True)
 class Alert:
     name: str
     expr: str
@@ -92,6 +104,10 @@ NONFINITE = series(names.NONFINITE_STEPS)
 WORLD = series(names.WORLD_SIZE)
 CKPT = series(names.LAST_CHECKPOINT)
 STAGE_INFO = series(names.STAGE_INFO)
+HELDOUT = series(names.HELDOUT_BITS_PER_BYTE)
+START = config.HELDOUT_START_RECORD
+BY_LANGUAGE = by((*config.JOB_LABELS, "language"))
+WATCHED = f'language="{config.FORGETTING_LANGUAGE}"'
 MASTER_RUNNING = f'kube_pod_status_phase{{phase="Running", pod=~"{MASTER_RE}"}}'
 KUBE_RESTARTS = _pods("kube_pod_container_status_restarts_total", f'container="{config.TRAINER_CONTAINER}"')
 
@@ -115,6 +131,18 @@ def _gpus(ranks: range, name: str = "DCGM_FI_DEV_GPU_UTIL", value: str = "90x60"
         out[f"{name}{{{_GPU.format(role=role, i=i, g=rank % 2)}}}"] = value
     return out
 
+
+RECORDINGS: tuple[Recording, ...] = (
+    Recording(
+        START,
+        # A latch: once a job has a held-out score, keep the first one (the stage start) for as long
+        # as the job keeps exporting scores within the hold window; until then, take the current one.
+        f"(max by ({BY_LANGUAGE}) (last_over_time({START}[{T.forgetting_hold}])) and on ({BY_LANGUAGE}) "
+        f"max by ({BY_LANGUAGE}) (max_over_time({HELDOUT}[{T.forgetting_hold}]))) "
+        f"or max by ({BY_LANGUAGE}) ({HELDOUT})",
+        "Held-out bits per byte of each job and language at its first score (the stage start).",
+    ),
+)
 
 ALERTS: tuple[Alert, ...] = (
     Alert(
@@ -368,11 +396,46 @@ ALERTS: tuple[Alert, ...] = (
             Case("no checkpoint yet", {f"{CKPT}{{{_T}}}": "0x200"}, "150m"),
         ),
     ),
+    Alert(
+        "MotifEnglishForgetting",
+        f"max by ({BY_LANGUAGE}) ({HELDOUT}{{{WATCHED}}}) > on ({BY_LANGUAGE}) (1 + {T.forgetting_margin}) * "
+        f"{START}{{{WATCHED}}}",
+        T.forgetting_for,
+        "warning",
+        "{{ $labels.namespace }}/{{ $labels.job }} forgets {{ $labels.language }}: held-out loss rose",
+        f"Held-out bits per byte of {{{{ $labels.language }}}} is {{{{ $value | humanize }}}}, more than "
+        f"{T.forgetting_margin:.0%} above its value at the start of the stage: the data mix starves this "
+        "language (catastrophic forgetting). The benchmark scores of the stage will follow.",
+        (
+            Case(
+                "English bits per byte up 10%",
+                {f'{HELDOUT}{{{_T}, language="en"}}': "1.0x30 1.1x60"},
+                "60m",
+                [{**_J, "language": "en"}],
+                value="1.1",
+            ),
+            Case(
+                "a restarted pod (new instance) is compared with the same start",
+                {
+                    f'{HELDOUT}{{{_T}, language="en"}}': "1.0x20",
+                    f'{HELDOUT}{{{_T.replace("10.0.0.1", "10.0.0.2")}, language="en"}}': "_x25 1.2x65",
+                },
+                "60m",
+                [{**_J, "language": "en"}],
+                value="1.2",
+            ),
+            Case("a rise within the margin", {f'{HELDOUT}{{{_T}, language="en"}}': "1.0x30 1.02x60"}, "60m"),
+            Case("English improves", {f'{HELDOUT}{{{_T}, language="en"}}': "1.2-0.002x90"}, "60m"),
+            Case("Korean rises (not watched)", {f'{HELDOUT}{{{_T}, language="ko"}}': "1.0x30 1.5x60"}, "60m"),
+        ),
+    ),
 )
 
 
 def rules_file() -> dict:
-    return {"groups": [{"name": "motif.alerts", "rules": [a.rule() for a in ALERTS]}]}
+    # Recording rules first: rules of a group run in order, so the alerts read this evaluation's values.
+    rules = [r.rule() for r in RECORDINGS] + [a.rule() for a in ALERTS]
+    return {"groups": [{"name": "motif.alerts", "rules": rules}]}
 
 
 def tests_file(rules_path: str) -> dict:

@@ -97,9 +97,14 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if not args.verbose:
-        for name in ("lm_eval", "lm-eval", "transformers", "datasets"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_libraries()
     return evaluate(job, args)
+
+
+def quiet_libraries() -> None:
+    """lm-eval, transformers and datasets log every step at INFO; keep their warnings only."""
+    for name in ("lm_eval", "transformers", "datasets"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -181,6 +186,22 @@ def check_tokenizer(tokenizer: Path, vocab_size: int, checkpoint: Path) -> None:
 
 
 def evaluate(job: Job, args: argparse.Namespace) -> int:
+    summary = summarize(job, args)
+    report(summary, as_json=args.json)
+    if job.pushgateway:
+        from motif.eval.push import PushError, push_scores
+
+        try:
+            n = push_scores(job.pushgateway, job.stage_name, summary["tasks"])
+        except PushError as e:
+            print(f"motif eval: error: {e}", file=sys.stderr)
+            return 1
+        print(f"motif eval: pushed {n} scores to {job.pushgateway} (stage {job.stage_name})", file=sys.stderr)
+    return 0
+
+
+def summarize(job: Job, args: argparse.Namespace) -> dict:
+    """Check the whole request, then reuse a finished result or evaluate; returns summary.json's content."""
     from motif.eval import results
     from motif.model.checkpoint import open_checkpoint
 
@@ -200,22 +221,10 @@ def evaluate(job: Job, args: argparse.Namespace) -> int:
     request = job.request(dtype)
     ckpt_id = results.checkpoint_id(job.checkpoint)
     summary = None if args.force else results.reusable(job.out, request, ckpt_id)
-    log = sys.stderr
     if summary is not None:
-        print(f"motif eval: reusing the finished result in {job.out} ({summary['finished']})", file=log)
-    else:
-        summary = _run_and_write(job, args, plan, heldout, devices, dtype, request, ckpt_id)
-    report(summary, as_json=args.json)
-    if job.pushgateway:
-        from motif.eval.push import PushError, push_scores
-
-        try:
-            n = push_scores(job.pushgateway, job.stage_name, summary["tasks"])
-        except PushError as e:
-            print(f"motif eval: error: {e}", file=log)
-            return 1
-        print(f"motif eval: pushed {n} scores to {job.pushgateway} (stage {job.stage_name})", file=log)
-    return 0
+        print(f"motif eval: reusing the finished result in {job.out} ({summary['finished']})", file=sys.stderr)
+        return summary
+    return _run_and_write(job, args, plan, heldout, devices, dtype, request, ckpt_id)
 
 
 def _run_and_write(job, args, plan, heldout, devices, dtype, request, ckpt_id) -> dict:

@@ -133,13 +133,13 @@ def table(summary: dict[str, Any]) -> str:
     return render(rows)
 
 
-def render(rows: list[list[str]]) -> str:
+def render(rows: list[list[str]], left: int = 2) -> str:
+    """Aligned columns, a rule under the header; the first `left` columns left-aligned, the rest right."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for i, row in enumerate(rows):
-        lines.append(
-            "  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths, strict=True)))
-        )
+        cells = enumerate(zip(row, widths, strict=True))
+        lines.append("  ".join(c.ljust(w) if j < left else c.rjust(w) for j, (c, w) in cells))
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)

@@ -68,26 +68,26 @@ class Leaf:
 
 @dataclass
 class TaskPlan:
-    """The tasks of one run: the lm-eval TaskManager to load them with, and their leaves."""
+    """The tasks of one run: the task index they resolve in, and their leaves."""
 
     names: list[str]
     leaves: dict[str, Leaf]
-    include_paths: list[Path]
-    include_defaults: bool
+    index: dict = field(repr=False)  # name -> lm-eval index Entry (include paths over the packaged tasks)
+    include_defaults: bool = False
     shadows: dict[str, dict[str, Any]] = field(default_factory=dict)  # leaf -> override YAML (data_dir)
 
     def manager(self, shadow_dir: Path | None = None):
-        """lm-eval's TaskManager over the include paths (and the shadow YAMLs, written into `shadow_dir`)."""
-        from lm_eval.tasks import TaskManager
+        """lm-eval's TaskManager over this plan's index, plus the shadow YAMLs, written into `shadow_dir`."""
+        from lm_eval.tasks._index import TaskIndex
 
-        paths = list(self.include_paths)
+        index = dict(self.index)
         if self.shadows:
             if shadow_dir is None:
                 raise ValueError("this plan reads local task data: give a directory for its task YAMLs")
             write_shadows(self.shadows, shadow_dir)
-            paths.append(shadow_dir)
-        with _quiet_index():
-            return TaskManager(include_path=[str(p) for p in paths] or None, include_defaults=self.include_defaults)
+            with _quiet_index():
+                index.update(TaskIndex.build([shadow_dir]))
+        return manager_from_index(index)
 
 
 def plan_tasks(
@@ -123,7 +123,7 @@ def plan_tasks(
                 f"task {leaf.name!r} is generative (output_type {kind}); motif eval scores log-likelihood "
                 f"tasks ({', '.join(SCORED_TYPES)})"
             )
-    plan = TaskPlan(list(names), leaves, paths, defaults)
+    plan = TaskPlan(list(names), leaves, index, defaults)
     if data_dir is not None:
         plan.shadows = {leaf.name: shadow_config(leaf, Path(data_dir), num_fewshot) for leaf in leaves.values()}
     else:
@@ -133,15 +133,46 @@ def plan_tasks(
 
 
 def _index_for(names: list[str], paths: list[Path]) -> tuple[dict, bool]:
+    """The include paths' index, over lm-eval's packaged tasks only when a name needs them."""
     from lm_eval.tasks._index import TaskIndex
 
     with _quiet_index():
         index = TaskIndex.build(paths) if paths else {}
-        if all(n in index for n in names):
-            return index, False
-        from lm_eval import tasks as packaged
+    if all(n in index for n in names):
+        return index, False
+    return {**packaged_index(), **index}, True  # later paths override earlier ones, as in TaskManager
 
-        return TaskIndex.build([Path(packaged.__file__).parent, *paths]), True
+
+_PACKAGED: dict | None = None
+
+
+def packaged_index() -> dict:
+    """lm-eval's built-in task index, built once per process (the slow part: ~14,700 YAML files)."""
+    global _PACKAGED
+    if _PACKAGED is None:
+        from lm_eval import tasks as packaged
+        from lm_eval.tasks._index import TaskIndex
+
+        with _quiet_index():
+            _PACKAGED = TaskIndex.build([Path(packaged.__file__).parent])
+    return dict(_PACKAGED)
+
+
+def manager_from_index(index: dict):
+    """A TaskManager over an index built already (TaskManager() would walk every directory again)."""
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._factory import TaskFactory
+    from lm_eval.tasks._index import Kind
+
+    manager = TaskManager.__new__(TaskManager)
+    manager.include_path, manager.metadata = None, None
+    manager._factory = TaskFactory(meta=None)
+    manager._index = index
+    manager._all_tasks = sorted(index)
+    manager._all_subtasks = sorted(k for k, e in index.items() if e.kind in (Kind.TASK, Kind.PY_TASK))
+    manager._all_groups = sorted(k for k, e in index.items() if e.kind == Kind.GROUP)
+    manager._all_tags = sorted(k for k, e in index.items() if e.kind == Kind.TAG)
+    return manager
 
 
 def _leaves(name: str, index: dict, seen: set[str]) -> Iterator[Leaf]:

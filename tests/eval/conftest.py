@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # monitoring/ (the local Prometheus and Pushgateway) is not an installed package
+    sys.path.insert(0, str(ROOT))
 VOCAB = 384
 SHAPE = {
     "vocab_size": VOCAB,
@@ -190,6 +194,13 @@ def make_checkpoint(path: Path, seed: int = 0, **shape) -> Path:
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
     save(model, path, dtype="fp32")
+    return path
+
+
+@pytest.fixture(scope="session")
+def prometheus_bin() -> str:
+    path = shutil.which("prometheus")
+    assert path, "prometheus not found: run `make deps` (Debian package prometheus)"
     return path
 
 

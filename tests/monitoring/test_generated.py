@@ -106,4 +106,13 @@ def test_growth_dashboard_covers_the_issue(dashboards):
     d = dashboards["growth.json"]
     titles = {p["title"] for p in d["panels"]}
     assert {"Loss by stage", "Loss at the start and end of each stage", "MSG mask ramp", "Tokens per stage"} <= titles
+    assert {
+        "Korean benchmarks per stage",
+        "English benchmarks per stage",
+        "Held-out bits per byte over training",
+    } <= titles
+    exprs = " ".join(e for _, _, e in dashboard_queries(d))
+    for needle in ("motif_eval_score{", "kmmlu|haerae|kobest|click", 'task=~"mmlu', "motif_heldout_bits_per_byte{"):
+        assert needle in exprs, needle
+    assert "motif:heldout_bits_per_byte:stage_start" in exprs  # the rise the forgetting alert fires on
     assert d["annotations"]["list"][0]["expr"].startswith("max by (job, stage, growth)")

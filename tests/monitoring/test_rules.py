@@ -18,7 +18,7 @@ def _run(args: list[str], cwd=None) -> subprocess.CompletedProcess:
 def test_promtool_check_rules(promtool):
     r = _run([promtool, "check", "rules", str(generate.RULES_FILE)])
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"SUCCESS: {len(alerts.ALERTS)} rules found" in r.stdout
+    assert f"SUCCESS: {len(alerts.RECORDINGS) + len(alerts.ALERTS)} rules found" in r.stdout
 
 
 def test_promtool_unit_tests_pass(promtool):
@@ -40,7 +40,7 @@ def test_promtool_unit_tests_catch_a_wrong_threshold(promtool, tmp_path):
 
 def test_every_alert_is_complete():
     doc = yaml.safe_load(generate.RULES_FILE.read_text())
-    rules = [r for g in doc["groups"] for r in g["rules"]]
+    rules = [r for g in doc["groups"] for r in g["rules"] if "alert" in r]
     assert {r["alert"] for r in rules} == {a.name for a in alerts.ALERTS}
     for r in rules:
         assert re.fullmatch(r"[0-9]+[mh]", r["for"]), r
@@ -72,5 +72,31 @@ def test_issue_alerts_are_present():
         "MotifRepeatedRestarts",
         "MotifGPUXidError",
         "MotifCheckpointTooOld",
+        "MotifEnglishForgetting",
     }
     assert wanted <= {a.name for a in alerts.ALERTS}
+
+
+def test_recording_rules_come_before_the_alerts_that_read_them():
+    doc = yaml.safe_load(generate.RULES_FILE.read_text())
+    rules = [r for g in doc["groups"] for r in g["rules"]]
+    records = [r["record"] for r in rules if "record" in r]
+    assert records == [r.record for r in alerts.RECORDINGS]
+    first_alert = next(i for i, r in enumerate(rules) if "alert" in r)
+    assert all("record" in r for r in rules[:first_alert]) and len(records) == first_alert
+
+
+def test_forgetting_is_measured_against_the_stage_start(promtool, tmp_path):
+    """Negative control: with the recorded start replaced by the current value, the firing cases fail."""
+    (rec,) = [r for r in alerts.RECORDINGS if r.record == config.HELDOUT_START_RECORD]
+    text = generate.RULES_FILE.read_text()
+    assert rec.expr in text
+    current = "max by (namespace, job, language) (motif_heldout_bits_per_byte)"
+    (tmp_path / generate.RULES_FILE.name).write_text(text.replace(rec.expr, current))
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / generate.RULES_TEST.name).write_text(generate.RULES_TEST.read_text())
+    r = _run([promtool, "test", "rules", generate.RULES_TEST.name], cwd=tmp_path / "tests")
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "MotifEnglishForgetting: English bits per byte up 10%" in out
+    assert "MotifEnglishForgetting: a restarted pod (new instance) is compared with the same start" in out

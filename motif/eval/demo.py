@@ -1,0 +1,176 @@
+"""The demo's evaluation: tiny local tasks in KMMLU and KoBEST formats, held-out sets, a score table per stage.
+
+The tasks `include:` the task files lm-eval ships (`kmmlu/default/_default_kmmlu_yaml`,
+`kobest/kobest_copa.yaml`), so prompts and metrics are the benchmarks' own; only the documents are
+made here, from the words of the demo corpus:
+
+* `demo_kmmlu`: KMMLU's 4-way format ("...\\nA. ...\\n정답：", the answer a letter). A tiny model
+  trained on plain text has never seen the format and scores near chance (0.25): what a base model
+  at this size would do on the real benchmark.
+* `demo_kobest_copa`: KoBEST COPA's format, the likelier of two continuations. The right one follows
+  a pattern of the corpus ("오늘 X는 Y를 봅니다. 그래서 Z는 행복합니다."), the wrong one scrambles
+  it: training moves this score.
+
+The held-out sets are other documents of the corpus generator (another seed), never trained on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from pathlib import Path
+
+TASKS = ("demo_kmmlu", "demo_kobest_copa")
+HELDOUT_SEED = 7  # the training corpus uses seed 0: the same distribution, other documents
+HELDOUT_DOCS = 150
+TEST_DOCS = 40
+
+
+def prepare(out: Path) -> None:
+    """Write the tasks (out/eval/tasks, out/eval/data) and the held-out sets (out/data/heldout); idempotent."""
+    from motif.data.corpus import write_corpus
+
+    heldout = out / "data" / "heldout"
+    if not all((heldout / f"{lang}.jsonl").is_file() for lang in ("ko", "en")):
+        write_corpus(heldout, HELDOUT_DOCS, seed=HELDOUT_SEED)
+    write_tasks(out / "eval")
+
+
+def write_tasks(root: Path) -> Path:
+    """Task YAMLs in root/tasks, their documents in root/data; returns the task directory."""
+    import lm_eval
+
+    packaged = Path(lm_eval.__file__).parent / "tasks"
+    rng = random.Random("motif-demo-eval")
+    specs = {
+        "demo_kmmlu": (
+            packaged / "kmmlu/default/_default_kmmlu_yaml",
+            {"test": kmmlu_rows(rng, TEST_DOCS), "dev": kmmlu_rows(rng, 5)},
+            {},
+        ),
+        "demo_kobest_copa": (
+            packaged / "kobest/kobest_copa.yaml",
+            {"test": copa_rows(rng, TEST_DOCS), "train": copa_rows(rng, 5)},
+            {"validation_split": None},
+        ),
+    }
+    tasks = root / "tasks"
+    tasks.mkdir(parents=True, exist_ok=True)
+    for name, (include, splits, extra) in specs.items():
+        files = {}
+        for split, rows in splits.items():
+            path = root / "data" / name / f"{split}.jsonl"
+            _write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            files[split] = str(path.resolve())
+        config = {
+            "task": name,
+            "include": str(include),
+            "dataset_path": "json",
+            "dataset_name": None,
+            "dataset_kwargs": {"data_files": files},
+            **extra,
+        }
+        _write(tasks / f"{name}.yaml", json.dumps(config, ensure_ascii=False, indent=2) + "\n")
+    return tasks
+
+
+def kmmlu_rows(rng: random.Random, n: int) -> list[dict]:
+    from motif.data.corpus import KO
+
+    rows = []
+    for _ in range(n):
+        subject, place, obj = rng.choice(KO["subject"]), rng.choice(KO["place"]), rng.choice(KO["object"])
+        right = rng.choice(KO["verb"])
+        wrong = [rng.choice(KO["place"]), rng.choice(KO["subject"]), rng.choice(KO["adj"])]
+        choices = [right, *wrong]
+        rng.shuffle(choices)
+        rows.append(
+            {
+                "question": f"다음 문장의 빈칸에 알맞은 말은? {subject} {place} {obj} ____.",
+                **dict(zip("ABCD", choices, strict=True)),
+                "answer": choices.index(right) + 1,  # KMMLU counts answers from 1
+                "Category": "demo",
+                "Human Accuracy": 1.0,
+            }
+        )
+    return rows
+
+
+def copa_rows(rng: random.Random, n: int) -> list[dict]:
+    from motif.data.corpus import KO
+
+    rows = []
+    for i in range(n):
+        subject, obj, verb = rng.choice(KO["subject"]), rng.choice(KO["object"]), rng.choice(KO["verb"])
+        other, adj = rng.choice(KO["subject"]), rng.choice(KO["adj"])
+        right = f"{other} {adj}."
+        wrong = f"{adj.removesuffix('니다')} {obj} {other}."
+        label = i % 2
+        rows.append(
+            {
+                "premise": f"오늘 {subject} {obj} {verb}.",
+                "question": "결과",  # KoBEST COPA: the connector " 그래서" (so) joins premise and choice
+                "alternative_1": wrong if label else right,
+                "alternative_2": right if label else wrong,
+                "label": label,
+            }
+        )
+    return rows
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+# ---- the score table ---------------------------------------------------------------------------
+
+
+def evaluate_stages(out: Path, stage_files: list[Path]) -> list[dict]:
+    """`motif eval --stage` for each stage file, in the demo's working directory; their summaries."""
+    from motif.cli import build_parser
+    from motif.eval import command
+
+    command.quiet_libraries()
+    summaries = []
+    with contextlib.chdir(out):
+        for path in stage_files:
+            args = build_parser().parse_args(["eval", "--stage", str(path), "--device", "cpu"])
+            summaries.append(command.summarize(command.resolve_job(args), args))
+    return summaries
+
+
+def score_table(summaries: list[dict]) -> str:
+    from motif.eval.results import render
+
+    langs = sorted({lang for s in summaries for lang in s["heldout"]})
+    tasks = [t for t in TASKS if any(t in s["tasks"] for s in summaries)]
+    rows = [["stage", *[f"held-out {lang} bits/byte" for lang in langs], *[f"{t} acc" for t in tasks]]]
+    for s in summaries:
+        cells = [f"{s['heldout'][lang]:.4f}" if lang in s["heldout"] else "-" for lang in langs]
+        cells += [f"{s['tasks'][t]['acc']:.3f}" if t in s["tasks"] else "-" for t in tasks]
+        rows.append([s["stage"], *cells])
+    return render(rows, left=1)
+
+
+def report(out: Path, stage_files: list[Path]) -> list[dict]:
+    """Evaluate every stage that has a `motif.eval` section and print the score table (what `make demo` ends with)."""
+    from motif.config import load_stage
+
+    stage_files = [f for f in stage_files if load_stage(f).eval is not None]
+    if not stage_files:
+        return []
+    print("\n== evaluation: motif eval --stage for each stage (lm-evaluation-harness, held-out sets)", flush=True)
+    prepare(out)
+    summaries = evaluate_stages(out, stage_files)
+    print()
+    print(score_table(summaries))
+    print(
+        f"\n{TASKS[0]}: KMMLU's 4-way letter format (chance 0.25; a model this small does not learn the format); "
+        f"{TASKS[1]}: KoBEST COPA's format (chance 0.5). Held-out: bits per byte, lower is better.",
+        flush=True,
+    )
+    return summaries

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,6 +219,8 @@ def open_source(src: DataSource, *, streaming: bool, rank: int = 0, world: int =
             builder, files = local_files(src.path)
             if all(Path(f).stat().st_size == 0 for f in files):
                 raise DataError(f"{src.path}: empty: no documents in source {src.name!r} (expected at least one)")
+            if builder == "json" and not _prepared(datasets, builder, files):
+                _check_json_records(files)
             ds = datasets.load_dataset(builder, data_files=files, split="train")
         elif streaming:
             ds = datasets.load_dataset(src.hub, src.hub_config, split=src.split, streaming=True)
@@ -245,6 +249,43 @@ def _caused_by(err: BaseException | None, kind: type) -> bool:
             return True
         err, seen = err.__cause__ or err.__context__, seen + 1
     return False
+
+
+def _prepared(datasets, builder: str, files: list[str]) -> bool:
+    """Whether datasets already holds these files as Arrow (then their bytes are not read again)."""
+    cache_dir = datasets.load_dataset_builder(builder, data_files=files).cache_dir
+    return os.path.exists(os.path.join(cache_dir, "dataset_info.json"))
+
+
+_NOT_AN_OBJECT = re.compile(rb"\n[ \t\r]*([^{\s])")  # a line whose first character is not `{`
+
+
+def _check_json_records(files: list[str]) -> None:
+    """Refuse a JSON lines record that is not an object before pyarrow reads it: its JSON reader
+    kills the process (SIGSEGV) on a `null` first record. One pass in 16 MB chunks, before the
+    one-time conversion to Arrow (which reads the bytes anyway)."""
+    for name in files:
+        with open(name, "rb") as f:
+            head = f.read(16 << 20)
+            if not name.endswith(".jsonl"):  # one JSON document: an object or a list of them
+                rest = (head.removeprefix(b"\xef\xbb\xbf") + f.read(4096)).lstrip()
+                if rest and rest[:1] not in b"{[":
+                    raise DataError(f"{name}: not JSON records (expected an object or a list of objects)")
+                continue
+            at_line_start, line, chunk = True, 1, head.removeprefix(b"\xef\xbb\xbf")
+            while chunk or (chunk := f.read(16 << 20)):
+                text = (b"\n" if at_line_start else b"-") + chunk  # "-": the chunk starts inside a line
+                bad = _NOT_AN_OBJECT.search(text)
+                if bad is not None:
+                    at = line + text.count(b"\n", 0, bad.start(1)) - (1 if at_line_start else 0)
+                    got = text[bad.start(1) : bad.start(1) + 20].split(b"\n")[0].decode("utf-8", "replace")
+                    raise DataError(f"{name}: line {at}: not a JSON object (a .jsonl record is {{...}}, got {got!r})")
+                line += chunk.count(b"\n")
+                tail = chunk[chunk.rfind(b"\n") + 1 :] if b"\n" in chunk else None
+                at_line_start = (tail is not None and not tail.strip()) or (
+                    tail is None and at_line_start and not chunk.strip()
+                )
+                chunk = b""
 
 
 def _root_cause(err: BaseException) -> BaseException:

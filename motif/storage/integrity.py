@@ -169,7 +169,7 @@ def read_record(directory: str | Path) -> dict[str, Any] | None:
     if not isinstance(doc, dict) or doc.get("format") != RECORD_FORMAT or not isinstance(doc.get("files"), dict):
         raise CheckpointError(f"{path}: format: expected {RECORD_FORMAT!r} with a files mapping")
     for name, want in doc["files"].items():
-        if not isinstance(name, str) or "/" in name or name.startswith(".") or not name:
+        if not name or "/" in name or name.startswith(".") or not name.isprintable():
             raise CheckpointError(f"{path}: files: {name!r} is not a file name of this directory")
         problem = _entry_problem(want)
         if problem:

@@ -439,7 +439,17 @@ CATALOGUE: list[tuple[str, Setup, tuple[str, ...]]] = [
     (
         "data-record-not-an-object",
         with_file("r.jsonl", b'{"text": "a"}\n[1, 2]\n', data_source(path="r.jsonl")),
-        ("source 'x' (r.jsonl): cannot load",),
+        ("r.jsonl: line 2: not a JSON object", "[1, 2]"),
+    ),
+    (  # pyarrow's JSON reader kills the process (SIGSEGV) on this one: refused before it reads it
+        "data-record-null",
+        with_file("z.jsonl", b"null\n", data_source(path="z.jsonl")),
+        ("z.jsonl: line 1: not a JSON object", "'null'"),
+    ),
+    (
+        "data-not-json-lines",
+        with_file("t.jsonl", b'{"text": "a"}\n{"text": \n', data_source(path="t.jsonl")),
+        ("source 'x' (t.jsonl): cannot load",),
     ),
     (
         "tokenizer-config-not-json",

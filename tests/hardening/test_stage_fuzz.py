@@ -100,3 +100,43 @@ def test_arbitrary_file_text_fails_only_with_config_errors(tmp_path_factory, tex
         load_stage(path)
     except ConfigError as e:
         assert str(e).startswith(str(path))
+
+
+# ---- overlapping paths -------------------------------------------------------------------------
+
+PATH_KEYS = ("output", "input", "checkpoint.dir", "growth.output")
+# Names that overlap in every way (equal, nested, through `.` and `..`), and the chart's layout
+# (outputs inside checkpoint.dir); about one draw in ten is a valid stage.
+PATHS_TRIED = ["in", "out", "ck", "grown", "ck/final", "ck/grown", "ck/step_00000001", "out/ck", "in/out", "."]
+path_values = st.sampled_from([*PATHS_TRIED, "./in", "in/../out"])
+
+
+def _path_of(section: dict, key: str) -> str | None:
+    node = section
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({k: path_values for k in PATH_KEYS}))
+def test_accepted_stage_paths_never_overlap_a_replaced_directory(paths):
+    import os
+
+    doc = copy.deepcopy(BASE)
+    doc["input"], doc["output"] = paths["input"], paths["output"]
+    doc["checkpoint"]["dir"], doc["growth"]["output"] = paths["checkpoint.dir"], paths["growth.output"]
+    doc.pop("model", None)
+    try:
+        parse_stage(doc, source="fuzz.yaml")
+    except ConfigError as e:
+        assert str(e).startswith("fuzz.yaml: motif."), str(e)
+        return
+    real = {k: Path(os.path.realpath(_path_of(doc, k))) for k in PATH_KEYS}
+    assert len(set(real.values())) == len(real), real
+    for replaced in ("output", "growth.output"):
+        for other in PATH_KEYS:
+            assert real[replaced] not in real[other].parents, (replaced, other, real)
+    for other in PATH_KEYS:
+        assert real["input"] not in real[other].parents, ("input", other, real)
+    assert real["checkpoint.dir"] not in real["input"].parents

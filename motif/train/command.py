@@ -77,7 +77,10 @@ def run(args: argparse.Namespace) -> int:
         raise MotifError(f"--resume: {args.resume}: not a checkpoint directory (or use auto / none)")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise MotifError(f"--metrics-port: expected 0-65535, got {args.metrics_port}")
-    code = train(stage, args)
+    from motif.train.trainer import RunOptions
+
+    options = RunOptions(max_steps=args.max_steps, resume=args.resume, log_every=max(1, args.log_every))
+    code = run_stage(stage, options, metrics_port=args.metrics_port, linger_seconds=args.linger_seconds)
     if stage.parallel.engine == "deepspeed":
         # DeepSpeed's CPU communication threads can abort the interpreter's teardown after a finished
         # run ("terminate called without an active exception"), turning success into SIGABRT.
@@ -89,9 +92,10 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def train(stage, args: argparse.Namespace) -> int:
+def run_stage(stage, options, *, metrics_port: int | None = None, linger_seconds: float = 0.0) -> int:
+    """Train `stage` on this rank (the process group comes from the environment); the exit status."""
     from motif.train import dist, growth
-    from motif.train.trainer import NonFiniteStop, Preempted, RunOptions, Trainer
+    from motif.train.trainer import NonFiniteStop, Preempted, Trainer
 
     world = dist.init(
         stage.parallel.device, stage.parallel.collective_timeout_s, force_group=stage.parallel.engine != "ddp"
@@ -100,8 +104,7 @@ def train(stage, args: argparse.Namespace) -> int:
     trainer = None
     try:
         growth.ensure_grown(stage, world)
-        metrics, exporter = build_metrics(stage, world, args.metrics_port)
-        options = RunOptions(max_steps=args.max_steps, resume=args.resume, log_every=max(1, args.log_every))
+        metrics, exporter = build_metrics(stage, world, metrics_port)
         trainer = Trainer(stage, options, world, metrics)
         _stop_on_sigterm(trainer)
         trainer.setup()
@@ -125,7 +128,7 @@ def train(stage, args: argparse.Namespace) -> int:
             trainer.close()
             trainer.metrics.close()
         dist.close(world)
-        _linger(exporter, args.linger_seconds)
+        _linger(exporter, linger_seconds)
 
 
 def _stop_on_sigterm(trainer) -> None:

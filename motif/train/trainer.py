@@ -303,10 +303,11 @@ class Trainer:
         sums[-2] = float(not finite)
         sums[-1] = float(self.stop_requested)
         dist.all_reduce_sum(self.world, sums)
-        finite = sums[-2].item() == 0
-        after = self.engine.step(lr, finite)
-        norm = after if after is not None else (float(grad_norm) if grad_norm is not None else float("nan"))
-        return self._stats(sums, n_lang, norm, finite, sums[-1].item() > 0)
+        result = self.engine.step(lr, finite=sums[-2].item() == 0)
+        if result.grad_norm is not None:
+            grad_norm = result.grad_norm
+        norm = float(grad_norm) if grad_norm is not None else float("nan")
+        return self._stats(sums, n_lang, norm, result.stepped, sums[-1].item() > 0)
 
     def forward_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean token loss of a micro-batch, and each sequence's loss sum (for per-language loss)."""

@@ -117,20 +117,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_in_process(section: dict, workdir: Path, monkeypatch, **options):
-    """Train a stage in this process (a world of one), from `workdir`; returns the Trainer."""
+def run_in_process(section: dict, workdir: Path, monkeypatch, **options) -> int:
+    """Train a stage in this process (a world of one), from `workdir`; returns the exit status."""
     from motif.config import parse_stage
-    from motif.train.trainer import RunOptions, Trainer
+    from motif.train.command import run_stage
+    from motif.train.trainer import RunOptions
 
     monkeypatch.chdir(workdir)
     stage = parse_stage(section, source=f"{section['name']}.yaml")
-    trainer = Trainer(stage, RunOptions(metrics_port=0, **options))
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
-        trainer.linger()
-    return trainer
+    return run_stage(stage, RunOptions(**options), metrics_port=0)
 
 
 def grown_sections() -> tuple[dict, dict, dict]:

@@ -1,4 +1,5 @@
-"""Training checkpoints: pickle-free nested state, atomic directories, keep-last, resume-auto skipping."""
+"""Training checkpoints: atomic directories, keep-last, resume-auto skipping, parts' state owned by the
+manager and read back by another world size."""
 
 import json
 import logging
@@ -7,32 +8,14 @@ import pytest
 import torch
 
 from motif.errors import CheckpointError
-from motif.train.checkpoint import CheckpointManager, check_complete, read_meta
+from motif.train.checkpoint import CheckpointManager, check_complete, read_meta, union
 from motif.train.dist import World
-from motif.train.state import flatten, load_state, save_state, unflatten
 
 WORLD = World(0, 1, 0, torch.device("cpu"), None)
 
 
-def test_nested_state_round_trips_without_pickle(tmp_path):
-    state = {
-        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(4, 2)}, 1: {"x": [torch.ones(2), None]}},
-        "param_groups": [{"lr": 0.1, "betas": (0.9, 0.95), "params": [0, 1], "foreach": True, "name": "a"}],
-    }
-    save_state(state, tmp_path / "opt")
-    back = load_state(tmp_path / "opt")
-    assert back["param_groups"] == state["param_groups"]
-    assert torch.equal(back["state"][0]["exp_avg"], state["state"][0]["exp_avg"])
-    assert back["state"][1]["x"][1] is None and isinstance(back["param_groups"][0]["betas"], tuple)
-    assert json.loads((tmp_path / "opt.json").read_text())  # the skeleton is plain JSON
-    with pytest.raises(TypeError, match="without pickle"):
-        flatten({"bad": object()})
-    tensors, skeleton = flatten([torch.zeros(1)])
-    assert unflatten(tensors, skeleton)[0].shape == (1,)
-
-
 def _save(manager: CheckpointManager, step: int, payload: bytes = b"weights") -> None:
-    manager.save(step, lambda d: (d / "model.safetensors").write_bytes(payload), {"stage": "s"})
+    manager.publish(step, lambda d: (d / "model.safetensors").write_bytes(payload), {"stage": "s"})
 
 
 def test_keep_last_and_latest(tmp_path):
@@ -76,7 +59,84 @@ def test_a_failed_write_leaves_no_checkpoint(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        m.save(20, boom, {"stage": "s"})
+        m.publish(20, boom, {"stage": "s"})
     assert m.latest().name == "step_00000010"
     assert check_complete(tmp_path / "ck" / "step_00000010") is None
     assert not (tmp_path / "ck" / "step_00000020").exists()
+
+
+class Counter:
+    def __init__(self, value=0):
+        self.value = value
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = state["value"]
+
+
+class Shards:
+    """Per-rank state keyed by what it describes (as the data shards are)."""
+
+    def __init__(self, owned):
+        self.positions = dict.fromkeys(owned, 0)
+
+    def state_dict(self):
+        return {"positions": {str(k): v for k, v in self.positions.items()}}
+
+    def load_state_dict(self, state):
+        self.positions = {k: state["positions"][str(k)] for k in self.positions}
+
+
+def test_the_manager_saves_and_loads_its_parts_and_decides_when(tmp_path):
+    train, shards = Counter(7), Shards([0, 1])
+    m = CheckpointManager(tmp_path / "ck", 2, WORLD, every_steps=5, parts={"train": train}, rank_parts={"data": shards})
+    assert [s for s in range(1, 16) if m.due(s, last_step=15)] == [5, 10]  # the last step writes the output
+    shards.positions = {0: 11, 1: 12}
+    path = m.save(10, {"stage": "s"})
+    meta = read_meta(path)
+    assert meta["parts"] == {"train": {"value": 7}} and meta["stage"] == "s" and meta["world_size"] == 1
+    train.value, shards.positions = 0, {0: 0, 1: 0}
+    m.load(path)
+    assert train.value == 7 and shards.positions == {0: 11, 1: 12}
+
+
+def test_per_rank_state_written_by_two_ranks_is_read_by_one(tmp_path):
+    ranks = [World(r, 2, r, torch.device("cpu"), None) for r in (0, 1)]
+    ck = tmp_path / "ck" / "step_00000004"
+    ck.mkdir(parents=True)
+    for world, owned, pos in zip(ranks, ([0], [1]), (40, 41), strict=True):
+        shards = Shards(owned)
+        shards.positions = {owned[0]: pos}
+        (ck / f"rank_{world.rank:05d}.json").write_text(json.dumps({"data": shards.state_dict()}))
+    files = {p.name: p.stat().st_size for p in ck.iterdir()}
+    meta = {"format": "motif-train-checkpoint/2", "step": 4, "world_size": 2, "engine": None, "parts": {}}
+    (ck / "meta.json").write_text(json.dumps({**meta, "files": files}))
+    one = Shards([0, 1])
+    CheckpointManager(tmp_path / "ck", 2, WORLD, rank_parts={"data": one}).load(ck)
+    assert one.positions == {0: 40, 1: 41}  # both shards, each where its rank left it
+
+
+def test_union_merges_nested_keys_of_every_rank():
+    assert union([{"n": 2, "s": {"0": 1}, "t": {"2/0": 5}}, {"n": 2, "s": {"1": 3}, "t": {"2/1": 6}}]) == {
+        "n": 2,
+        "s": {"0": 1, "1": 3},
+        "t": {"2/0": 5, "2/1": 6},
+    }
+
+
+def test_a_checkpoint_of_another_engine_is_refused_by_name(tmp_path):
+    class Tensors:
+        def __init__(self, name):
+            self.name = name
+
+        def save(self, directory):
+            (directory / "t.bin").write_bytes(b"x")
+
+        def load(self, directory):
+            raise AssertionError("not reached")
+
+    path = CheckpointManager(tmp_path / "ck", 2, WORLD, tensors=Tensors("fsdp")).save(3)
+    with pytest.raises(CheckpointError, match="written by engine fsdp, this run uses deepspeed"):
+        CheckpointManager(tmp_path / "ck", 2, WORLD, tensors=Tensors("deepspeed")).load(path)

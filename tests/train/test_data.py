@@ -8,9 +8,11 @@ import torch
 
 from motif.config import DataConfig, DataSource
 from motif.data.mixture import Mixture
+from motif.data.shards import ShardedData
 from motif.data.sources import open_source
 from motif.data.tokenizer import Tokenizer
 from motif.errors import DataError
+from motif.train.checkpoint import union
 
 
 def config(corpus, ko=0.5, seq_len=32, seed=0) -> DataConfig:
@@ -96,10 +98,41 @@ def test_language_accounting_counts_target_tokens(corpus):
     assert counts["ko"] > 0 and counts["en"] > 0
 
 
-def test_world_size_change_is_refused(corpus):
+def test_a_shard_position_belongs_to_its_shard_count(corpus):
     state = Mixture.from_config(config(corpus), rank=0, world=2).state_dict()
     with pytest.raises(DataError, match="saved by 2 ranks and this job has 1"):
         Mixture.from_config(config(corpus)).load_state_dict(state)
+
+
+def _rows(batches) -> list[bytes]:
+    return [row.numpy().tobytes() for b in batches for row in b.tokens]
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (4, 2), (2, 2)])
+def test_resharded_data_loses_and_repeats_no_sample(corpus, before, after):
+    """Shards saved by `before` ranks, read on by `after`: every shard continues where it stopped."""
+    cfg, tok, shards = config(corpus), Tokenizer(corpus / "data" / "tokenizer"), 4
+    first = [ShardedData.from_config(cfg, shards, rank=r, world=before, tokenizer=tok) for r in range(before)]
+    drawn = _rows(b for d in first for b in (d.next_batch(4) for _ in range(3)))
+    state = union([json.loads(json.dumps(d.state_dict())) for d in first])  # through JSON, as in a checkpoint
+    second = [ShardedData.from_config(cfg, shards, rank=r, world=after, tokenizer=tok) for r in range(after)]
+    for d in second:
+        d.load_state_dict(state)
+    drawn += _rows(b for d in second for b in (d.next_batch(4) for _ in range(3)))
+    # What each shard yields read alone from the start, as many sequences as were drawn from it.
+    expected = []
+    for s in range(shards):
+        alone = Mixture.from_config(cfg, rank=s, world=shards, tokenizer=tok)
+        taken = sum(d.shards[s].sample for d in second if s in d.shards)
+        expected += _rows([alone.next_batch(1) for _ in range(taken)])
+    assert len(set(drawn)) == len(drawn)  # nothing repeated
+    assert sorted(drawn) == sorted(expected)  # nothing lost: each shard's prefix, exactly
+
+
+def test_more_ranks_than_data_shards_is_refused(corpus):
+    tok = Tokenizer(corpus / "data" / "tokenizer")
+    with pytest.raises(DataError, match="cut into 2 shards, fewer than the 3 ranks"):
+        ShardedData.from_config(config(corpus), 2, rank=0, world=3, tokenizer=tok)
 
 
 def test_missing_source_is_a_clear_error(corpus, tmp_path):

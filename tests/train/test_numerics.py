@@ -12,7 +12,7 @@ from .conftest import run_in_process, stage_section
 
 def _train(workdir, monkeypatch, name, **train):
     section = stage_section(name, train={"max_steps": 3, **train})
-    run_in_process(section, workdir, monkeypatch)
+    assert run_in_process(section, workdir, monkeypatch) == 0
     weights = load_file(str(workdir / "out" / name / "model.safetensors"))
     losses = [r["motif_loss"]["all"] for r in read(workdir / "ck" / name / "metrics.jsonl") if "motif_loss" in r]
     return weights, losses
@@ -28,7 +28,8 @@ def test_gradient_accumulation_equals_the_larger_batch(workdir, monkeypatch):
     big, big_losses = _train(workdir, monkeypatch, "big", micro_batch_size=4, grad_accum_steps=1)
     acc, acc_losses = _train(workdir, monkeypatch, "acc", micro_batch_size=2, grad_accum_steps=2)
     assert acc_losses == pytest.approx(big_losses, rel=1e-5)
-    assert all(torch.allclose(big[k], acc[k], atol=1e-5) for k in big)
+    # Adam divides by sqrt(v): gradients summed in another order move some weights by ~1e-5 (lr 3e-3).
+    assert all(torch.allclose(big[k], acc[k], atol=1e-4) for k in big)
 
 
 def test_bf16_autocast_trains_close_to_fp32(workdir, monkeypatch):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -34,6 +35,12 @@ if TYPE_CHECKING:
     from motif.model import Llama
     from motif.train.dist import World
     from motif.train.start import MomentSource, WeightSource
+
+
+@dataclass
+class StepResult:
+    stepped: bool  # false: the step was skipped (a non-finite loss or gradient)
+    grad_norm: float | None = None  # the global norm, for engines that measure it inside the step
 
 
 class Engine(Protocol):
@@ -54,8 +61,9 @@ class Engine(Protocol):
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor | None:
         """Clip and return the global gradient norm, or None if the engine clips inside `step`."""
 
-    def step(self, lr: float, finite: bool) -> float | None:
-        """Apply (or, with `finite` false, skip) the optimizer step; the norm if measured here."""
+    def step(self, lr: float, finite: bool) -> StepResult:
+        """Apply the optimizer step, or skip it when `finite` is false (or the engine finds the gradient
+        non-finite itself)."""
 
     def trainable(self) -> list[str]:
         """Names of the parameters this stage trains."""

@@ -19,6 +19,7 @@ from motif.errors import CheckpointError
 from motif.model import Llama
 from motif.train import optimizer as optim
 from motif.train.dist import World
+from motif.train.engines import StepResult
 from motif.train.slices import TensorReader, write_tensors
 from motif.train.start import MOMENTS, MomentSource, WeightSource
 
@@ -102,14 +103,14 @@ class DdpEngine:
         params = list(self.params.values())
         return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=True)
 
-    def step(self, lr: float, finite: bool) -> float | None:
+    def step(self, lr: float, finite: bool) -> StepResult:
         if finite:
             optim.set_lr(self.optimizer, lr)
             views = [(n, p.detach().view(-1), 0, tuple(p.shape)) for n, p in self.params.items() if p.grad is not None]
             optim.decay_(views, self.model.args, lr, self.stage.optim.weight_decay)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return None
+        return StepResult(stepped=finite)
 
     def trainable(self) -> list[str]:
         return list(self.params)

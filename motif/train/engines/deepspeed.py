@@ -35,6 +35,7 @@ from motif.errors import CheckpointError, MotifError
 from motif.model import Llama, ModelArgs
 from motif.train import optimizer as optim
 from motif.train.dist import World
+from motif.train.engines import StepResult
 from motif.train.engines.ddp import loss_sums
 from motif.train.slices import TensorReader, write_tensors
 from motif.train.start import MOMENTS, MomentSource, WeightSource
@@ -169,7 +170,7 @@ class DeepSpeedEngine:
     def clip_grad_norm(self, max_norm: float) -> None:
         return None  # ZeRO-3 knows the global norm only inside its step, where it clips
 
-    def step(self, lr: float, finite: bool) -> float | None:
+    def step(self, lr: float, finite: bool) -> StepResult:
         from deepspeed.utils import safe_get_local_fp32_param
 
         optim.set_lr(self.optimizer, lr)
@@ -180,14 +181,13 @@ class DeepSpeedEngine:
                 views.append((name, safe_get_local_fp32_param(p)[: stop - start], start, tuple(p.ds_shape)))
             optim.decay_(views, self.model.args, lr, self.stage.optim.weight_decay)
         self.runner.step()
-        skipped = bool(getattr(self.optimizer, "overflow", False))
-        if skipped == finite:
-            raise MotifError(
-                f"engine deepspeed: the step was {'skipped' if skipped else 'taken'} by DeepSpeed, but the "
-                f"loss and gradients were {'finite' if finite else 'not finite'} by motif's count"
-            )
+        # DeepSpeed skips a step whose global gradient norm is not finite (only it sees that norm);
+        # a non-finite loss always makes one.
+        stepped = not getattr(self.optimizer, "overflow", False)
+        if stepped and not finite:
+            raise MotifError("engine deepspeed: DeepSpeed took a step whose loss was not finite")
         norm = self.runner.get_global_grad_norm()
-        return None if norm is None or skipped else float(norm)
+        return StepResult(stepped, None if norm is None or not stepped else float(norm))
 
     def trainable(self) -> list[str]:
         return list(self.params)

@@ -30,6 +30,7 @@ from motif.config import StageConfig
 from motif.model import Llama, ModelArgs
 from motif.train import optimizer as optim
 from motif.train.dist import World
+from motif.train.engines import StepResult
 from motif.train.engines.ddp import compile_blocks, loss_sums
 from motif.train.start import MOMENTS, MomentSource, WeightSource
 
@@ -129,13 +130,13 @@ class FsdpEngine:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=True)
         return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
-    def step(self, lr: float, finite: bool) -> float | None:
+    def step(self, lr: float, finite: bool) -> StepResult:
         if finite:
             optim.set_lr(self.optimizer, lr)
             optim.decay_(self._local_views(), self.model.args, lr, self.stage.optim.weight_decay)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return None
+        return StepResult(stepped=finite)
 
     def _local_views(self):
         for name, p in self.params.items():

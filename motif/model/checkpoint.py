@@ -197,14 +197,29 @@ def load(path: str | Path, dtype: torch.dtype | str | None = None, device: str |
     return Llama.from_state_dict(ckpt.args, state, device).eval()
 
 
-def verify_checkpoint(ckpt: Checkpoint, progress: verify.Progress | None = None) -> dict[str, str]:
+def verify_checkpoint(
+    ckpt: Checkpoint, progress: verify.Progress | None = None, *, rank: int = 0, world: int = 1
+) -> dict[str, str]:
     """Read every byte of a checkpoint once: checksums against its record (all recorded files),
     NaN/inf in every tensor, in bounded memory. Returns the weight files' checksums (computed,
-    never copied from the record), which `motif grow` fingerprints its input with."""
-    files: dict[Path, set[str] | None] = dict.fromkeys({e.path for e in ckpt.entries.values()})
+    never copied from the record), which `motif grow` fingerprints its input with.
+
+    `rank`/`world`: verify only this rank's share of the files (file i goes to rank i % world), so
+    the ranks of a job verify a start checkpoint together, each reading 1/world of it; every rank
+    still checks every recorded file's presence and size. Raises CheckpointError naming the file.
+    """
+    weight_files = sorted({e.path for e in ckpt.entries.values()})
+    mine = weight_files[rank::world]
     record = integrity.read_record(ckpt.path)
-    sums, _ = verify.read_weights(files, progress=progress)
-    verify.check_record(ckpt.path, record, sums, others=True)
+    sums, _ = verify.read_weights(dict.fromkeys(mine), progress=progress)
+    if record is not None:
+        weights = {p.name for p in weight_files}
+        others = sorted(n for n in record if n not in weights)[rank::world]
+        share = {n: w for n, w in record.items() if n in others or n in sums}
+        problem = integrity.verify(ckpt.path, record, content=False)
+        if problem:
+            raise CheckpointError(problem)
+        verify.check_record(ckpt.path, share, sums, others=True)
     return sums
 
 

@@ -207,3 +207,21 @@ def test_leftovers_are_removed_only_by_the_lease_holder_and_only_if_ours(tmp_pat
         (tmp / "config.json").write_text('{"model_type": "llama"}')
     assert not ours.exists() and (foreign / "data").read_text() == "someone else's"
     assert remove_leftovers(dst) == []
+
+
+def test_ranks_verify_a_checkpoint_together_each_reading_its_share(tmp_path):
+    from motif.model.checkpoint import open_checkpoint, verify_checkpoint
+
+    save(_model(0), tmp_path / "ck", max_shard_bytes=20_000)
+    ckpt = open_checkpoint(tmp_path / "ck")
+    shares = [verify_checkpoint(ckpt, rank=r, world=3) for r in range(3)]
+    assert sorted(n for share in shares for n in share) == sorted(verify_checkpoint(ckpt))
+    assert all(shares) and not set(shares[0]) & set(shares[1])
+    victim = sorted((tmp_path / "ck").glob("model-*.safetensors"))[-1]
+    data = bytearray(victim.read_bytes())
+    data[-5] ^= 0x02
+    victim.write_bytes(bytes(data))
+    owner = next(r for r, share in enumerate(shares) if victim.name in share)
+    with pytest.raises(CheckpointError, match=rf"{victim.name}: checksum mismatch"):
+        verify_checkpoint(ckpt, rank=owner, world=3)
+    verify_checkpoint(ckpt, rank=(owner + 1) % 3, world=3)  # the others do not read that file

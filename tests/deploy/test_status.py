@@ -103,7 +103,7 @@ def _cluster() -> dict[str, list[dict]]:
         }
         out["pytorchjobs"].append(job)
         out["configmaps"] += [o for o in objs if o["kind"] == "ConfigMap"]
-        for grow in [o for o in objs if o["kind"] == "Job"]:
+        for grow in [o for o in objs if o["kind"] == "Job"]:  # growth and eval Jobs
             grow["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
             out["jobs"].append(grow)
     (job1, job2) = out["pytorchjobs"]
@@ -161,6 +161,10 @@ def test_status_json_through_the_kubernetes_client(kubeconfig, api_requests, cap
     assert all("labelSelector=app.kubernetes.io%2Fpart-of%3Dmotif" in q for q in api_requests)
 
 
+# The fake cluster marks every Job of a stage Complete: the eval Job too, when the stage file has one.
+S2_EVAL = "Complete" if r.load_values(r.ROOT / "jobs/llama3-motif-102b/stage2-width.yaml")["motif"].get("eval") else "-"
+
+
 def test_status_table_and_all_namespaces(kubeconfig, api_requests, capsys):
     assert cli.main(["status", "-A"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -191,7 +195,7 @@ def test_status_table_and_all_namespaces(kubeconfig, api_requests, capsys):
         "2",
         "2d3h",
         "Complete",
-        "-",
+        S2_EVAL,
         "/checkpoints/s2-width",
     ]
     assert rows["tiny-s1-depth"][4:7] == ["Running", "1/1", "1"]

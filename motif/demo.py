@@ -159,9 +159,10 @@ def summarize(out: Path, stages) -> list[dict]:
 
     rows = []
     for _, stage in stages:
-        records = [r for r in read(_jsonl(out, stage)) if "motif_loss" in r]
+        everything = read(_jsonl(out, stage))
+        records = [r for r in everything if "motif_loss" in r]
         last = records[-10:]
-        growth = next((r["motif_growth_loss"] for r in records if "motif_growth_loss" in r), None)
+        growth = next((r["motif_growth_loss"] for r in everything if "motif_growth_loss" in r), None)
         by_lang = {}
         for lang in sorted(records[-1]["motif_loss"]):
             if lang != "all":

@@ -64,7 +64,7 @@ class Memory:
 def memory_per_gpu(args: Any, trainable: int, stage: Any) -> Memory:
     """Estimate (see module docstring) for `args` (ModelArgs) trained as `stage` (StageConfig) says."""
     p, world = stage.parallel, stage.parallel.world_size
-    zero = p.zero_stage if p.engine == "deepspeed" else (3 if p.engine == "fsdp" else 0)
+    zero = 0 if p.engine == "ddp" else 3  # fsdp and deepspeed (ZeRO-3) shard weights, gradients and Adam state
     n = args.num_params()
     bytes_w = 2 if stage.train.precision == "bf16" else 4
     master = 4 if stage.train.precision == "bf16" else 0
@@ -151,7 +151,7 @@ def plan_recipe(recipe: str | Path) -> list[dict[str, Any]]:
                 "trainable_params": trainable,
                 "new_layers": new_layers,
                 "world_size": stage.parallel.world_size,
-                "zero_stage": stage.parallel.zero_stage,
+                "zero_stage": 0 if stage.parallel.engine == "ddp" else 3,
                 "engine": stage.parallel.engine,
                 "activation_checkpointing": stage.train.activation_checkpointing,
                 "memory_bytes": {

@@ -29,6 +29,7 @@ from motif.config import StageConfig, check_input_shape
 from motif.data.mixture import Batch
 from motif.data.shards import ShardedData
 from motif.errors import GrowthError, MotifError
+from motif.eval.heldout import HeldoutSet
 from motif.metrics import names
 from motif.metrics.logger import MetricLogger
 from motif.train import dist, growth
@@ -129,6 +130,7 @@ class Trainer:
         num_shards = self._num_shards(resume)
         self.weights, self.moments, frozen = self._start_sources()
         self.data = self._build_data(num_shards)
+        self.heldout = HeldoutSet.from_stage(s, self.tokenizer, rank=self.world.rank, world=self.world.world_size)
         self.languages = sorted(set(self.data.languages))
         self.state.tokens = dict.fromkeys(self.languages, 0)
         self.engine = build_engine(s, self.world, self.weights, self.moments, frozen)
@@ -196,7 +198,7 @@ class Trainer:
         # Rank 0 first: `datasets` builds its Arrow cache once, the others then read it.
         if not self.world.is_main:
             dist.barrier(self.world)
-        tokenizer = Tokenizer(self.stage.data.tokenizer)
+        tokenizer = self.tokenizer = Tokenizer(self.stage.data.tokenizer)
         data = ShardedData.from_config(
             self.stage.data, num_shards, rank=self.world.rank, world=self.world.world_size, tokenizer=tokenizer
         )
@@ -244,6 +246,8 @@ class Trainer:
                 self.data.num_shards,
             )
         self._log_state()
+        if self.resumed_from is None:
+            self._collective(self.score_heldout)  # the stage's start: what forgetting is measured against
         while self.state.step < self.max_steps:
             t0 = time.perf_counter()
             pending = self.model.args.growth is not None
@@ -264,10 +268,13 @@ class Trainer:
             if stats.stop_requested:
                 self._collective(self.save_checkpoint)
                 raise Preempted(self.state.step)
+            if self._heldout_due():
+                self._collective(self.score_heldout)
             if self.checkpoints.due(self.state.step, self.max_steps):
                 self._collective(self.save_checkpoint)
         # A ramp that ends with the stage (ramp_steps == max_steps) removes its masks here.
         growth.apply_mask(self.model, self.state.step, self.ramp_steps)
+        self._collective(self.score_heldout)
         self._collective(self.save_output)
 
     def _collective(self, fn):
@@ -363,6 +370,25 @@ class Trainer:
                 f"input's {loss_before:.6f} (relative difference {rel:.1e} > {rtol:.0e}): growth did not preserve "
                 "the function; regrow it (motif grow --stage --overwrite) before training"
             )
+
+    def _heldout_due(self) -> bool:
+        every = self.stage.eval.every_steps if self.stage.eval is not None else 0
+        return every > 0 and self.state.step % every == 0 and self.state.step < self.max_steps
+
+    def score_heldout(self) -> dict[str, float] | None:
+        """Held-out bits per byte per language (`motif.eval.heldout`), on the current weights."""
+        if self.heldout is None:
+            return None
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            scores = self.heldout.score(
+                self.engine.forward, self.world.device, lambda t: dist.all_reduce_sum(self.world, t)
+            )
+        self.metrics.log({names.HELDOUT_BITS_PER_BYTE.name: scores}, self.state.step)
+        if self.world.is_main:
+            shown = " ".join(f"{k} {v:.4f}" for k, v in sorted(scores.items()))
+            log.info("held-out bits per byte at step %d: %s (%.1fs)", self.state.step, shown, time.perf_counter() - t0)
+        return scores
 
     # ---- metrics ---------------------------------------------------------------------------------
 

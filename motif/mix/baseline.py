@@ -1,8 +1,9 @@
 """The start checkpoint's held-out loss per language: what the default rule keeps English near.
 
-Measured once with the same held-out sets and scorer the proxies use (`motif.eval.heldout`,
-motif.eval.heldout.HeldoutSet), in this process, and kept in `<sweep>/baseline.json` so that a
-second fit does not score again.
+The proxies record it themselves (the trainer scores a stage's start at step 0). When they do not
+(records lost, a sweep of an older version), it is measured here with the same held-out sets and
+scorer (`motif.eval.heldout`, motif.eval.heldout.HeldoutSet) and kept in `<sweep>/baseline.json`
+so that a second fit does not score again.
 """
 
 from __future__ import annotations

@@ -123,8 +123,9 @@ FIT_HELP = """\
 Fit the mixing law per language to the proxies' held-out bits per byte and pick a mixture.
 
 Rules: constrained (default) minimises the Korean loss subject to every other language staying
-within --epsilon bits per byte of the start checkpoint's loss (scored once and kept in
-SWEEP_DIR/baseline.json, or given by --baseline); weighted minimises the --weights sum. Prints a
+within --epsilon bits per byte of the start checkpoint's loss (--baseline, else the proxies'
+step-0 records, else scored here once and kept in SWEEP_DIR/baseline.json); weighted minimises
+the --weights sum. Prints a
 table per proxy with each one's leave-one-out error, the choice at every scored step, writes
 SWEEP_DIR/mix.png and SWEEP_DIR/fit.json. A failed or unfinished proxy is an error unless
 --allow-missing.

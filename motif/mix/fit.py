@@ -173,6 +173,18 @@ def source_weights(sweep: Sweep, shares, sources: list[DataSource], where: str) 
     return {name: chosen[name] for name in names}
 
 
+def start_losses(sweep: Sweep, used: list[ProxyResult]) -> dict[str, float] | None:
+    """The start checkpoint's held-out loss as the proxies measured it before their first step
+    (the trainer scores a stage's start); the mean over proxies, which all start from it."""
+    if sweep.start_checkpoint is None:
+        return None  # from scratch: step 0 is a random initialisation, not a model to keep
+    starts = [r.points[0] for r in used if 0 in r.points]
+    if not starts:
+        return None
+    languages = set.intersection(*(set(p) for p in starts))
+    return {lang: float(np.mean([p[lang] for p in starts])) for lang in sorted(languages)}
+
+
 def fit_sweep(
     sweep_dir: Path,
     rule: Rule,
@@ -180,8 +192,8 @@ def fit_sweep(
     allow_missing: bool = False,
     baseline_fn=None,
 ) -> FitResult:
-    """Read, fit and choose. `baseline_fn()` measures the start checkpoint's held-out loss when the
-    rule needs it and `baseline` does not give it."""
+    """Read, fit and choose. The constrained rule's reference is `baseline` (given), else the
+    proxies' step-0 records, else `baseline_fn()` (the start checkpoint scored here)."""
     sweep = read_manifest(sweep_dir)
     used, missing = usable(sweep_dir, sweep, allow_missing)
     measured = set.intersection(*(set(r.final) for r in used))
@@ -192,13 +204,13 @@ def fit_sweep(
     steps = sorted(set.intersection(*(set(r.points) for r in used)))
     step = sweep.steps
     if rule.kind == "constrained" and not all(lang in (baseline or {}) for lang in languages if lang != rule.target):
-        scored = baseline_fn() if baseline_fn else None
+        scored = start_losses(sweep, used) or (baseline_fn() if baseline_fn else None)
         baseline = {**(scored or {}), **(baseline or {})}
     cands = candidates(sweep, used)
     sources, where = stage_sources(sweep), str(sweep_dir / "sweep.json")
     by_step = []
     for s in steps:
-        if s == step:
+        if s in (0, step):  # step 0 is the start checkpoint, the same model in every proxy
             continue
         langs = [lang for lang in languages if all(lang in r.points[s] for r in used)]
         if rule.target not in langs:

@@ -52,7 +52,7 @@ def _ko(result: FitResult, shares: np.ndarray) -> np.ndarray:
 
 
 def _curves(ax, result: FitResult) -> None:
-    steps = sorted({s for r in result.used for s in r.points if s <= result.step})
+    steps = sorted({s for r in result.used for s in r.points if 0 < s <= result.step})
     for i, lang in enumerate(result.languages):
         color = _color(lang, i)
         for s in steps:

@@ -36,10 +36,12 @@ def make_sweep(
     start: str | None = "checkpoints/start",
     failed: dict[str, int] | None = None,
     unfinished: tuple[str, ...] = (),
+    start_record: dict[str, float] | None = None,
 ) -> Sweep:
     """A grid sweep of stage `t-s1` whose proxies' final held-out bits per byte are `laws` at their
     Korean share (plus Gaussian noise); earlier steps sit higher, as in a real run. `failed`
-    marks proxies (by share tag) failed with that exit status; `unfinished` ones stop halfway."""
+    marks proxies (by share tag) failed with that exit status; `unfinished` ones stop halfway;
+    `start_record` is the held-out record at step 0 (the start checkpoint, the same in every proxy)."""
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
     proxies = []
@@ -55,6 +57,8 @@ def make_sweep(
         home = directory / name
         home.mkdir(exist_ok=True)
         with (home / "metrics.jsonl").open("w") as f:
+            if start_record:  # the trainer scores the start checkpoint before the first step
+                f.write(json.dumps({"step": 0, "motif_heldout_bits_per_byte": start_record}) + "\n")
             for step in range(1, last + 1):
                 record = {"time": 0.0, "step": step, "stage": name, "motif_loss": {"all": 3.0}}
                 if step % EVAL_EVERY == 0:

@@ -171,6 +171,23 @@ def test_allow_missing_fits_without_the_failed_proxy(tmp_path, motif_cli):
     assert "held-out error: n/a (needs one proxy more than the law's parameters)" in out
 
 
+def test_the_proxies_step_0_records_are_the_start_checkpoints_loss(tmp_path, motif_cli):
+    sweep = tmp_path / "sweep"
+    make_sweep(sweep, {"ko": KO, "en": EN}, start_record={"ko": 2.0, "en": 1.55})
+    code, out, err = _fit(motif_cli, sweep, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["baseline"] == {"ko": 2.0, "en": 1.55} and result["bounds"] == {"en": pytest.approx(1.56)}
+    assert abs(result["chosen"]["ko_share"] - OPTIMUM) <= 0.02
+    assert [c["step"] for c in result["by_step"]] == [10, 20, 30, 40]  # step 0 is not a mixture's result
+    assert not (sweep / "baseline.json").exists()  # nothing to score
+    # From scratch, step 0 is a random initialisation: not a reference.
+    scratch = tmp_path / "scratch"
+    make_sweep(scratch, {"ko": KO, "en": EN}, start=None, start_record={"ko": 9.0, "en": 9.0})
+    code, out, err = _fit(motif_cli, scratch)
+    assert code == 2 and "no start-checkpoint loss for en" in err
+
+
 def test_baseline_is_read_from_the_sweep(tmp_path, motif_cli):
     """The start checkpoint's held-out loss, once scored, is kept in baseline.json and reused."""
     sweep = tmp_path / "sweep"

@@ -1,12 +1,12 @@
-"""The demo's evaluation: tiny local tasks in KMMLU and KoBEST formats, held-out sets, a score table per stage.
+"""The demo's evaluation: tiny local tasks in KMMLU, KoBEST and MMLU formats, held-out sets, a score table per stage.
 
 The tasks `include:` the task files lm-eval ships (`kmmlu/default/_default_kmmlu_yaml`,
-`kobest/kobest_copa.yaml`), so prompts and metrics are the benchmarks' own; only the documents are
-made here, from the words of the demo corpus:
+`kobest/kobest_copa.yaml`, `mmlu/default/_default_template_yaml`), so prompts and metrics are the
+benchmarks' own; only the documents are made here, from the words of the demo corpus:
 
-* `demo_kmmlu`: KMMLU's 4-way format ("...\\nA. ...\\n정답：", the answer a letter). A tiny model
-  trained on plain text has never seen the format and scores near chance (0.25): what a base model
-  at this size would do on the real benchmark.
+* `demo_kmmlu` (Korean) and `demo_mmlu` (English): KMMLU's and MMLU's 4-way format ("...\\nA. ...",
+  the answer a letter). A tiny model trained on plain text has never seen the format and scores
+  near chance (0.25): what a base model at this size would do on the real benchmarks.
 * `demo_kobest_copa`: KoBEST COPA's format, the likelier of two continuations. The right one follows
   a pattern of the corpus ("오늘 X는 Y를 봅니다. 그래서 Z는 행복합니다."), the wrong one scrambles
   it: training moves this score.
@@ -21,7 +21,7 @@ import json
 import random
 from pathlib import Path
 
-TASKS = ("demo_kmmlu", "demo_kobest_copa")
+TASKS = ("demo_kmmlu", "demo_kobest_copa", "demo_mmlu")
 HELDOUT_SEED = 7  # the training corpus uses seed 0: the same distribution, other documents
 HELDOUT_DOCS = 150
 TEST_DOCS = 40
@@ -53,6 +53,11 @@ def write_tasks(root: Path) -> Path:
             packaged / "kobest/kobest_copa.yaml",
             {"test": copa_rows(rng, TEST_DOCS), "train": copa_rows(rng, 5)},
             {"validation_split": None},
+        ),
+        "demo_mmlu": (
+            packaged / "mmlu/default/_default_template_yaml",
+            {"test": mmlu_rows(rng, TEST_DOCS), "dev": mmlu_rows(rng, 5)},
+            {"description": "The following are multiple choice questions (with answers) about sentences.\n\n"},
         ),
     }
     tasks = root / "tasks"
@@ -92,6 +97,26 @@ def kmmlu_rows(rng: random.Random, n: int) -> list[dict]:
                 "answer": choices.index(right) + 1,  # KMMLU counts answers from 1
                 "Category": "demo",
                 "Human Accuracy": 1.0,
+            }
+        )
+    return rows
+
+
+def mmlu_rows(rng: random.Random, n: int) -> list[dict]:
+    from motif.data.corpus import EN
+
+    rows = []
+    for _ in range(n):
+        subject, obj, place = rng.choice(EN["subject"]), rng.choice(EN["object"]), rng.choice(EN["place"])
+        right = rng.choice(EN["verb"])
+        choices = [right, rng.choice(EN["place"]), rng.choice(EN["subject"]), rng.choice(EN["adj"])]
+        rng.shuffle(choices)
+        rows.append(
+            {
+                "question": f"Which word completes the sentence? {subject.capitalize()} ____ {obj} {place}.",
+                "subject": "sentences",
+                "choices": choices,
+                "answer": choices.index(right),  # MMLU counts answers from 0
             }
         )
     return rows
@@ -169,8 +194,9 @@ def report(out: Path, stage_files: list[Path]) -> list[dict]:
     print()
     print(score_table(summaries))
     print(
-        f"\n{TASKS[0]}: KMMLU's 4-way letter format (chance 0.25; a model this small does not learn the format); "
-        f"{TASKS[1]}: KoBEST COPA's format (chance 0.5). Held-out: bits per byte, lower is better.",
+        "\ndemo_kmmlu, demo_mmlu: KMMLU's and MMLU's 4-way letter format (chance 0.25; a model this small does "
+        "not learn the format); demo_kobest_copa: KoBEST COPA's format (chance 0.5). Held-out: bits per byte, "
+        "lower is better.",
         flush=True,
     )
     return summaries

@@ -28,6 +28,8 @@ def test_tasks_are_well_formed(tmp_path):
             assert Path(file).is_absolute() and Path(file).is_file()
     kmmlu = [json.loads(x) for x in (tmp_path / "data/demo_kmmlu/test.jsonl").read_text().splitlines()]
     assert len(kmmlu) == demo.TEST_DOCS and {r["answer"] for r in kmmlu} == {1, 2, 3, 4}
+    mmlu = [json.loads(x) for x in (tmp_path / "data/demo_mmlu/test.jsonl").read_text().splitlines()]
+    assert {r["answer"] for r in mmlu} == {0, 1, 2, 3} and all(len(r["choices"]) == 4 for r in mmlu)
     copa = [json.loads(x) for x in (tmp_path / "data/demo_kobest_copa/test.jsonl").read_text().splitlines()]
     assert [r["label"] for r in copa].count(0) == demo.TEST_DOCS // 2  # chance is 0.5
     assert demo.write_tasks(tmp_path) == tasks  # idempotent
@@ -55,7 +57,13 @@ def test_report_prints_a_score_table_per_stage(plain_ckpt, masked_ckpts, tokeniz
     assert [s["stage"] for s in summaries] == ["tiny-s0-base", "tiny-s1-depth", "tiny-s2-width"]
     table = printed.split("== evaluation")[1]
     header = next(line for line in table.splitlines() if line.startswith("stage"))
-    for column in ("held-out en bits/byte", "held-out ko bits/byte", "demo_kmmlu acc", "demo_kobest_copa acc"):
+    for column in (
+        "held-out en bits/byte",
+        "held-out ko bits/byte",
+        "demo_kmmlu acc",
+        "demo_kobest_copa acc",
+        "demo_mmlu acc",
+    ):
         assert column in header
     for s in summaries:
         assert any(line.startswith(s["stage"]) for line in table.splitlines())

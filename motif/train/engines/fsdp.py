@@ -96,7 +96,8 @@ class FsdpEngine:
         self.model.train()
         # Parameters are taken before the first forward: FSDP2's root keeps its parameters unsharded
         # between a forward and its backward, and those are not the ones to optimize.
-        self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.sharded = dict(self.model.named_parameters())
+        self.params = {n: p for n, p in self.sharded.items() if p.requires_grad}
         self.optimizer = optim.adamw([{"params": list(self.params.values())}], stage.optim, fused=True)
         with torch.no_grad():
             for name, p in self.params.items():
@@ -113,7 +114,10 @@ class FsdpEngine:
     # ---- stepping --------------------------------------------------------------------------------
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model(tokens)
+        logits = self.model(tokens)
+        if not torch.is_grad_enabled():
+            self.model.reshard()  # the root reshards after its backward; without one, do it now
+        return logits
 
     def accumulate(self, last: bool):
         # Gradients are reduce-scattered after every micro-batch: holding unsharded gradients
@@ -177,10 +181,9 @@ class FsdpEngine:
 
     def full_tensors(self, frozen: WeightSource, carried: MomentSource) -> Iterator[tuple[str, torch.Tensor | None]]:
         main = self.world.is_main
-        params = dict(self.model.named_parameters())
         shapes = self.model.args.tensor_shapes()
         for name in shapes:
-            full = params[name].full_tensor()  # collective: one whole tensor at a time
+            full = self.sharded[name].full_tensor()  # collective: one whole tensor at a time
             yield name, full if main else None
             del full
         for name in shapes:

@@ -21,7 +21,8 @@ tasks, few-shot, local data directory, held-out sets, Pushgateway).
 
 Examples:
   motif eval /ckpt/s3-cpt/final --tasks kmmlu,kobest,mmlu --num-fewshot 5 --tokenizer /models/llama3-70b
-  motif eval out/demo/checkpoints/tiny-s0-base/final --tasks demo_kmmlu --include-path out/demo/eval/tasks --json
+  motif eval out/demo/checkpoints/tiny-s0-base/final --tasks demo_kmmlu,demo_mmlu \\
+      --include-path out/demo/eval/tasks --tokenizer out/demo/data/tokenizer --json
   motif eval --stage jobs/llama3-motif-102b/stage3-cpt.yaml
 
 Writes lm-eval's results JSON (lm-eval-results.json) and summary.json into --out (default
@@ -29,8 +30,14 @@ CHECKPOINT/eval, or motif.eval.out / <motif.output>/eval with --stage). A finish
 same request on the same checkpoint is reused, not recomputed (--force recomputes). With --json,
 stdout is {task: {metric: value}} and the table goes to stderr.
 
-Devices: --device auto uses the GPUs when there are any (the blocks split across as many as the
-model needs, e.g. 8 for 102B in bf16) and the CPU otherwise; --device cuda:0,cuda:1 names them.
+Devices: --device auto uses the GPUs when there are any (one if it holds the model, else the blocks
+split across all visible GPUs: 8 x 25 GiB for 102B in bf16) and the CPU otherwise; --device
+cuda:0,cuda:1 names them.
+
+Offline: with --data-dir (or motif.eval.data_dir) every task reads <DIR>/<task>/<split>.jsonl
+instead of the hub, with lm-eval's own prompts and metrics; `--download-data` writes that layout
+on a machine that reaches the hub (docs/evaluation.md).
+
 Exit status: 0 done (or reused), 2 bad input (nothing written), 1 the Pushgateway refused the push
 (the results on disk are complete; a rerun reuses them and pushes again).
 """
@@ -54,6 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage-name", metavar="NAME", help="stage label of the pushed scores (default: from path)")
     parser.add_argument("--log-samples", action="store_true", help="also write lm-eval's per-sample records")
     parser.add_argument("--force", action="store_true", help="evaluate again even if a finished result exists")
+    parser.add_argument(
+        "--download-data",
+        action="store_true",
+        help="write the tasks' data into --data-dir (or motif.eval.data_dir) and exit; needs hub access",
+    )
 
 
 @dataclass
@@ -91,6 +103,8 @@ class Job:
 def run(args: argparse.Namespace) -> int:
     _check_flags(args)
     job = resolve_job(args)
+    if args.download_data:
+        return download_data(job)
     if job.data_dir is not None:
         # Every task reads its data from the volume: nothing to ask the hub (set before lm-eval
         # and datasets are imported, which read these once).
@@ -105,6 +119,18 @@ def quiet_libraries() -> None:
     """lm-eval, transformers and datasets log every step at INFO; keep their warnings only."""
     for name in ("lm_eval", "transformers", "datasets"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def download_data(job: Job) -> int:
+    """`--download-data`: the tasks' splits to the local layout, on a machine that reaches the hub."""
+    from motif.eval.tasks import download, plan_tasks
+
+    if job.data_dir is None:
+        raise MotifError("--download-data: give --data-dir DIR (or set motif.eval.data_dir)")
+    plan = plan_tasks(job.tasks, job.include_paths)
+    written = download(plan, job.data_dir, progress=sys.stderr.isatty())
+    print(f"motif eval: wrote {len(written)} files for {len(plan.leaves)} tasks into {job.data_dir}")
+    return 0
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -150,7 +176,7 @@ def resolve_job(args: argparse.Namespace) -> Job:
     checkpoint = Path(args.checkpoint).resolve()
     if args.tokenizer:
         tokenizer = Path(args.tokenizer)
-    elif (checkpoint / "tokenizer.json").is_file():
+    elif (checkpoint / "tokenizer.json").is_file() or args.download_data:
         tokenizer = checkpoint
     else:
         raise MotifError(
@@ -296,16 +322,15 @@ def choose_devices(spec: str, dtype_flag: str, ckpt) -> tuple[list[str], str]:
     on_gpu = any(d.type == "cuda" for d in parsed)
     dtype = dtype_flag if dtype_flag != "auto" else ("bf16" if on_gpu else "fp32")
     if names == ["cuda"]:
-        # As few GPUs as hold the model: fewer hand-offs, and the rest stay free.
+        # One GPU when it holds the model; otherwise every visible GPU (more memory left for larger
+        # batches; the blocks run one device after the other either way).
         visible = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         memory = device_memory(visible[0])
-        for k in range(1, len(visible) + 1):
-            try:
-                plan_placement(ckpt.args, visible[:k], to_dtype(dtype), memory, int(memory * HEADROOM_FRACTION))
-                return visible[:k], dtype
-            except PlacementError:
-                continue
-        return visible, dtype  # load_eval_model reports what does not fit
+        try:
+            plan_placement(ckpt.args, visible[:1], to_dtype(dtype), memory, int(memory * HEADROOM_FRACTION))
+            return visible[:1], dtype
+        except PlacementError:
+            return visible, dtype  # load_eval_model reports it if even all of them are too small
     return names, dtype
 
 

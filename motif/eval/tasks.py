@@ -247,6 +247,36 @@ def shadow_config(leaf: Leaf, data_dir: Path, num_fewshot: int | None) -> dict[s
     return config
 
 
+def download(plan: TaskPlan, data_dir: Path, progress: bool = False) -> list[Path]:
+    """Write every split the leaves declare to `<data_dir>/<task>/<split>.jsonl` (needs the hub, or the files).
+
+    The data comes from where the task's YAML says (`dataset_path`, `dataset_name`,
+    `dataset_kwargs`), read with `datasets` exactly as lm-eval would read it.
+    """
+    import datasets
+    from tqdm import tqdm
+
+    written = []
+    for leaf in tqdm(list(plan.leaves.values()), desc="downloading task data", disable=not progress):
+        cfg = leaf.config
+        kwargs = cfg.get("dataset_kwargs") or {}
+        try:
+            ds = datasets.load_dataset(cfg["dataset_path"], cfg.get("dataset_name"), **kwargs)
+        except Exception as e:  # datasets raises many types (hub, network, missing files)
+            where = f"{cfg.get('dataset_path')}" + (f" ({cfg['dataset_name']})" if cfg.get("dataset_name") else "")
+            raise TaskError(f"task {leaf.name}: cannot read {where}: {type(e).__name__}: {e}") from None
+        for split in dict.fromkeys(cfg.get(k) for k in SPLIT_KEYS if cfg.get(k)):
+            if split not in ds:
+                continue
+            path = data_file(data_dir, leaf.name, split)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            ds[split].to_json(str(tmp), force_ascii=False, lines=True)
+            tmp.replace(path)
+            written.append(path)
+    return written
+
+
 def write_shadows(shadows: dict[str, dict[str, Any]], directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name, config in shadows.items():

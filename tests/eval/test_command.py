@@ -176,3 +176,24 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     assert "Traceback" not in err and out == ""
     assert (tree(target), tree(tmp_path / "out")) == before, "nothing is written on bad input"
     assert not (tmp_path / "out").exists() and not (target / "eval").exists()
+
+
+def test_downloaded_data_dir_scores_as_the_source(ckpt, tokenizer_dir, tasks_dir, tmp_path, capsys):
+    """--download-data writes <dir>/<task>/<split>.jsonl from where each task reads; --data-dir reads it back."""
+    volume = tmp_path / "volume"
+    base = [str(ckpt), "--tasks", "tiny_kmmlu,tiny_kobest_copa", "--include-path", str(tasks_dir)]
+    base += ["--tokenizer", str(tokenizer_dir), "--num-fewshot", "1", "--log-samples"]
+    code, out, err = run(capsys, *base, "--data-dir", str(volume), "--download-data")
+    assert code == 0, err
+    assert sorted(str(p.relative_to(volume)) for p in volume.rglob("*.jsonl")) == [
+        "tiny_kmmlu/dev.jsonl",
+        "tiny_kmmlu/test.jsonl",
+        "tiny_kobest_copa/test.jsonl",
+        "tiny_kobest_copa/train.jsonl",
+    ]
+    assert not (ckpt / "eval").exists(), "downloading evaluates nothing"
+    assert run(capsys, *base, "--out", str(tmp_path / "hub"))[0] == 0
+    assert run(capsys, *base, "--out", str(tmp_path / "local"), "--data-dir", str(volume))[0] == 0
+    for task in ("tiny_kmmlu", "tiny_kobest_copa"):
+        hub, local = ((tmp_path / d / f"samples_{task}.jsonl").read_text().splitlines() for d in ("hub", "local"))
+        assert [json.loads(x)["filtered_resps"] for x in hub] == [json.loads(x)["filtered_resps"] for x in local]

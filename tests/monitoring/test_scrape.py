@@ -138,15 +138,12 @@ def scraped(workdir, prometheus_bin):
     assert gateway.proc is None and gateway.dir is None, "the Pushgateway was not stopped"
 
 
-def _trainer_scored_heldout(workdir: Path) -> bool:
-    """Whether the training runs logged held-out scores (motif.eval.heldout, every motif.eval.every_steps)."""
+def _heldout_records(workdir: Path, stage: str) -> list[dict]:
+    """The held-out scores a training run logged (motif.eval.heldout: at the start, every every_steps, at the end)."""
     from motif.metrics.jsonl import read
 
-    return any(
-        names.HELDOUT_BITS_PER_BYTE.name in record
-        for stage in ("scrape-s0", "scrape-s1")
-        for record in read(workdir / "ck" / stage / "metrics.jsonl")
-    )
+    name = names.HELDOUT_BITS_PER_BYTE.name
+    return [r for r in read(workdir / "ck" / stage / "metrics.jsonl") if name in r]
 
 
 def _variables(start: float, end: float) -> dict[str, str]:
@@ -183,7 +180,7 @@ def test_both_runs_were_scraped(scraped):
     assert stages == {"scrape-s0", "scrape-s1"}
 
 
-def test_every_dashboard_query_parses_and_motif_queries_return_data(scraped, workdir):
+def test_every_dashboard_query_parses_and_motif_queries_return_data(scraped):
     prom, start, end = scraped
     values = _variables(start, end)
     empty, checked = [], 0
@@ -201,13 +198,25 @@ def test_every_dashboard_query_parses_and_motif_queries_return_data(scraped, wor
             if not any(x in target["expr"] for x in EXTERNAL) and not result:
                 empty.append(where)
     assert checked == sum(len(dashboard_queries(d)) for d in _dashboards().values()) >= 40
-    if not _trainer_scored_heldout(workdir):
-        # The trainer does not score motif.eval.heldout yet: exactly the held-out panels are empty.
-        # Once it does, they must have data like every other panel.
-        heldout = [w for w in empty if names.HELDOUT_BITS_PER_BYTE.name in w]
-        assert len(heldout) == 2, empty
-        empty = [w for w in empty if w not in heldout]
     assert not empty, "queries without data:\n" + "\n".join(empty)
+
+
+def test_heldout_scores_of_the_runs_are_scraped(scraped, workdir):
+    prom, start, end = scraped
+    window = f"{int(end - start) + 10}s"
+    heldout = names.HELDOUT_BITS_PER_BYTE.name
+    records = {stage: _heldout_records(workdir, stage) for stage in ("scrape-s0", "scrape-s1")}
+    for stage, logged in records.items():
+        assert [r["step"] for r in logged] == [0, 40, 80, STEPS], stage  # start, every 40 steps, end
+        staged = f'{heldout} * on (instance) group_left (stage) motif_stage_info{{stage="{stage}"}}'
+        found = prom.query(f"last_over_time(({staged})[{window}:100ms])", at=end)
+        got = {s["metric"]["language"]: float(s["value"][1]) for s in found}
+        assert got == pytest.approx(logged[-1][heldout], rel=1e-9), stage
+    # Growth with MSG at m = 0 preserves the function: stage 1 starts where stage 0 ended.
+    assert records["scrape-s1"][0][heldout] == pytest.approx(records["scrape-s0"][-1][heldout], rel=1e-5)
+    # The recording rule kept the job's first score: what MotifEnglishForgetting compares with.
+    latch = {s["metric"]["language"]: float(s["value"][1]) for s in prom.query(alerts.START, at=end)}
+    assert latch == pytest.approx(records["scrape-s0"][0][heldout], rel=1e-9)
 
 
 def test_pushed_scores_are_scraped_with_their_stage(scraped, workdir):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 
 HELP = "grow a checkpoint: LlamaPro depth and MSG width growth, streamed tensor by tensor"
 DESCRIPTION = """\
@@ -17,7 +19,15 @@ Examples:
 
 Targets that cannot be reached (shrinking, hidden not a multiple of head_dim, ...) and bad source
 checkpoints are rejected before any weight is read. DST appears only when complete; an existing DST
-is refused unless --overwrite. With --stage, an output already grown by the same request is reused.
+is replaced only with --overwrite, and only if it is a checkpoint directory that does not hold SRC.
+With --stage, an output already grown by the same request from the same input bytes is reused.
+
+Before writing: one grow per DST (a second one fails at once naming the first), enough memory for
+the largest tensor, enough free space for the whole output, and SRC read once in full to check its
+checksums (checksums.json) and that no weight is NaN or inf.
+
+exit status: 0 grown (or reused); 2 bad input, a busy or unwritable DST; 143 stopped by SIGTERM
+(the partial output is removed; run it again).
 """
 
 
@@ -34,12 +44,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-heads", type=int, metavar="G", help="KV heads after growth (MSG)")
     parser.add_argument("--depth-method", choices=("llamapro", "msg"), default="llamapro", help="default: llamapro")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init of new MSG weights (default 0)")
-    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace DST if it is a checkpoint directory (never one holding SRC)"
+    )
     parser.add_argument("--json", action="store_true", help="print the provenance as JSON on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    # SIGTERM (a deleted Job pod) unwinds like an error: the partial output and the lease are removed.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     from motif.errors import MotifError
     from motif.growth import GrowthTargets, grow_checkpoint, grow_stage
 
@@ -72,6 +95,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"grown: {_summary(provenance)}")
     return 0
+
+
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+def _terminated(signum: int, frame: object) -> None:
+    print("motif grow: stopped by SIGTERM (exit 143: run it again)", file=sys.stderr)
+    raise SystemExit(EXIT_TERMINATED)
 
 
 def _targets_given(args: argparse.Namespace) -> bool:

@@ -32,6 +32,7 @@ from motif.growth.tensors import grow_tensor
 from motif.model.args import ModelArgs
 from motif.model.model import Llama, new_head_flags
 from motif.model.safetensors_io import SafetensorsWriter, read_header, read_tensor
+from motif.model.verify import SequentialHash
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -121,10 +122,15 @@ def grow_param_state(plan: GrowthPlan, name: str, state: dict[str, torch.Tensor]
 
 
 def grow_optimizer_file(
-    src: Path, dst: Path, plan: GrowthPlan, checksums: dict[str, str] | None = None
+    src: Path,
+    dst: Path,
+    plan: GrowthPlan,
+    checksums: dict[str, str] | None = None,
+    source_checksums: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Grow `optimizer.safetensors` tensor by tensor; returns a summary for the provenance.
-    `checksums`: gets the written file's checksum, computed while writing (no read back)."""
+    `checksums`: gets the written file's checksum, computed while writing (no read back);
+    `source_checksums`: gets the source file's, computed from the bytes read (no second read)."""
     entries, _ = read_header(src)
     params = {k.split(".", 1)[1] for k in entries if k.startswith("step.")}
     known = set(plan.source.tensor_shapes())
@@ -141,14 +147,21 @@ def grow_optimizer_file(
         specs += [(f"{k}.{name}", torch.float32, tp.shape) for k in MOMENTS] + [(f"step.{name}", torch.float32, ())]
     writer = SafetensorsWriter(dst, specs)
     fd = os.open(src, os.O_RDONLY)
+    hashed = SequentialHash(src, fd)
     fresh = 0
     try:
         for name, tp in grown:
-            state = {k: read_tensor(entries[f"{k}.{tp.source}"], fd) for k in (*MOMENTS, "step")}
+            state = {}
+            for k in (*MOMENTS, "step"):
+                entry = entries[f"{k}.{tp.source}"]
+                state[k] = read_tensor(entry, fd)
+                hashed.feed_tensor(entry.offset, state[k])
             new = grow_param_state(plan, name, state)
             fresh += tp.fresh
             for key in (*MOMENTS, "step"):
                 writer.write(f"{key}.{name}", new[key].float())
+        if source_checksums is not None:
+            source_checksums[src.name] = hashed.finish()
     finally:
         os.close(fd)
     checksum = writer.close()

@@ -41,7 +41,7 @@ def make_provenance(
     depth_method: str,
     seed: int,
     source: str | None = None,
-    fingerprint: str | None = None,
+    fingerprint: str | None = None,  # known once the source has been read (`grow_checkpoint` sets it then)
 ) -> dict[str, Any]:
     return {
         "format": FORMAT,

@@ -49,7 +49,9 @@ from motif.model.checkpoint import (
     write_index,
     write_json,
 )
-from motif.model.safetensors_io import FILE_MODE, SafetensorsWriter, read_header, read_tensor
+from motif.model.safetensors_io import FILE_MODE, SafetensorsWriter, TensorEntry, read_header, read_tensor
+from motif.model.verify import SequentialHash, check_finite, check_record
+from motif.storage import integrity
 from motif.storage.atomic import atomic_dir, check_replaceable
 from motif.storage.lease import Lease, acquire
 from motif.storage.space import check_free_space, check_memory, check_writable
@@ -100,14 +102,20 @@ def _grow(
     lease: Lease,
 ) -> dict[str, Any]:
     src = ckpt.path
-    fingerprint = input_fingerprint(ckpt, progress)
-    provenance = make_provenance(plan, targets, depth_method, seed, str(src.resolve()), fingerprint)
+    record = integrity.read_record(src)  # a malformed record fails here, before anything is written
+    provenance = make_provenance(plan, targets, depth_method, seed, str(src.resolve()))
     shard_bytes = max_shard_bytes or _source_shard_bytes(ckpt)
     out_bytes = sum(_nbytes(dtype, shape) for _, dtype, shape in _output_specs(plan, ckpt))
     with atomic_dir(dst, overwrite, sources=[src], lease=lease) as tmp, _progress_bar(out_bytes, progress, dst) as bar:
-        known = _write_weights(ckpt, plan, tmp, seed, shard_bytes, bar)
+        # The input is verified from the bytes the growth reads (each hashed once, in file order):
+        # a checksum mismatch or a NaN fails the growth before its output is renamed into place.
+        known, source_sums = _write_weights(ckpt, plan, tmp, seed, shard_bytes, bar)
         if (src / OPTIMIZER_NAME).exists():
-            provenance["optimizer"] = grow_optimizer_file(src / OPTIMIZER_NAME, tmp / OPTIMIZER_NAME, plan, known)
+            provenance["optimizer"] = grow_optimizer_file(
+                src / OPTIMIZER_NAME, tmp / OPTIMIZER_NAME, plan, known, source_sums
+            )
+        check_record(src, record, source_sums, others=True, optional=frozenset({OPTIMIZER_NAME}))
+        provenance["source"]["fingerprint"] = source_fingerprint(ckpt, source_sums)
         write_json(tmp / PROVENANCE_NAME, provenance)
         _copy_side_files(src, tmp)
         record_checksums(tmp, known)
@@ -173,36 +181,55 @@ def _source_shard_bytes(ckpt: Checkpoint) -> int:
 
 def _write_weights(
     ckpt: Checkpoint, plan: GrowthPlan, tmp: Path, seed: int, shard_bytes: int, bar: Any
-) -> dict[str, str]:
-    """Write the grown weight files; returns their checksums, computed while writing."""
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Write the grown weight files. Returns their checksums, computed while writing, and the
+    source weight files' checksums, computed from the bytes read (every source tensor is checked
+    for NaN/inf as it passes)."""
     specs = _output_specs(plan, ckpt)
     shards = plan_shards(specs, shard_bytes)
     names = shard_names(plan.args, len(shards))
     known: dict[str, str] = {}
     fds: dict[Path, int] = {}
+    hashes: dict[Path, SequentialHash] = {}
     try:
+        for path in sorted({e.path for e in ckpt.entries.values()}):
+            fds[path] = os.open(path, os.O_RDONLY)
+            hashes[path] = SequentialHash(path, fds[path])
         for shard, file in zip(shards, names, strict=True):
             writer = SafetensorsWriter(tmp / file, shard)
             for name, dtype, _ in shard:
                 tp = plan.tensors[name]
                 entry = ckpt.entries[tp.source]
-                if entry.path not in fds:
-                    fds[entry.path] = os.open(entry.path, os.O_RDONLY)
                 if tp.zero:
                     writer.zeros(name)
                 elif tp.is_copy:
-                    writer.copy(name, fds[entry.path], entry.offset)
+                    writer.copy(name, fds[entry.path], entry.offset, _checked(hashes[entry.path], entry))
                 else:
                     source = read_tensor(entry, fds[entry.path])
+                    hashes[entry.path].feed_tensor(entry.offset, source)
+                    check_finite(source, str(entry.path), entry.name)
                     writer.write(name, grow_tensor(tp, source, name, seed).to(dtype))
                     del source
                 bar.update(_nbytes(dtype, tp.shape))
             known[file] = writer.close()
+        # Tensors no output needs (a tied checkpoint's head, zeroed sources) are read here, once.
+        source_sums = {path.name: h.finish() for path, h in hashes.items()}
     finally:
         for fd in fds.values():
             os.close(fd)
     write_index(tmp, plan.args, shards, names)
-    return known
+    return known, source_sums
+
+
+def _checked(hashed: SequentialHash, entry: TensorEntry):
+    """What a copy does with the source bytes it reads: count them in the source's checksum, and
+    refuse NaN/inf (chunks are whole elements: 16 MB from the tensor's start)."""
+
+    def on_read(offset: int, data: memoryview) -> None:
+        hashed.feed(offset, data)
+        check_finite(torch.frombuffer(data, dtype=entry.dtype), str(entry.path), entry.name)
+
+    return on_read
 
 
 def _copy_side_files(src: Path, tmp: Path) -> None:

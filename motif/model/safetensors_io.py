@@ -20,6 +20,8 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +154,7 @@ class SafetensorsWriter:
         raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned
         self._next = 0
         self._hasher = Hasher()
+        self._reader = _ReadThrough()
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         os.fchmod(self._fd, FILE_MODE)  # the umask must not make it private
         head = struct.pack("<Q", len(raw)) + raw
@@ -177,32 +180,27 @@ class SafetensorsWriter:
             _write_all(self._fd, data)
             self._hasher.update(data)
 
-    def copy(self, name: str, src_fd: int, src_offset: int) -> None:
+    def copy(
+        self, name: str, src_fd: int, src_offset: int, on_read: Callable[[int, memoryview], None] | None = None
+    ) -> None:
         """Copy the tensor's bytes from another file without decoding them (kernel copy where possible;
         server-side on NFS 4.2). The checksum reads the same range of the source (from the page cache
-        when it was just read); the bytes are never decoded."""
+        when it was just read); `on_read(offset, bytes)` sees those bytes too (16 MB chunks)."""
         nbytes, done = self._expect(name), 0
+        consumers = [lambda offset, data: self._hasher.update(data)]
+        if on_read is not None:
+            consumers.append(on_read)
         while done < nbytes:
             chunk = min(nbytes - done, _COPY_CHUNK)
             try:
                 n = os.copy_file_range(src_fd, self._fd, chunk, src_offset + done)
             except OSError:  # cross-device or unsupported filesystem: plain read/write
-                data = os.pread(src_fd, min(chunk, _HASH_CHUNK), src_offset + done)
-                _write_all(self._fd, memoryview(data))
-                n = len(data)
+                done += self._reader.run(src_fd, src_offset + done, chunk, consumers, write_fd=self._fd)
+                continue
             if n == 0:
                 raise CheckpointError(f"{name}: source file ended while copying")
-            self._hash_source(src_fd, src_offset + done, n)
+            self._reader.run(src_fd, src_offset + done, n, consumers)
             done += n
-
-    def _hash_source(self, fd: int, offset: int, nbytes: int) -> None:
-        end = offset + nbytes
-        while offset < end:
-            data = os.pread(fd, min(_HASH_CHUNK, end - offset), offset)
-            if not data:
-                raise CheckpointError(f"{self.path}: source file ended while copying")
-            self._hasher.update(data)
-            offset += len(data)
 
     def zeros(self, name: str) -> None:
         """An all-zero tensor as a hole in the file: it reads as zeros and costs no disk write."""
@@ -220,7 +218,64 @@ class SafetensorsWriter:
         # everything else from the page cache).
         os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(self._fd)
+        self._reader.close()
         return self._hasher.text()
+
+
+class _ReadThrough:
+    """Reads a range of a file in 16 MB chunks and hands every chunk, in order, to each consumer
+    on its own thread while the next chunk is read: xxh3 and torch release the GIL, so reading,
+    hashing and checking overlap on separate cores instead of adding up on one. The buffers and
+    threads live as long as the writer (one per output file)."""
+
+    DEPTH = 3
+
+    def __init__(self) -> None:
+        self._ring: list[bytearray] = []
+        self._workers: list[ThreadPoolExecutor] = []
+
+    def run(
+        self,
+        fd: int,
+        offset: int,
+        nbytes: int,
+        consumers: list[Callable[[int, memoryview], None]],
+        write_fd: int | None = None,
+    ) -> int:
+        """Read [offset, offset + nbytes) of `fd` (writing it to `write_fd` if given); returns the
+        bytes read. A consumer's error is raised here."""
+        if not self._ring:
+            self._ring = [bytearray(_HASH_CHUNK) for _ in range(self.DEPTH)]
+        while len(self._workers) < len(consumers):
+            self._workers.append(ThreadPoolExecutor(1))  # one worker each: chunks reach it in order
+        pending: list[list[Future]] = [[] for _ in self._ring]
+        start, end, i = offset, offset + nbytes, 0
+        try:
+            while offset < end:
+                slot = i % len(self._ring)
+                for future in pending[slot]:  # its buffer is free again
+                    future.result()
+                view = memoryview(self._ring[slot])[: min(_HASH_CHUNK, end - offset)]
+                n = os.preadv(fd, [view], offset)
+                if n == 0:
+                    raise CheckpointError(f"source file ended at byte {offset} while copying")
+                view = view[:n]
+                if write_fd is not None:
+                    _write_all(write_fd, view)
+                pending[slot] = [w.submit(c, offset, view) for w, c in zip(self._workers, consumers, strict=False)]
+                offset, i = offset + n, i + 1
+        except BaseException:
+            wait([f for futures in pending for f in futures])  # no worker may still read a buffer
+            raise
+        for futures in pending:
+            for future in futures:
+                future.result()
+        return offset - start
+
+    def close(self) -> None:
+        for w in self._workers:
+            w.shutdown(wait=True)
+        self._workers, self._ring = [], []
 
 
 def _write_all(fd: int, data: memoryview) -> None:

@@ -45,6 +45,39 @@ def check_finite(tensor: torch.Tensor, where: str, name: str) -> None:
         )
 
 
+class SequentialHash:
+    """The checksum of a file whose bytes are read in any order and amounts: each byte is hashed once,
+    in file order. A read ahead of the hashed prefix hashes the gap first (reading it); a read
+    behind it is already counted. A file read front to back, as a grow reads a motif checkpoint,
+    is thus hashed from the bytes the work reads anyway, at no extra I/O."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self.fd = path, fd
+        self.hasher = integrity.Hasher()
+        self.pos = 0
+
+    def feed(self, offset: int, data: Any) -> None:
+        data = memoryview(data).cast("B")
+        end = offset + len(data)
+        if end <= self.pos:
+            return
+        if offset > self.pos:
+            self.pos = _hash_range(self.fd, self.pos, offset, self.hasher, self.path)
+        self.hasher.update(data[self.pos - offset :])
+        self.pos = end
+
+    def feed_tensor(self, offset: int, tensor: torch.Tensor) -> None:
+        """Feed the bytes of a tensor just read from `offset` (fresh memory, as `read_tensor` gives)."""
+        if tensor.numel():
+            self.feed(offset, tensor.reshape(-1).view(torch.uint8).numpy())
+
+    def finish(self) -> str:
+        size = os.fstat(self.fd).st_size
+        if self.pos < size:
+            self.pos = _hash_range(self.fd, self.pos, size, self.hasher, self.path)
+        return self.hasher.text()
+
+
 def read_file(
     path: Path,
     wanted: set[str] | None,
@@ -105,13 +138,21 @@ def read_weights(
     return sums, tensors
 
 
-def check_record(directory: Path, record: dict[str, Any] | None, computed: dict[str, str], *, others: bool) -> None:
+def check_record(
+    directory: Path,
+    record: dict[str, Any] | None,
+    computed: dict[str, str],
+    *,
+    others: bool,
+    optional: frozenset[str] = frozenset(),
+) -> None:
     """Compare checksums computed while reading with the directory's record.
 
-    Every recorded file must be present with its size. Weight files read (`computed`) must match;
-    a weight file read that the record does not list is refused (written later, by something
-    else). `others`: also read and compare every other recorded file (`motif grow` does; `load`
-    reads only the small ones, see `SMALL_FILE_BYTES`).
+    Every recorded file must be present with its size. Files read (`computed`) must match; a
+    weight file read that the record does not list is refused (written later, by something else);
+    files in `optional` (an optimizer file added after the weights) are compared if listed.
+    `others`: also read and compare every other recorded file (`motif grow` does; `load` reads only
+    the small ones, see `SMALL_FILE_BYTES`).
     """
     if record is None:
         return
@@ -120,6 +161,8 @@ def check_record(directory: Path, record: dict[str, Any] | None, computed: dict[
         raise CheckpointError(problem)
     for name, checksum in computed.items():
         want = record.get(name)
+        if want is None and name in optional:
+            continue
         if want is None:
             raise CheckpointError(f"{directory / name}: not in the checksum record {integrity.RECORD_NAME}")
         problem = integrity.compare(directory / name, want, checksum)

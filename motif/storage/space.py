@@ -12,7 +12,7 @@ Why it is built this way:
 * **A real probe, not `os.access`.** `access(2)` answers for the caller's UID on the client: NFS
   with root squash, read-only bind mounts and ACLs make it say yes where a write fails. A file
   created with O_EXCL and removed at once is what a write does; it leaves nothing behind.
-* **A margin.** Filesystems reserve blocks and account metadata; 1% (at least 16 MB) above the
+* **A margin.** Filesystems reserve blocks and account metadata; 1% (at least 1 MB) above the
   payload keeps "fits exactly" from failing at the last shard.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from motif.errors import WriteError
 
 MARGIN_FRACTION = 0.01
-MARGIN_MIN_BYTES = 16 << 20
+MARGIN_MIN_BYTES = 1 << 20
 
 
 def existing_ancestor(path: str | Path) -> Path:

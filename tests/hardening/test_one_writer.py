@@ -84,6 +84,21 @@ def test_a_killed_grow_is_taken_over_at_once_and_its_leftovers_removed(zygote, s
     assert not (tmp_path / ".grown.lease").exists()
 
 
+@pytest.mark.slow
+def test_a_terminated_grow_removes_its_partial_output_and_its_lease(zygote, source_checkpoint, tmp_path):  # noqa: F811
+    dst = tmp_path / "grown"
+    child = zygote.spawn(["grow", str(source_checkpoint), str(dst), *GROW_TARGETS], tmp_path, tmp_path / "term.log")
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".grown.partial-*")):
+        assert child.poll() is None, child.text()
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    child.kill(signal.SIGTERM)
+    assert child.wait() == 143, child.text()
+    assert "stopped by SIGTERM" in child.text() and "Traceback" not in child.text()
+    assert not dst.exists() and not list(tmp_path.glob(".grown.*")), sorted(p.name for p in tmp_path.iterdir())
+
+
 # ---- the lease itself, across processes ----------------------------------------------------------
 
 CONTENDER = textwrap.dedent(

@@ -97,6 +97,7 @@ def run_stage(stage, options, *, metrics_port: int | None = None, linger_seconds
     from motif.train import dist, growth
     from motif.train.trainer import NonFiniteStop, Preempted, Trainer
 
+    sigterm = _stop_on_sigterm()
     world = dist.init(
         stage.parallel.device, stage.parallel.collective_timeout_s, force_group=stage.parallel.engine != "ddp"
     )
@@ -105,10 +106,10 @@ def run_stage(stage, options, *, metrics_port: int | None = None, linger_seconds
     try:
         growth.ensure_grown(stage, world)
         metrics, exporter = build_metrics(stage, world, metrics_port)
-        trainer = Trainer(stage, options, world, metrics)
-        _stop_on_sigterm(trainer)
+        trainer = sigterm.trainer = Trainer(stage, options, world, metrics)
         trainer.setup()
         trainer.train()
+        trainer.finished = True
         return 0
     except NonFiniteStop as e:
         if world.is_main:
@@ -131,14 +132,29 @@ def run_stage(stage, options, *, metrics_port: int | None = None, linger_seconds
         _linger(exporter, linger_seconds)
 
 
-def _stop_on_sigterm(trainer) -> None:
-    """SIGTERM asks for a stop at the end of the current step (agreed by all ranks, then a checkpoint)."""
+class _Sigterm:
+    """SIGTERM while training: stop at the end of the current step (agreed by all ranks, checkpointed).
 
-    def handler(signum, frame) -> None:
-        trainer.stop_requested = True
-        log.warning("SIGTERM: stopping after this step, with a checkpoint")
+    Before the loop (growing, setting up: nothing trained yet) it exits at once with 143; after the
+    output is written (serving metrics a while longer) with 0, the stage being done.
+    """
 
+    def __init__(self) -> None:
+        self.trainer = None
+
+    def __call__(self, signum, frame) -> None:
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            trainer.stop_requested = True
+            log.warning("SIGTERM: stopping after this step, with a checkpoint")
+            return
+        raise SystemExit(0 if getattr(trainer, "finished", False) else EXIT_PREEMPTED)
+
+
+def _stop_on_sigterm() -> _Sigterm:
+    handler = _Sigterm()
     signal.signal(signal.SIGTERM, handler)
+    return handler
 
 
 def build_metrics(stage, world, port_override: int | None):
@@ -188,7 +204,9 @@ def _linger(exporter, seconds: float) -> None:
     """Keep the exporter serving after the run (so a scraper sees the final values), then stop it."""
     if exporter is None:
         return
-    if seconds > 0:
-        log.info("metrics: serving for %.0fs more at %s", seconds, exporter.url)
-        time.sleep(seconds)
-    exporter.stop()
+    try:
+        if seconds > 0:
+            log.info("metrics: serving for %.0fs more at %s", seconds, exporter.url)
+            time.sleep(seconds)
+    finally:
+        exporter.stop()

@@ -116,7 +116,8 @@ class Trainer:
         self.max_steps = options.max_steps or stage.train.max_steps
         self.ramp_steps = min(stage.growth.ramp_steps, self.max_steps) if stage.growth else 0
         self.state = TrainState()
-        self.stop_requested = False  # set by the command's SIGTERM handler
+        self.stop_requested = False  # set by the command's SIGTERM handler while `training`
+        self.training = False
         self.resumed_from: Path | None = None
         self.growth_loss: tuple[float, float] | None = None
 
@@ -246,6 +247,7 @@ class Trainer:
                 self.data.num_shards,
             )
         self._log_state()
+        self.training = True
         if self.resumed_from is None:
             self._collective(self.score_heldout)  # the stage's start: what forgetting is measured against
         while self.state.step < self.max_steps:
@@ -267,6 +269,7 @@ class Trainer:
             self._log_step(stats, lr, mask, time.perf_counter() - t0)
             if stats.stop_requested:
                 self._collective(self.save_checkpoint)
+                self.training = False
                 raise Preempted(self.state.step)
             if self._heldout_due():
                 self._collective(self.score_heldout)
@@ -276,6 +279,7 @@ class Trainer:
         growth.apply_mask(self.model, self.state.step, self.ramp_steps)
         self._collective(self.score_heldout)
         self._collective(self.save_output)
+        self.training = False
 
     def _collective(self, fn):
         """Run a step that synchronises ranks; a lost peer there ends this rank at once (exit 3)."""

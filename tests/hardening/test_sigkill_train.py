@@ -1,6 +1,7 @@
-"""`motif train` SIGKILLed at 20 seeded random moments (1 and 2 processes), restarted each time with
-`--resume auto`: it always continues, ends bit-identical to an uninterrupted run, and consumes
-exactly the same samples (data position, per-language token counts and per-step losses equal).
+"""`motif train` SIGKILLed at seeded random moments (ddp with 1 and 2 processes, fsdp and deepspeed with
+2), restarted each time with `--resume auto`: it always continues, ends bit-identical to an
+uninterrupted run, and consumes exactly the same samples (data position, per-language token counts
+and per-step losses equal).
 
 Moments: during start-up, between steps, inside a checkpoint write (killed as soon as the
 temporary `.step_*.tmp` directory appears, before its rename) and inside the final output write.
@@ -27,17 +28,18 @@ from motif.train.checkpoint import STEP_DIR, check_complete
 from ..train.conftest import free_port, stage_section, write_stage
 
 PLAN_SEED = 20261126
-KILLS = {1: 12, 2: 8}  # 20 in all
+# (engine, ranks) -> kills: 20 for ddp, the sharded engines' own checkpoint formats get 6 each.
+KILLS = {("ddp", 1): 12, ("ddp", 2): 8, ("fsdp", 2): 6, ("deepspeed", 2): 6}
 MAX_STEPS = {1: 60, 2: 40}
 EVERY = {1: 1, 2: 2}
 
 
-def _section(name: str, world: int, keep_last: int) -> dict:
+def _section(name: str, engine: str, world: int, keep_last: int) -> dict:
     return stage_section(
         name,
         train={"max_steps": MAX_STEPS[world], "micro_batch_size": 2, "grad_accum_steps": 2},
         checkpoint={"every_steps": EVERY[world], "keep_last": keep_last},
-        parallel={"nodes": world, "collective_timeout_s": 30},
+        parallel={"engine": engine, "nodes": world, "collective_timeout_s": 30},
     )
 
 
@@ -120,9 +122,10 @@ def _complete_steps(ck: Path) -> list[Path]:
     return dirs
 
 
-def _kill_plan(world: int) -> list[str]:
-    rng = random.Random(f"{PLAN_SEED}-{world}")
-    kinds = ["write", "write"] + [rng.choice(["startup", "step", "step", "write"]) for _ in range(KILLS[world] - 3)]
+def _kill_plan(engine: str, world: int) -> list[str]:
+    rng = random.Random(f"{PLAN_SEED}-{world}" if engine == "ddp" else f"{PLAN_SEED}-{engine}-{world}")
+    kills = KILLS[engine, world]
+    kinds = ["write", "write"] + [rng.choice(["startup", "step", "step", "write"]) for _ in range(kills - 3)]
     rng.shuffle(kinds)
     return [*kinds, "final"]  # the last one inside the write of the stage's output
 
@@ -140,19 +143,19 @@ def _per_step(records: list[dict]) -> dict[int, tuple]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("world", [1, 2])
-def test_sigkill_at_random_moments_then_resume_is_exact(workdir, zygote, world):
+@pytest.mark.parametrize(("engine", "world"), list(KILLS))
+def test_sigkill_at_random_moments_then_resume_is_exact(workdir, zygote, engine, world):
     rng = random.Random(f"{PLAN_SEED}-{world}-moments")
-    ref_section = _section(f"ref{world}", world, keep_last=1000)
+    ref_section = _section(f"ref{world}", engine, world, keep_last=1000)
     ref = Job(zygote, workdir, write_stage(workdir, ref_section), world, "ref")
     assert ref.wait() == [0] * world, ref.tail()
 
-    section = _section(f"kill{world}", world, keep_last=3)
+    section = _section(f"kill{world}", engine, world, keep_last=3)
     stage = write_stage(workdir, section)
     ck, out = workdir / "ck" / section["name"], workdir / "out" / section["name"]
     jsonl = ck / "metrics.jsonl"
     write_hits = final_hits = 0
-    for attempt, kind in enumerate(_kill_plan(world)):
+    for attempt, kind in enumerate(_kill_plan(engine, world)):
         before = _complete_steps(ck)
         resume_from = before[-1] if before else None
         stale = _tmp_dirs(ck)
@@ -207,8 +210,8 @@ def test_sigkill_at_random_moments_then_resume_is_exact(workdir, zygote, world):
             theirs = json.loads((twin / f"rank_{rank:05d}.json").read_text())["data"]
             assert mine == theirs, f"{path.name} rank {rank}: data position {mine} != {theirs}"
         assert (
-            json.loads((path / "meta.json").read_text())["tokens"]
-            == json.loads((twin / "meta.json").read_text())["tokens"]
+            json.loads((path / "meta.json").read_text())["parts"]["train"]["tokens"]
+            == json.loads((twin / "meta.json").read_text())["parts"]["train"]["tokens"]
         )
     mine, theirs = _per_step(read(jsonl)), _per_step(read(ref_ck / "metrics.jsonl"))
     assert sorted(mine) == sorted(theirs) == list(range(1, MAX_STEPS[world] + 1))

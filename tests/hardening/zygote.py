@@ -30,6 +30,7 @@ CHILD_ENV = {
     "PYTHONUNBUFFERED": "1",
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
+    "DS_ACCELERATOR": "cpu",
 }
 
 

@@ -72,9 +72,17 @@ def sharded_llama(args: ModelArgs, stage: StageConfig, world: World, mesh, weigh
     mp = None
     if stage.train.precision == "bf16":
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    policy = {"mesh": mesh, "mp_policy": mp or MixedPrecisionPolicy()}
+    # As torchtitan: the embedding, each block, and the final norm with the head are their own
+    # groups, so at most one of them is gathered at a time (the root alone would keep embedding and
+    # head whole from the forward to the end of the backward).
+    if not args.tie_word_embeddings:
+        fully_shard(model.model.embed_tokens, **policy)
     for block in model.model.layers:
-        fully_shard(block, mesh=mesh, mp_policy=mp or MixedPrecisionPolicy())
-    fully_shard(model, mesh=mesh, mp_policy=mp or MixedPrecisionPolicy())
+        fully_shard(block, **policy)
+    if not args.tie_word_embeddings:
+        fully_shard([model.model.norm, model.lm_head], **policy)
+    fully_shard(model, **policy)
     model.to_empty(device=world.device)
     model.init_buffers(world.device)
     with torch.no_grad():

@@ -117,10 +117,8 @@ def atomic_dir(
     dst.parent.mkdir(parents=True, exist_ok=True)
     if lease is not None:
         remove_leftovers(dst)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    tmp = _new_partial(dst)
     try:
-        os.chmod(tmp, DIR_MODE)
-        _write_marker(tmp)
         yield tmp
         (tmp / MARKER).unlink(missing_ok=True)  # a nested atomic_dir onto `tmp` replaced it already
         for path in tmp.iterdir():  # durable before it becomes visible
@@ -158,11 +156,22 @@ def _replace(tmp: Path, dst: Path) -> None:
         log.warning("%s: the replaced checkpoint is left at %s (%s)", dst, old, e.strerror or e)
 
 
-def _write_marker(tmp: Path) -> None:
+def _new_partial(dst: Path) -> Path:
+    """A temporary directory that carries our marker from the moment it has its `.partial-` name:
+    made under a `.new-` name, marked, then renamed (a kill in between leaves an empty `.new-`)."""
     from motif.storage.lease import _boot_id, _start_ticks
 
-    marker = {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_ticks(os.getpid()), "boot": _boot_id()}
-    (tmp / MARKER).write_text(json.dumps(marker) + "\n")
+    new = Path(tempfile.mkdtemp(prefix=f".{dst.name}.new-", dir=dst.parent))
+    try:
+        os.chmod(new, DIR_MODE)
+        marker = {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_ticks(os.getpid())}
+        (new / MARKER).write_text(json.dumps({**marker, "boot": _boot_id()}) + "\n")
+        tmp = new.with_name(new.name.replace(".new-", ".partial-", 1))
+        os.rename(new, tmp)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    return tmp
 
 
 def remove_leftovers(dst: Path) -> list[Path]:
@@ -174,6 +183,11 @@ def remove_leftovers(dst: Path) -> list[Path]:
     from motif.storage.lease import _boot_id, _start_ticks
 
     removed = []
+    for path in dst.parent.glob(f".{dst.name}.new-*"):  # a kill before a partial got its name
+        with contextlib.suppress(OSError):
+            if {p.name for p in path.iterdir()} <= {MARKER}:
+                shutil.rmtree(path)
+                removed.append(path)
     for path in dst.parent.glob(f".{dst.name}.partial-*"):
         try:
             marker = json.loads((path / MARKER).read_text())

@@ -14,18 +14,23 @@ from motif.metrics.logger import Value
 
 
 class JsonlBackend:
+    """Opened at the first record: a run refused during set-up (bad data, a busy directory) leaves no file."""
+
     def __init__(self, path: str | Path, static: dict | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", buffering=1, encoding="utf-8")
         self.static = static or {}
+        self._file = None
 
     def log(self, metrics: dict[str, Value], step: int) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", buffering=1, encoding="utf-8")
         record = {"time": round(time.time(), 3), "step": step, **self.static, **metrics}
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def read(path: str | Path) -> list[dict]:

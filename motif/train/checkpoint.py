@@ -15,6 +15,12 @@ Why it is built this way:
   and renames the directory. A kill at any moment leaves the previous checkpoints untouched or a
   stale `.tmp` that the next save removes; `latest()` re-checks the sizes, so a directory damaged
   later (a copy cut short, a truncated file) is skipped with a warning instead of failing a resume.
+- **A checkpoint proves itself.** `meta.json` records every file's size and checksum (each rank
+  hashes its share of the files, so the cost is spread like the write); a resume verifies them the
+  same way, and `--resume auto` falls back to the newest checkpoint that verifies, naming the one it
+  skipped.
+- **A rollback keeps the abandoned branch.** `--resume PATH` renames the checkpoints after PATH to
+  `step_N.abandoned-<time>` (kept, never deleted), so a later `--resume auto` cannot jump back to them.
 - **Nothing is pickled**: tensors are safetensors, the rest JSON, so a checkpoint from shared
   storage cannot run code.
 """
@@ -25,6 +31,7 @@ import json
 import logging
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,7 +40,8 @@ from safetensors import SafetensorError
 
 from motif.errors import CheckpointError, WriteError
 from motif.model.checkpoint import fsync_path
-from motif.train.dist import World, barrier
+from motif.storage import integrity
+from motif.train.dist import World, barrier, first_problem, gather_dicts
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +130,10 @@ class CheckpointManager:
         parts: dict[str, Stateful] | None = None,
         rank_parts: dict[str, Stateful] | None = None,
         tensors: TensorState | None = None,
+        lease=None,
     ):
         self.root = Path(root)
+        self.lease = lease  # the job's lease of `root` (rank 0): checked before a checkpoint appears
         self.keep_last = keep_last
         self.every_steps = every_steps
         self.world = world
@@ -157,10 +167,51 @@ class CheckpointManager:
         return None
 
     def find(self, how: str) -> Path | None:
-        """The checkpoint `--resume` names: auto (newest complete, if any), none, or a directory."""
+        """Collective: the checkpoint `--resume` names, verified: auto (the newest complete one whose
+        files match their checksums; newer ones that do not are skipped with a warning), none, or a
+        directory (which must verify)."""
         if how == "none":
             return None
-        return self.latest() if how == "auto" else Path(how)
+        if how != "auto":
+            path = Path(how)
+            problem = check_complete(path) or self._verify(path)
+            if problem:
+                raise CheckpointError(f"{path}: not a usable training checkpoint: {problem}")
+            return path
+        for path in self.candidates():
+            problem = check_complete(path) or self._verify(path)
+            if problem is None:
+                return path
+            if self.world.is_main:
+                log.warning("skipping checkpoint %s: %s", path, problem)
+        return None
+
+    def _verify(self, path: Path) -> str | None:
+        """Collective: every recorded file against its checksum, each rank reading its share."""
+        recorded = read_meta(path).get("checksums", {})
+        names = sorted(recorded)[self.world.rank :: self.world.world_size]
+        problem = integrity.verify(path, {n: recorded[n] for n in names})
+        return first_problem(self.world, problem)
+
+    def rollback(self, path: Path) -> list[Path]:
+        """Rank 0: rename the checkpoints after `path` aside (kept), so that `--resume auto` never
+        returns to the abandoned branch. Returns their new names."""
+        if not self.world.is_main:
+            return []
+        step = int(STEP_DIR.match(path.name).group(1)) if STEP_DIR.match(path.name) else None
+        if step is None or path.parent.resolve() != self.root.resolve():
+            return []
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        moved = []
+        for later in self.candidates():
+            if int(STEP_DIR.match(later.name).group(1)) > step:
+                aside = later.with_name(f"{later.name}.abandoned-{stamp}")
+                later.rename(aside)
+                moved.append(aside)
+        if moved:
+            fsync_path(self.root)
+            log.warning("rolled back to %s: later checkpoints kept aside as %s", path, ", ".join(p.name for p in moved))
+        return moved
 
     # ---- saving ------------------------------------------------------------------------------
 
@@ -199,13 +250,19 @@ class CheckpointManager:
         except WRITE_ERRORS as e:
             raise self._write_failed(final, tmp, e) from None
         barrier(self.world)
+        sums = gather_dicts(self.world, self._hash_share(tmp))
         if self.world.is_main:
             try:
-                self._finish(step, tmp, final, meta)
+                self._finish(step, tmp, final, {**meta, "checksums": sums})
             except WRITE_ERRORS as e:
                 raise self._write_failed(final, tmp, e) from None
         barrier(self.world)
         return final
+
+    def _hash_share(self, tmp: Path) -> dict:
+        """Size and checksum of this rank's share of the checkpoint's files (every rank has written)."""
+        names = [str(f.relative_to(tmp)) for f in _files(tmp)][self.world.rank :: self.world.world_size]
+        return integrity.checksums(tmp, names)
 
     def _write_failed(self, final: Path, tmp: Path, err: Exception) -> WriteError:
         """A full disk or an I/O error mid-write: drop the partial write, name what is still intact."""
@@ -229,6 +286,8 @@ class CheckpointManager:
         meta_tmp.write_text(json.dumps(record, indent=1))
         fsync_path(meta_tmp)
         meta_tmp.rename(tmp / META)
+        if self.lease is not None:
+            self.lease.check()  # taken over while this job stalled: publish nothing
         if final.exists():  # the same step saved again (a rerun after a crash right after saving)
             _remove(final)
         tmp.rename(final)

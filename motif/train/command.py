@@ -94,19 +94,21 @@ def run(args: argparse.Namespace) -> int:
 
 def run_stage(stage, options, *, metrics_port: int | None = None, linger_seconds: float = 0.0) -> int:
     """Train `stage` on this rank (the process group comes from the environment); the exit status."""
-    from motif.train import dist, growth
+    from motif.train import dist, growth, guards
     from motif.train.trainer import NonFiniteStop, Preempted, Trainer
 
     sigterm = _stop_on_sigterm()
+    guards.preflight(stage)  # every rank: nothing is read or written before the destinations are known good
     world = dist.init(
         stage.parallel.device, stage.parallel.collective_timeout_s, force_group=stage.parallel.engine != "ddp"
     )
-    exporter = None
-    trainer = None
+    exporter = lease = trainer = None
     try:
+        guards.check_same_stage_file(stage, world)
+        lease = guards.job_lease(stage, world)
         growth.ensure_grown(stage, world)
         metrics, exporter = build_metrics(stage, world, metrics_port)
-        trainer = sigterm.trainer = Trainer(stage, options, world, metrics)
+        trainer = sigterm.trainer = Trainer(stage, options, world, metrics, lease=lease)
         trainer.setup()
         trainer.train()
         trainer.finished = True
@@ -128,6 +130,8 @@ def run_stage(stage, options, *, metrics_port: int | None = None, linger_seconds
         if trainer is not None:
             trainer.close()
             trainer.metrics.close()
+        if lease is not None:
+            lease.release()
         dist.close(world)
         _linger(exporter, linger_seconds)
 

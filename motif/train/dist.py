@@ -227,6 +227,25 @@ def is_collective_failure(err: BaseException) -> bool:
     return isinstance(err, dist.DistBackendError) or any(m in text for m in markers)
 
 
+def first_problem(world: World, problem: str | None) -> str | None:
+    """The lowest rank's problem, known to every rank (None if no rank has one): a check made on
+    each rank's own share ends with the same verdict everywhere, and no rank waits alone."""
+    if not world.distributed:
+        return problem
+    problems: list[str | None] = [None] * world.world_size
+    dist.all_gather_object(problems, problem)
+    return next((p for p in problems if p is not None), None)
+
+
+def gather_dicts(world: World, mine: dict) -> dict:
+    """Every rank's dict, merged (their keys are disjoint)."""
+    if not world.distributed:
+        return dict(mine)
+    parts: list[dict] = [{}] * world.world_size
+    dist.all_gather_object(parts, mine)
+    return {k: v for part in parts for k, v in part.items()}
+
+
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()

@@ -27,7 +27,9 @@ def adamw(param_groups: list, cfg: OptimConfig, fused: bool) -> torch.optim.Adam
     # weight_decay=0: `decay_` applies it, scaled by the growth mask (see the module docstring).
     # fused: one kernel per parameter group; elementwise, so still bit-reproducible.
     kind = {"fused": True} if fused else {"foreach": True}
-    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=0.0, **kind)
+    return torch.optim.AdamW(
+        param_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=0.0, **kind
+    )
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

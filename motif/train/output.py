@@ -11,15 +11,26 @@ is abandoned and no output appears, so a non-finite model never becomes the next
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import torch
 
 from motif.errors import MotifError
-from motif.model.checkpoint import DEFAULT_SHARD_BYTES, atomic_dir, plan_shards, shard_names, write_index
+from motif.model.checkpoint import (
+    DEFAULT_SHARD_BYTES,
+    atomic_dir,
+    plan_shards,
+    record_checksums,
+    shard_names,
+    write_index,
+    write_json,
+)
 from motif.model.safetensors_io import SafetensorsWriter
+from motif.storage.space import check_free_space
 from motif.train import dist
 from motif.train.dist import World
+from motif.train.guards import TRAINED_FILE
 from motif.train.start import MOMENTS, OPTIMIZER_FILE, MomentSource, WeightSource
 
 
@@ -33,9 +44,17 @@ def write_output(
     frozen: WeightSource,
     carried: MomentSource,
     world: World,
+    *,
+    record: dict,
+    sources: list[str] = (),
+    lease=None,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> None:
-    """Collective: every rank streams the engine's tensors; rank 0 writes them to `path`."""
+    """Collective: every rank streams the engine's tensors; rank 0 writes them to `path`.
+
+    `record`: written as `trained.json` (which stage, how many steps); `sources`: directories the
+    output must not be or contain; `lease`: the job's lease, checked before the output appears.
+    """
     args = engine.model.args.replace(torch_dtype="float32")
     shapes = args.tensor_shapes()
     trained = set(engine.trainable())
@@ -47,9 +66,14 @@ def write_output(
     for n in with_state:
         state_specs += [(f"{k}.{n}", torch.float32, shapes[n]) for k in MOMENTS] + [(f"step.{n}", torch.float32, ())]
     order = [name for shard in shards for name, _, _ in shard] + [k for k, _, _ in state_specs]
+    if world.is_main:
+        nbytes = sum(math.prod(s) * 4 for _, _, s in weight_specs + state_specs)
+        check_free_space(Path(path).parent, nbytes, f"the output {path}")
 
     problem: str | None = None
-    with atomic_dir(path, overwrite=True) if world.is_main else contextlib.nullcontext() as tmp:
+    known: dict[str, str] = {}
+    writing = atomic_dir(path, overwrite=True, sources=sources, lease=lease) if world.is_main else None
+    with writing or contextlib.nullcontext() as tmp:
         writers: list[tuple[SafetensorsWriter, int]] = []
         if world.is_main:
             writers = [(SafetensorsWriter(tmp / f, shard), len(shard)) for f, shard in zip(files, shards, strict=True)]
@@ -68,13 +92,15 @@ def write_output(
             writer.write(name, tensor.float())
             written += 1
             if written == count:
-                writer.close()
+                known[writer.path.name] = writer.close()
                 current, written = current + 1, 0
         failed = _agree(world, problem)
         if failed:
             raise NonFiniteOutput(f"{path}: not written: {failed}")
         if world.is_main:
             write_index(tmp, args, shards, files)
+            write_json(tmp / TRAINED_FILE, record)
+            record_checksums(tmp, known)
     dist.barrier(world)
 
 

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from motif.config import StageConfig, check_input_shape
 from motif.data.mixture import Batch
 from motif.data.shards import ShardedData
-from motif.errors import GrowthError, MotifError
+from motif.errors import CheckpointError, GrowthError, MotifError
 from motif.eval.heldout import HeldoutSet
 from motif.metrics import names
 from motif.metrics.logger import MetricLogger
-from motif.train import dist, growth
+from motif.train import dist, growth, guards
 from motif.train.checkpoint import CheckpointManager, read_meta
 from motif.train.dist import World
 from motif.train.engines import build_engine
@@ -108,11 +108,12 @@ class StepStats:
 
 
 class Trainer:
-    def __init__(self, stage: StageConfig, options: RunOptions, world: World, metrics: MetricLogger):
+    def __init__(self, stage: StageConfig, options: RunOptions, world: World, metrics: MetricLogger, lease=None):
         self.stage = stage
         self.options = options
         self.world = world
         self.metrics = metrics
+        self.lease = lease  # the job's lease of the checkpoint directory (rank 0), from the command
         self.max_steps = options.max_steps or stage.train.max_steps
         self.ramp_steps = min(stage.growth.ramp_steps, self.max_steps) if stage.growth else 0
         self.state = TrainState()
@@ -126,10 +127,14 @@ class Trainer:
     def setup(self) -> None:
         s = self.stage
         self._seed_everything()
-        checkpoints = CheckpointManager(s.checkpoint.dir, s.checkpoint.keep_last, self.world)
+        self.done = self.options.resume == "auto" and guards.refuse_fewer_steps(s, self.max_steps)
+        if self.done:
+            return
+        checkpoints = CheckpointManager(s.checkpoint.dir, s.checkpoint.keep_last, self.world, lease=self.lease)
         resume = checkpoints.find(self.options.resume)
         num_shards = self._num_shards(resume)
         self.weights, self.moments, frozen = self._start_sources()
+        self._verify_start()
         self.data = self._build_data(num_shards)
         self.heldout = HeldoutSet.from_stage(s, self.tokenizer, rank=self.world.rank, world=self.world.world_size)
         self.languages = sorted(set(self.data.languages))
@@ -147,9 +152,12 @@ class Trainer:
             parts={"train": self.state},
             rank_parts={"data": self.data, "rng": RngState(self.world)},
             tensors=self.engine,
+            lease=self.lease,
         )
         if resume is not None:
             self._resume(resume)
+            if self.options.resume not in ("auto", "none"):
+                self.checkpoints.rollback(resume)
         elif self.moments.path and self.world.is_main:
             log.info("optimizer: Adam moments carried from %s", self.moments.path)
         self.flops_per_token = self.model.args.flops_per_token(s.data.seq_len)
@@ -213,6 +221,22 @@ class Trainer:
             )
         return data
 
+    def _verify_start(self) -> None:
+        """The start checkpoint's files against their checksums and finite, the ranks sharing the reading."""
+        from motif.model.checkpoint import open_checkpoint, verify_checkpoint
+
+        start = self.stage.start_checkpoint
+        if start is None:
+            return
+        problem = None
+        try:
+            verify_checkpoint(open_checkpoint(start), rank=self.world.rank, world=self.world.world_size)
+        except MotifError as e:
+            problem = str(e)
+        problem = dist.first_problem(self.world, problem)
+        if problem is not None:
+            raise CheckpointError(problem)
+
     def _peak_flops(self) -> float:
         from motif.metrics.flops import peak_flops
 
@@ -222,6 +246,8 @@ class Trainer:
         meta = read_meta(path)
         if meta["stage"] != self.stage.name:
             raise MotifError(f"{path}: a checkpoint of stage {meta['stage']!r}, not {self.stage.name!r}")
+        where = self.stage.source_file or self.stage.name
+        guards.compare_settings(meta.get("settings", {}), guards.settings(self.stage, self.world), path, where)
         # The architecture at that step: masks already removed if the ramp was done.
         growth.apply_mask(self.model, int(meta["step"]), self.ramp_steps)
         self.checkpoints.load(path)
@@ -234,6 +260,10 @@ class Trainer:
 
     def train(self) -> None:
         s = self.stage
+        if self.done:
+            if self.world.is_main:
+                log.info("stage %s: %s already holds its %d steps; nothing to do", s.name, s.output, self.max_steps)
+            return
         if self.world.is_main:
             log.info(
                 "stage %s: %s parameters, %d ranks (%s), steps %d -> %d, %d tokens per step, %d data shards",
@@ -255,12 +285,14 @@ class Trainer:
             pending = self.model.args.growth is not None
             mask = growth.apply_mask(self.model, self.state.step, self.ramp_steps)
             if pending and self.model.args.growth is None and self.world.is_main:
-                log.info("growth masks reached 1 at step %d and were removed: the model is a plain Llama", self.state.step)
+                log.info(
+                    "growth masks reached 1 at step %d and were removed: the model is a plain Llama", self.state.step
+                )
             lr = self.schedule(self.state.step)
             batches = [self.data.next_batch(s.train.micro_batch_size) for _ in range(s.train.grad_accum_steps)]
             if self.state.step == 0 and self.resumed_from is None and s.growth is not None:
-                self._collective(lambda: self.check_growth_loss(batches))
-            stats = self._collective(lambda: self.train_step(batches, lr))
+                self._collective(self.check_growth_loss, batches)
+            stats = self._collective(self.train_step, batches, lr)
             self.state.step += 1
             if not stats.finite:
                 self._on_nonfinite(stats)
@@ -281,10 +313,10 @@ class Trainer:
         self._collective(self.save_output)
         self.training = False
 
-    def _collective(self, fn):
+    def _collective(self, fn, *args):
         """Run a step that synchronises ranks; a lost peer there ends this rank at once (exit 3)."""
         try:
-            return fn()
+            return fn(*args)
         except RuntimeError as e:
             if self.world.distributed and dist.is_collective_failure(e):
                 dist.fail_fast(self.world, self.state.step, e)
@@ -448,19 +480,28 @@ class Trainer:
         step = self.state.step
         what = f"step {step}: non-finite loss or gradient (loss {stats.loss}, grad norm {stats.grad_norm})"
         if policy == "skip":
+            limit = self.stage.train.max_skipped_steps
+            if self.state.nonfinite["skip"] > limit:
+                raise NonFiniteStop(
+                    f"{what}; {self.state.nonfinite['skip']} steps skipped, more than motif.train.max_skipped_steps "
+                    f"{limit}: stopping; last good checkpoint: {self.checkpoints.latest() or 'none'}"
+                )
             if self.world.is_main:
-                log.warning("%s: step skipped", what)
+                log.warning("%s: step skipped (%d of at most %d)", what, self.state.nonfinite["skip"], limit)
             return
         last = self.checkpoints.latest()
-        raise NonFiniteStop(
-            f"{what}; nan_policy stop: stopping without saving; last good checkpoint: {last or 'none'}"
-        )
+        raise NonFiniteStop(f"{what}; nan_policy stop: stopping without saving; last good checkpoint: {last or 'none'}")
 
     # ---- checkpoints and output --------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
         t0 = time.perf_counter()
-        extra = {"stage": self.stage.name, "mask": self.model.growth_mask, "data_shards": self.data.num_shards}
+        extra = {
+            "stage": self.stage.name,
+            "mask": self.model.growth_mask,
+            "data_shards": self.data.num_shards,
+            "settings": guards.settings(self.stage, self.world),
+        }
         path = self.checkpoints.save(self.state.step, extra)
         seconds = time.perf_counter() - t0
         self.metrics.log(
@@ -473,7 +514,19 @@ class Trainer:
     def save_output(self) -> None:
         """The stage's output: HF layout (motif layout while masks are below 1) + optimizer state."""
         t0 = time.perf_counter()
-        write_output(self.stage.output, self.engine, self.weights, self.moments, self.world)
+        s = self.stage
+        record = {"stage": s.name, "steps": self.state.step, "tokens": self.state.tokens, "time": time.time()}
+        sources = [p for p in (s.input, s.start_checkpoint) if p]
+        write_output(
+            s.output,
+            self.engine,
+            self.weights,
+            self.moments,
+            self.world,
+            record=record,
+            sources=sources,
+            lease=self.lease,
+        )
         if self.world.is_main:
             log.info("stage %s done: %s written in %.2fs", self.stage.name, self.stage.output, time.perf_counter() - t0)
 

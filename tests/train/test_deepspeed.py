@@ -27,7 +27,11 @@ def test_stage_settings_map_onto_the_deepspeed_config():
     [
         ({"zero_stage": 2}, {}, "motif.parallel.zero_stage: expected 3, got 2"),
         ({}, {"compile": True}, "motif.train.compile: true needs motif.parallel.engine: fsdp or ddp"),
-        ({"replicate": 2, "procs_per_node": 2}, {}, "motif.parallel.replicate: 2 .HSDP. needs motif.parallel.engine: fsdp"),
+        (
+            {"replicate": 2, "procs_per_node": 2},
+            {},
+            "motif.parallel.replicate: 2 .HSDP. needs motif.parallel.engine: fsdp",
+        ),
     ],
 )
 def test_what_deepspeed_cannot_do_is_refused_at_load(parallel, train, message):

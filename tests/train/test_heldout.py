@@ -21,8 +21,11 @@ def _with_heldout(workdir, name, **overrides):
 
 
 def _scores(workdir, name):
-    return {r["step"]: r["motif_heldout_bits_per_byte"] for r in read(workdir / "ck" / name / "metrics.jsonl")
-            if "motif_heldout_bits_per_byte" in r}
+    return {
+        r["step"]: r["motif_heldout_bits_per_byte"]
+        for r in read(workdir / "ck" / name / "metrics.jsonl")
+        if "motif_heldout_bits_per_byte" in r
+    }
 
 
 def test_heldout_bits_per_byte_are_logged_at_start_interval_and_end(workdir, monkeypatch):

@@ -50,7 +50,9 @@ def loss_sums(model, batches, device) -> torch.Tensor:
 class DdpEngine:
     name: ClassVar[str] = "ddp"
 
-    def __init__(self, stage: StageConfig, world: World, weights: WeightSource, moments: MomentSource, frozen: set[str]):
+    def __init__(
+        self, stage: StageConfig, world: World, weights: WeightSource, moments: MomentSource, frozen: set[str]
+    ):
         self.stage, self.world = stage, world
         args = weights.args
         self.model = Llama.from_state_dict(args, {n: weights.full(n) for n in weights.shapes}, world.device)

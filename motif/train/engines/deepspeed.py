@@ -94,7 +94,9 @@ def partitioned_llama(args: ModelArgs, stage: StageConfig, world: World, weights
 class DeepSpeedEngine:
     name: ClassVar[str] = "deepspeed"
 
-    def __init__(self, stage: StageConfig, world: World, weights: WeightSource, moments: MomentSource, frozen: set[str]):
+    def __init__(
+        self, stage: StageConfig, world: World, weights: WeightSource, moments: MomentSource, frozen: set[str]
+    ):
         import deepspeed
 
         self.stage, self.world = stage, world
@@ -310,5 +312,7 @@ def _assemble(saved, key: str, name: str, start: int, stop: int, directory: Path
             out[lo - start : hi - start] = reader.read_flat(f"{key}.{name}", lo - a, hi - a)
             covered += hi - lo
     if covered != stop - start:
-        raise CheckpointError(f"{directory}: {key}.{name}: elements {start}..{stop} are not all in the saved partitions")
+        raise CheckpointError(
+            f"{directory}: {key}.{name}: elements {start}..{stop} are not all in the saved partitions"
+        )
     return out

@@ -17,11 +17,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
-
-import math
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -97,7 +96,9 @@ def sharded_llama(args: ModelArgs, stage: StageConfig, world: World, mesh, weigh
 class FsdpEngine:
     name: ClassVar[str] = "fsdp"
 
-    def __init__(self, stage: StageConfig, world: World, weights: WeightSource, moments: MomentSource, frozen: set[str]):
+    def __init__(
+        self, stage: StageConfig, world: World, weights: WeightSource, moments: MomentSource, frozen: set[str]
+    ):
         self.stage, self.world = stage, world
         self.mesh = device_mesh(stage, world)
         self.model = sharded_llama(weights.args, stage, world, self.mesh, weights, frozen)
@@ -177,7 +178,10 @@ class FsdpEngine:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-        dcp.save(self._state(), storage_writer=HuggingFaceStorageWriter(str(directory / CHECKPOINT_DIR), save_distributed=True))
+        dcp.save(
+            self._state(),
+            storage_writer=HuggingFaceStorageWriter(str(directory / CHECKPOINT_DIR), save_distributed=True),
+        )
 
     def load(self, directory: Path) -> None:
         import torch.distributed.checkpoint as dcp

@@ -43,6 +43,9 @@ Exit status: 0 done (or reused), 2 bad input (nothing written), 1 the Pushgatewa
 """
 
 
+HELDOUT_LOGITS_BYTES = 10 * 2**30  # what one held-out batch's logits may take on the last device
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="checkpoint directory")
     parser.add_argument("--stage", metavar="STAGE_FILE", help="evaluate the stage's motif.output as motif.eval says")
@@ -227,12 +230,23 @@ def evaluate(job: Job, args: argparse.Namespace) -> int:
 
 
 def summarize(job: Job, args: argparse.Namespace) -> dict:
-    """Check the whole request, then reuse a finished result or evaluate; returns summary.json's content."""
+    """Reuse a finished result for the same request, or check the whole request and evaluate.
+
+    Returns summary.json's content. The reuse check comes first: it reads only the checkpoint's
+    headers, so the rerun of a finished eval Job skips lm-eval's task index and the held-out reads.
+    """
     from motif.eval import results
     from motif.model.checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(job.checkpoint)
     check_tokenizer(job.tokenizer, ckpt.args.vocab_size, job.checkpoint)
+    devices, dtype = choose_devices(args.device, args.dtype, ckpt)
+    request = job.request(dtype)
+    ckpt_id = results.checkpoint_id(job.checkpoint)
+    summary = None if args.force else results.reusable(job.out, request, ckpt_id)
+    if summary is not None:
+        print(f"motif eval: reusing the finished result in {job.out} ({summary['finished']})", file=sys.stderr)
+        return summary
     plan = None
     if job.tasks:
         from motif.eval.tasks import plan_tasks
@@ -242,14 +256,11 @@ def summarize(job: Job, args: argparse.Namespace) -> dict:
     if job.heldout:
         from motif.eval.heldout import HeldoutSet
 
-        heldout = HeldoutSet.from_sources(job.heldout, job.tokenizer, job.heldout_seq_len, args.batch_size)
-    devices, dtype = choose_devices(args.device, args.dtype, ckpt)
-    request = job.request(dtype)
-    ckpt_id = results.checkpoint_id(job.checkpoint)
-    summary = None if args.force else results.reusable(job.out, request, ckpt_id)
-    if summary is not None:
-        print(f"motif eval: reusing the finished result in {job.out} ({summary['finished']})", file=sys.stderr)
-        return summary
+        # Held-out windows are full seq_len long: bound the batch by the logits it makes ([B, T, V] fp32,
+        # twice with the log-softmax), 1 sequence of 8192 tokens for Llama 3's vocabulary.
+        per_sequence = 2 * job.heldout_seq_len * ckpt.args.vocab_size * 4
+        batch = max(1, min(args.batch_size, HELDOUT_LOGITS_BYTES // per_sequence))
+        heldout = HeldoutSet.from_sources(job.heldout, job.tokenizer, job.heldout_seq_len, batch)
     return _run_and_write(job, args, plan, heldout, devices, dtype, request, ckpt_id)
 
 

@@ -27,7 +27,6 @@ from motif.errors import MotifError
 from motif.model.args import ModelArgs
 
 EMBED = "model.embed_tokens"
-HEAD = "model.norm+lm_head"
 
 
 class PlacementError(MotifError):

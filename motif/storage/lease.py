@@ -158,18 +158,22 @@ def acquire(
     heartbeat_s: float = HEARTBEAT_S,
     stale_s: float = STALE_S,
     wait_s: float = 0.0,
+    wait_s_same_host: float = 0.0,
 ) -> Lease:
     """Take the exclusive lease of `directory` for `what` (e.g. "motif grow"), or raise LeaseError.
 
-    `wait_s` > 0 waits that long for a live holder to finish or go stale before giving up (a
-    restarted job whose predecessor died on another node); the default fails at once.
+    `wait_s` > 0 waits that long for a live holder to finish or go stale before giving up; the
+    default fails at once. `wait_s_same_host`: how long to wait for a holder with this host's name
+    on another boot: a pod recreated on another node keeps its name, so such a holder is most
+    likely this pod's own previous incarnation, whose heartbeat only stops when it goes stale.
     """
     directory = Path(os.path.abspath(directory))
     path = lease_path(directory)
     if str(path) in _HELD:
         raise LeaseError(f"{directory}: this process already holds its lease (a second writer in one process)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_s
+    started = time.monotonic()
+    deadline = started + wait_s
     while True:
         holder = _new_holder(what, stale_s)
         fd = _create(path, holder)
@@ -184,8 +188,11 @@ def acquire(
             if _take_over(path, current):
                 log.warning("%s: took over a stale lease: %s", directory, problem)
             continue
-        if time.monotonic() < deadline:
-            time.sleep(min(heartbeat_s, max(0.1, deadline - time.monotonic())))
+        until = deadline
+        if isinstance(current, Holder) and current.host == socket.gethostname() and current.boot != _boot_id():
+            until = max(deadline, started + wait_s_same_host)
+        if time.monotonic() < until:
+            time.sleep(min(heartbeat_s, max(0.1, until - time.monotonic())))
             continue
         raise LeaseError(_busy_message(directory, path, current))
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -32,26 +34,110 @@ GROW_WAIT = datetime.timedelta(hours=6)
 
 
 def ensure_grown(stage: StageConfig, world: World) -> None:
-    """Make sure `stage.growth.output` exists; rank 0 grows it, the others wait for its word."""
+    """Make sure `stage.growth.output` exists; rank 0 grows it, the others wait for its word.
+
+    While it grows, rank 0 beats a counter in the rendezvous store every second; a waiting rank
+    that sees the counter stand still for `ALIVE_S` (or the store gone) knows rank 0 was lost and
+    exits 3 at once, as for any lost rank, instead of waiting hours for a word that never comes.
+    """
     if stage.growth is None:
         return
     if world.is_main:
         from motif.growth import grow_stage
 
+        beating = _beat_while_growing(world)
         try:
             grow_stage(stage, overwrite=False, progress=True)
         except BaseException as e:
             if world.distributed:
                 dist.store().set(GROW_KEY, f"error: {e}")
             raise
+        finally:
+            beating.set()
         if world.distributed:
             dist.store().set(GROW_KEY, "ok")
         return
-    store = dist.store()
-    store.wait([GROW_KEY], GROW_WAIT)
-    answer = store.get(GROW_KEY).decode()
+    answer = _wait_for_rank0(stage, world)
     if answer != "ok":
         raise GrowthError(f"rank 0 could not grow {stage.growth.output}: {answer.removeprefix('error: ')}")
+
+
+ALIVE_KEY = "motif/grow/alive"
+ALIVE_S = 30.0  # rank 0's beat standing still this long: it is gone (a growth step never blocks that long)
+
+
+def _beat_while_growing(world: World) -> threading.Event:
+    stop = threading.Event()
+    if not world.distributed:
+        return stop
+    store = dist.store()
+
+    def beat() -> None:
+        n = 0
+        while not stop.wait(1.0):
+            n += 1
+            try:
+                store.set(ALIVE_KEY, str(n))
+            except Exception:  # the store is gone: the waiting ranks see that themselves
+                return
+
+    threading.Thread(target=beat, daemon=True, name="motif-grow-heartbeat").start()
+    return stop
+
+
+def _wait_for_rank0(stage: StageConfig, world: World) -> str:
+    """Rank 0's word on the growth. The store is polled from a thread: when rank 0 hosts the store
+    (a PyTorchJob without torchrun) and hangs, a store call can block for good."""
+    store = dist.store()
+    now = time.monotonic()
+    seen = {"answer": None, "error": None, "beat": None, "beat_at": now, "contact_at": now}
+
+    def poll() -> None:
+        try:
+            while not store.check([GROW_KEY]):
+                beat = store.get(ALIVE_KEY).decode() if store.check([ALIVE_KEY]) else None
+                if beat != seen["beat"]:
+                    seen["beat"], seen["beat_at"] = beat, time.monotonic()
+                seen["contact_at"] = time.monotonic()
+                time.sleep(0.5)
+            seen["answer"] = store.get(GROW_KEY).decode()
+        except Exception as e:  # the store's host is gone
+            seen["error"] = e
+
+    thread = threading.Thread(target=poll, daemon=True, name="motif-grow-wait")
+    thread.start()
+    deadline = now + GROW_WAIT.total_seconds()
+    while time.monotonic() < deadline:
+        thread.join(0.5)
+        if seen["answer"] is not None:
+            return seen["answer"]
+        if seen["error"] is not None:
+            _lost_rank0(stage, world, f"the rendezvous store no longer answers: {_one_line(seen['error'])}")
+        if time.monotonic() - seen["contact_at"] > ALIVE_S:
+            _lost_rank0(stage, world, f"the rendezvous store did not answer for {ALIVE_S:.0f}s")
+        if time.monotonic() - seen["beat_at"] > ALIVE_S:
+            _lost_rank0(stage, world, f"its heartbeat stood still for {ALIVE_S:.0f}s")
+    raise GrowthError(f"rank 0 did not finish growing {stage.growth.output} within {GROW_WAIT}")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200]
+
+
+def _lost_rank0(stage: StageConfig, world: World, why: str) -> None:
+    import logging as _logging
+    import os
+    import sys
+
+    print(
+        f"motif train: rank {world.rank}/{world.world_size}: lost rank 0 while it grew {stage.growth.output} "
+        f"({why}); exiting with status {dist.EXIT_LOST_RANK} so the job restarts (the growth resumes from scratch, "
+        "its partial output is never used)",
+        file=sys.stderr,
+        flush=True,
+    )
+    _logging.shutdown()
+    os._exit(dist.EXIT_LOST_RANK)
 
 
 def new_block_indices(checkpoint: str | Path) -> list[int]:

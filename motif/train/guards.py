@@ -101,12 +101,14 @@ def job_lease(stage: StageConfig, world: World):
     One lease per job: rank 0 takes it and every rank learns whether it did, so a second job of the
     same stage fails on all its ranks with one line naming the holder.
     """
-    from motif.storage.lease import LeaseError, acquire
+    from motif.storage.lease import STALE_S, LeaseError, acquire
 
     lease, problem = None, None
     if world.is_main:
         try:
-            lease = acquire(stage.checkpoint.dir, f"motif train {stage.name}")
+            # Another job fails at once; this pod's own predecessor (recreated on another node, same
+            # name) is waited for until its heartbeat goes stale.
+            lease = acquire(stage.checkpoint.dir, f"motif train {stage.name}", wait_s_same_host=STALE_S + 15)
         except LeaseError as e:
             problem = str(e)
     problem = dist.first_problem(world, problem)

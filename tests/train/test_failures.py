@@ -24,11 +24,18 @@ def _wait_for_step(jsonl, step, proc, timeout=120):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("how", "victim"),
-    [(signal.SIGKILL, 1), (signal.SIGKILL, 0), (signal.SIGSTOP, 1)],
-    ids=["killed-rank1", "killed-rank0-store-host", "hung-rank1"],
+    ("engine", "how", "victim"),
+    [
+        ("ddp", signal.SIGKILL, 1),
+        ("ddp", signal.SIGKILL, 0),
+        ("ddp", signal.SIGSTOP, 1),
+        ("fsdp", signal.SIGKILL, 1),
+        ("fsdp", signal.SIGSTOP, 1),
+        ("deepspeed", signal.SIGKILL, 0),
+    ],
+    ids=["killed-rank1", "killed-rank0-store-host", "hung-rank1", "fsdp-killed-rank1", "fsdp-hung-rank1", "ds-rank0"],
 )
-def test_a_lost_rank_makes_the_survivor_exit_nonzero_promptly(workdir, how, victim):
+def test_a_lost_rank_makes_the_survivor_exit_nonzero_promptly(workdir, engine, how, victim):
     """Two ranks as two PyTorchJob pods (one process each); one is SIGKILLed (its sockets close) or
     SIGSTOPped (a hung node: only the collective timeout can tell) in the middle of training."""
     timeout_s = 15
@@ -36,7 +43,7 @@ def test_a_lost_rank_makes_the_survivor_exit_nonzero_promptly(workdir, how, vict
         "lost",
         train={"max_steps": 100000},
         checkpoint={"every_steps": 100000},
-        parallel={"nodes": 2, "collective_timeout_s": timeout_s},
+        parallel={"engine": engine, "nodes": 2, "collective_timeout_s": timeout_s},
     )
     stage = write_stage(workdir, section)
     port = str(free_port())

@@ -37,7 +37,9 @@ def _section(name: str, nproc: int) -> dict:
 
 def _tensors(directory: Path) -> dict[str, torch.Tensor]:
     return {
-        f"{f}:{k}": v for f in ("model.safetensors", "optimizer.safetensors") for k, v in load_file(str(directory / f)).items()
+        f"{f}:{k}": v
+        for f in ("model.safetensors", "optimizer.safetensors")
+        for k, v in load_file(str(directory / f)).items()
     }
 
 

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from motif.config import load_stage
     from motif.errors import MotifError
     from motif.eval import demo as eval_demo
+    from motif.mix import demo as mix_demo
 
     out = Path(args.out).resolve()
     stage_files = sorted(Path(args.stages).glob("*.yaml"))
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nloss plot: {plot}")
     check_transformers(out / stages[-1][1].output, out / stages[0][1].data.tokenizer)
     eval_demo.report(out, [path for path, _ in stages])  # motif eval --stage per stage: the score table
+    mix_demo.run_sweep_demo(out, stages[-1][0], args.max_steps, args.keep)  # 3 proxies: a fitted Korean share
     print(f"\ndemo done in {time.perf_counter() - t0:.0f}s; final checkpoint: {out / stages[-1][1].output}")
     return 0
 

@@ -49,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--steps", type=int, metavar="N", help="optimizer steps per proxy (default: 10%% of the stage's)")
     s.add_argument("--out", metavar="DIR", help="sweep directory (default mix/<stage name>); proxies write under it")
     s.add_argument("--start", metavar="CHECKPOINT", help="train the proxies from this smaller model of the same family")
+    s.add_argument(
+        "--points",
+        type=int,
+        default=4,
+        metavar="N",
+        help="held-out scoring points per proxy, the last at its end (default 4; the fit uses each)",
+    )
     s.add_argument("--seed", type=int, default=0, help="seed of the Dirichlet sampler (default 0)")
     where = s.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true", help="run the proxies here as parallel processes (default)")
@@ -165,6 +172,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise MotifError(f"--steps: expected > 0, got {args.steps}")
     if args.nproc <= 0 or (args.jobs is not None and args.jobs <= 0):
         raise MotifError("--jobs / --nproc: expected > 0")
+    if args.points <= 0:
+        raise MotifError(f"--points: expected > 0, got {args.points}")
     stage_path = Path(args.stage_file)
     stage = load_stage(stage_path)
     doc = sw.load_document(stage_path)
@@ -227,6 +236,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             nproc=args.nproc,
             start=args.start,
             queue=queue,
+            points=args.points,
         )
         sw.validate_proxy(d, f"{out}/{p.file}")
         docs[p.name] = d

@@ -44,7 +44,11 @@ def run_sweep_demo(out: Path, stage_file: Path, max_steps: int | None = None, ke
     motif = [sys.executable, "-m", "motif", "mix"]
     print(f"\n== data mix: 3 proxies of {stage_file.name} at Korean shares {SHARES}, {steps} steps each, in parallel")
     t = time.perf_counter()
-    sweep = [*motif, "sweep", str(stage), "--ko", SHARES, "--steps", str(steps), "--out", str(sweep_dir), "--local"]
+    # Two held-out points per proxy (its middle and end; one in a --max-steps run) besides its start:
+    # scoring is most of a tiny proxy's time, and three proxies share two cores.
+    points = "1" if max_steps else "2"
+    sweep = [*motif, "sweep", str(stage), "--ko", SHARES, "--steps", str(steps), "--points", points, "--local"]
+    sweep += ["--out", str(sweep_dir)]
     r = subprocess.run([*sweep, "--quiet"], cwd=out, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise MotifError(f"motif mix sweep failed: {_last_line(r)} (proxy logs in {sweep_dir})")

@@ -46,11 +46,12 @@ class MixingLaw:
 
     def describe(self, names: list[str] | None = None) -> str:
         """The law as text; `names` label the shares (the last one's exponent is 0)."""
+        sign = "+" if self.k >= 0 else "-"
         if len(self.t) == 1 and names is None:
-            return f"{self.c:.4f} + {self.k:.4f} * exp({self.t[0]:+.3f} * x)"
+            return f"{self.c:.4f} {sign} {abs(self.k):.4f} * exp({self.t[0]:+.3f} * x)"
         names = names or [f"r{j + 1}" for j in range(len(self.t) + 1)]
         terms = " ".join(f"{t:+.3f} * {name}" for t, name in zip(self.t, names, strict=False))
-        return f"{self.c:.4f} + {self.k:.4f} * exp({terms})"
+        return f"{self.c:.4f} {sign} {abs(self.k):.4f} * exp({terms})"
 
 
 def n_params(n_shares: int) -> int:

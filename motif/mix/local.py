@@ -4,8 +4,9 @@ Each proxy is `python -m motif train <proxy>.yaml` (torchrun with --nproc > 1), 
 working directory the stage's relative paths resolve against, its output in `<sweep>/<proxy>.log`.
 At most `jobs` run at once, each with its share of the CPU threads, and each on a free metrics
 port. A stage that grows is grown once first (`motif grow --stage`): the proxies then all read the
-same grown checkpoint. A proxy that finished in an earlier run is kept; one that did not resumes
-from its last checkpoint.
+same grown checkpoint, each checking it under the growth's exclusive lease, so they start one
+after another (the next once the previous has logged a first record). A proxy that finished in an
+earlier run is kept; one that did not resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -68,6 +69,18 @@ def grow_once(sweep_dir: Path, sweep: Sweep, workdir: Path, quiet: bool) -> None
         print(f"   {r.stdout.strip().splitlines()[-1] if r.stdout.strip() else 'grown'}", flush=True)
 
 
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _starting(sweep_dir: Path, running: dict, sizes: dict[str, int]) -> bool:
+    """A proxy that has not logged since its launch: it may still be checking the shared grown
+    checkpoint, which `motif grow` does under an exclusive lease that a second one would fail on."""
+    return any(
+        proc.poll() is None and _size(metrics_path(sweep_dir, p)) <= sizes[p.name] for p, proc, _ in running.values()
+    )
+
+
 def _last_step(path: Path) -> int:
     if not path.is_file():
         return 0
@@ -94,10 +107,12 @@ def run(sweep_dir: Path, sweep: Sweep, workdir: Path, *, jobs: int, nproc: int, 
     waiting, running = list(todo), {}
     bar = tqdm(total=sweep.steps * len(todo), unit="step", desc="proxies", disable=quiet, dynamic_ncols=True)
     done_steps = {p.name: 0 for p in todo}
+    sizes: dict[str, int] = {}  # metrics file size of each proxy at its launch
     try:
         while waiting or running:
-            while waiting and len(running) < jobs:
+            while waiting and len(running) < jobs and not (grows and _starting(sweep_dir, running, sizes)):
                 p = waiting.pop(0)
+                sizes[p.name] = _size(metrics_path(sweep_dir, p))
                 log = (sweep_dir / p.log).open("a")
                 proc = subprocess.Popen(
                     command((sweep_dir / p.file).resolve(), nproc),

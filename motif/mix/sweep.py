@@ -28,7 +28,7 @@ from motif.mix import mixtures
 
 FORMAT = "motif-mix-sweep/1"
 MANIFEST = "sweep.json"
-# Held-out scoring points per proxy run (plus the one at its end).
+# Held-out scoring points per proxy run, the last at its end (the trainer also scores its start).
 EVAL_POINTS = 4
 # Default proxy length: this share of the stage's steps (5 proxies then cost half the stage).
 DEFAULT_STEPS_SHARE = 0.1
@@ -188,6 +188,7 @@ def proxy_document(
     nproc: int,
     start: str | None,
     queue: str | None,
+    points: int = EVAL_POINTS,
 ) -> dict[str, Any]:
     """The proxy's stage file (Helm values and trainer config), from the stage file's document.
 
@@ -223,7 +224,7 @@ def proxy_document(
     if (m.get("metrics") or {}).get("jsonl"):
         m["metrics"].pop("jsonl")  # the default, <checkpoint.dir>/metrics.jsonl, is where fit reads
     ev = m["eval"]
-    ev["every_steps"] = max(1, steps // EVAL_POINTS)
+    ev["every_steps"] = max(1, steps // points)
     if ev.get("out"):
         ev["out"] = f"{home}/eval"
     if runner == "local":

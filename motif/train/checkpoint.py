@@ -100,11 +100,19 @@ def check_complete(path: Path) -> str | None:
     return None
 
 
+# Keys every meta.json has, and their types: a checkpoint missing one is refused in one line.
+META_KEYS = {"step": int, "world_size": int, "stage": str, "parts": dict}
+
+
 def read_meta(path: Path) -> dict:
     problem = check_complete(path)
     if problem:
         raise CheckpointError(f"{path}: not a complete training checkpoint: {problem}")
-    return json.loads((path / META).read_text())
+    meta = json.loads((path / META).read_text())
+    for key, kind in META_KEYS.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise CheckpointError(f"{path / META}: {key}: expected a {kind.__name__}, got {meta.get(key)!r}")
+    return meta
 
 
 def union(states: list[dict]) -> dict:
@@ -281,7 +289,7 @@ class CheckpointManager:
             files[str(f.relative_to(tmp))] = f.stat().st_size
         for d in sorted({f.parent for f in _files(tmp)}, reverse=True):
             fsync_path(d)
-        record = {"format": FORMAT, "step": step, **meta, "files": files}
+        record = {"format": FORMAT, "step": step, "world_size": self.world.world_size, **meta, "files": files}
         meta_tmp = tmp / (META + ".tmp")
         meta_tmp.write_text(json.dumps(record, indent=1))
         fsync_path(meta_tmp)

@@ -127,7 +127,8 @@ class Trainer:
     def setup(self) -> None:
         s = self.stage
         self._seed_everything()
-        self.done = self.options.resume == "auto" and guards.refuse_fewer_steps(s, self.max_steps)
+        finished = guards.refuse_fewer_steps(s, self.max_steps)  # never replaced by fewer steps
+        self.done = finished and self.options.resume == "auto"  # a rerun of a finished stage: nothing to do
         if self.done:
             return
         checkpoints = CheckpointManager(s.checkpoint.dir, s.checkpoint.keep_last, self.world, lease=self.lease)
@@ -178,7 +179,8 @@ class Trainer:
         if self.stage.data.shards is not None:
             return self.stage.data.shards
         if resume is not None:
-            return int(read_meta(resume)["data_shards"])
+            meta = read_meta(resume)
+            return int(meta.get("data_shards") or meta["world_size"])
         return self.world.world_size
 
     def _start_sources(self) -> tuple[WeightSource, MomentSource, set[str]]:

@@ -462,3 +462,86 @@ def test_bad_helm_values_are_rejected_at_render(change, fragments):
 
 def test_the_helm_base_renders():
     assert r.render(copy.deepcopy(HELM_BASE), "motif-bad")
+
+
+# ---- the same refusals on the sharded engines --------------------------------------------------
+
+
+def _train_from(src: str, engine: str, change: Callable[[Path], None] | None = None, **overrides) -> Setup:
+    """`motif train` of a stage starting from the checkpoint `src/` (changed first), on `engine`."""
+
+    def setup(d: Path) -> list[str]:
+        if change is not None:
+            change(d / src)
+        section = stage_section("bad", input=src, parallel={"engine": engine}, **overrides)
+        return ["train", _stage(d, section), "--metrics-port", "0"]
+
+    return setup
+
+
+def _moments_of_another_shape(ck: Path) -> None:
+    import torch
+
+    from motif.train.slices import write_tensors
+
+    write_tensors(
+        ck / "optimizer.safetensors",
+        {
+            "exp_avg.model.norm.weight": torch.zeros(3),
+            "exp_avg_sq.model.norm.weight": torch.zeros(3),
+            "step.model.norm.weight": torch.zeros(()),
+        },
+    )
+
+
+def _resume_other_engine(engine: str) -> Setup:
+    """A checkpoint written by ddp, resumed by `engine`."""
+
+    def setup(d: Path) -> list[str]:
+        from motif.train.checkpoint import FORMAT
+
+        ck = d / "ck/bad/step_00000004"
+        ck.mkdir(parents=True)
+        (ck / "rank_00000.json").write_text("{}")
+        meta = {"format": FORMAT, "step": 4, "world_size": 1, "engine": "ddp", "stage": "bad", "parts": {}}
+        (ck / "meta.json").write_text(json.dumps({**meta, "files": {"rank_00000.json": 2}}))
+        section = stage_section("bad", parallel={"engine": engine})
+        return ["train", _stage(d, section), "--metrics-port", "0", "--resume", "ck/bad/step_00000004"]
+
+    return setup
+
+
+SHARDED_CASES = {
+    "data-missing-files": lambda e: data_source(path="data/fr.jsonl"),
+    "ckpt-missing-shard": lambda e: _train_from("sharded", e, lambda ck: _shard(ck, 1).unlink(), model=None),
+    "ckpt-moments-of-another-shape": lambda e: _train_from("single", e, _moments_of_another_shape, model=None),
+    "resume-other-engine": _resume_other_engine,
+}
+SHARDED_FRAGMENTS = {
+    "data-missing-files": ("data/fr.jsonl", "no data files"),
+    "ckpt-missing-shard": ("model-00002-of-", "missing shard"),
+    "ckpt-moments-of-another-shape": ("exp_avg.model.norm.weight", "has shape [3]", "[64]"),
+    "resume-other-engine": ("written by engine ddp, this run uses",),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["fsdp", "deepspeed"])
+@pytest.mark.parametrize("case", list(SHARDED_CASES))
+def test_bad_input_on_the_sharded_engines(case_dir, zygote, engine, case):
+    """Refusals that happen in the engines' own set-up (reading shards, moments, checkpoints)."""
+    setup = SHARDED_CASES[case](engine)
+    if case == "data-missing-files":
+        base = setup
+
+        def setup(d, base=base):
+            argv = base(d)
+            section = yaml.safe_load((d / argv[1]).read_text())["motif"]
+            section["parallel"] = {**section["parallel"], "engine": engine}
+            return ["train", _stage(d, section), "--metrics-port", "0"]
+
+    argv = setup(case_dir)
+    before = _snapshot(case_dir)
+    child = zygote.spawn(argv, case_dir, case_dir.parent / f"{case}-{engine}.log")
+    check_error(child.wait(timeout=180), child.text(), "train", SHARDED_FRAGMENTS[case])
+    assert _snapshot(case_dir) == before

@@ -15,7 +15,7 @@ WORLD = World(0, 1, 0, torch.device("cpu"), None)
 
 
 def _save(manager: CheckpointManager, step: int, payload: bytes = b"weights") -> None:
-    manager.publish(step, lambda d: (d / "model.safetensors").write_bytes(payload), {"stage": "s"})
+    manager.publish(step, lambda d: (d / "model.safetensors").write_bytes(payload), {"stage": "s", "parts": {}})
 
 
 def test_keep_last_and_latest(tmp_path):
@@ -111,7 +111,7 @@ def test_per_rank_state_written_by_two_ranks_is_read_by_one(tmp_path):
         shards.positions = {owned[0]: pos}
         (ck / f"rank_{world.rank:05d}.json").write_text(json.dumps({"data": shards.state_dict()}))
     files = {p.name: p.stat().st_size for p in ck.iterdir()}
-    meta = {"format": "motif-train-checkpoint/2", "step": 4, "world_size": 2, "engine": None, "parts": {}}
+    meta = {"format": "motif-train-checkpoint/2", "step": 4, "world_size": 2, "engine": None, "parts": {}, "stage": "s"}
     (ck / "meta.json").write_text(json.dumps({**meta, "files": files}))
     one = Shards([0, 1])
     CheckpointManager(tmp_path / "ck", 2, WORLD, rank_parts={"data": one}).load(ck)
@@ -137,6 +137,6 @@ def test_a_checkpoint_of_another_engine_is_refused_by_name(tmp_path):
         def load(self, directory):
             raise AssertionError("not reached")
 
-    path = CheckpointManager(tmp_path / "ck", 2, WORLD, tensors=Tensors("fsdp")).save(3)
+    path = CheckpointManager(tmp_path / "ck", 2, WORLD, tensors=Tensors("fsdp")).save(3, {"stage": "s"})
     with pytest.raises(CheckpointError, match="written by engine fsdp, this run uses deepspeed"):
         CheckpointManager(tmp_path / "ck", 2, WORLD, tensors=Tensors("deepspeed")).load(path)

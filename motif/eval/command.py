@@ -90,6 +90,8 @@ class Job:
 
     def request(self, dtype: str) -> dict:
         """What identifies the result: a finished summary with the same request is reused."""
+        from motif.eval.results import files_id
+
         return {
             "tasks": self.tasks,
             "include_path": [str(p) for p in self.include_paths],
@@ -100,6 +102,8 @@ class Job:
             "heldout_seq_len": self.heldout_seq_len,
             "tokenizer": str(self.tokenizer),
             "dtype": dtype,
+            # Edited task YAMLs or local data make a new request, not a reused result.
+            "task_files": files_id([*self.include_paths, *([self.data_dir] if self.data_dir else [])]),
         }
 
 

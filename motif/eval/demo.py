@@ -7,9 +7,9 @@ benchmarks' own; only the documents are made here, from the words of the demo co
 * `demo_kmmlu` (Korean) and `demo_mmlu` (English): KMMLU's and MMLU's 4-way format ("...\\nA. ...",
   the answer a letter). A tiny model trained on plain text has never seen the format and scores
   near chance (0.25): what a base model at this size would do on the real benchmarks.
-* `demo_kobest_copa`: KoBEST COPA's format, the likelier of two continuations. The right one follows
-  a pattern of the corpus ("오늘 X는 Y를 봅니다. 그래서 Z는 행복합니다."), the wrong one scrambles
-  it: training moves this score.
+* `demo_kobest_copa`: KoBEST COPA's format, the likelier of two continuations. The right one is how
+  a pattern of the corpus goes on ("오늘 X는 Y를 봅니다. 그래서 Z는 행복합니다."), the wrong one a
+  sentence of the same length that never follows 그래서: training moves this score.
 
 The held-out sets are other documents of the corpus generator (another seed), never trained on.
 """
@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 TASKS = ("demo_kmmlu", "demo_kobest_copa", "demo_mmlu")
@@ -28,7 +32,7 @@ TEST_DOCS = 40
 
 
 def prepare(out: Path) -> None:
-    """Write the tasks (out/eval/tasks, out/eval/data) and the held-out sets (out/data/heldout); idempotent."""
+    """Write the tasks (out/eval/tasks) and the held-out sets (out/data/heldout); idempotent."""
     from motif.data.corpus import write_corpus
 
     heldout = out / "data" / "heldout"
@@ -38,7 +42,11 @@ def prepare(out: Path) -> None:
 
 
 def write_tasks(root: Path) -> Path:
-    """Task YAMLs in root/tasks, their documents in root/data; returns the task directory."""
+    """Task YAMLs in root/tasks, their documents in root/tasks/data; returns the task directory.
+
+    Files are rewritten only when their content changes: `motif eval` reuses a finished result
+    while the files of its include path are unchanged.
+    """
     import lm_eval
 
     packaged = Path(lm_eval.__file__).parent / "tasks"
@@ -65,7 +73,7 @@ def write_tasks(root: Path) -> Path:
     for name, (include, splits, extra) in specs.items():
         files = {}
         for split, rows in splits.items():
-            path = root / "data" / name / f"{split}.jsonl"
+            path = root / "tasks" / "data" / name / f"{split}.jsonl"
             _write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             files[split] = str(path.resolve())
         config = {
@@ -129,8 +137,9 @@ def copa_rows(rng: random.Random, n: int) -> list[dict]:
     for i in range(n):
         subject, obj, verb = rng.choice(KO["subject"]), rng.choice(KO["object"]), rng.choice(KO["verb"])
         other, adj = rng.choice(KO["subject"]), rng.choice(KO["adj"])
+        # Both are sentences of two words; only the right one is how the corpus goes on after 그래서.
         right = f"{other} {adj}."
-        wrong = f"{adj.removesuffix('니다')} {obj} {other}."
+        wrong = f"{other} {rng.choice(KO['verb'])}."
         label = i % 2
         rows.append(
             {
@@ -145,6 +154,8 @@ def copa_rows(rng: random.Random, n: int) -> list[dict]:
 
 
 def _write(path: Path, text: str) -> None:
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -155,17 +166,50 @@ def _write(path: Path, text: str) -> None:
 
 
 def evaluate_stages(out: Path, stage_files: list[Path]) -> list[dict]:
-    """`motif eval --stage` for each stage file, in the demo's working directory; their summaries."""
+    """`motif eval --stage` for each stage file, in the demo's working directory; their summaries.
+
+    What lm-eval prints (progress bars, notices) goes to `out/eval/<stage>.log`, one line per stage here.
+    """
     from motif.cli import build_parser
+    from motif.config import load_stage
     from motif.eval import command
 
     command.quiet_libraries()
     summaries = []
+    stage_files = [Path(f).resolve() for f in stage_files]  # the stages' own paths resolve in `out`
     with contextlib.chdir(out):
         for path in stage_files:
+            name = load_stage(path).name
+            log = out / "eval" / f"{name}.log"
+            t = time.perf_counter()
             args = build_parser().parse_args(["eval", "--stage", str(path), "--device", "cpu"])
-            summaries.append(command.summarize(command.resolve_job(args), args))
+            with _output_to(log):
+                summaries.append(command.summarize(command.resolve_job(args), args))
+            print(f"   {name}: evaluated in {time.perf_counter() - t:.0f}s (lm-eval's output: {log})", flush=True)
     return summaries
+
+
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """This process's stdout and stderr into a file, at the descriptor level (subprocesses included)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with path.open("w") as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])
 
 
 def score_table(summaries: list[dict]) -> str:

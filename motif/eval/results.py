@@ -50,6 +50,16 @@ def checkpoint_id(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def files_id(directories: list[Path]) -> str:
+    """Identity of the files under some directories (task YAMLs, local task data): names, sizes, mtimes."""
+    h = hashlib.sha256()
+    for directory in directories:
+        for file in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+            st = file.stat()
+            h.update(f"{file}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
 def read_summary(out: Path) -> dict[str, Any] | None:
     try:
         return json.loads((out / SUMMARY).read_text())

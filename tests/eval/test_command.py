@@ -48,8 +48,9 @@ def test_json_prints_task_metric_value_and_the_table_goes_to_stderr(ckpt, tokeni
     assert (ckpt / "eval" / "lm-eval-results.json").is_file()
 
 
-def test_a_finished_result_is_reused_and_a_new_request_recomputes(ckpt, tokenizer_dir, tasks_dir, capsys):
-    argv = [str(ckpt), "--tasks", "tiny_mmlu", "--include-path", str(tasks_dir), "--tokenizer", str(tokenizer_dir)]
+def test_a_finished_result_is_reused_and_a_new_request_recomputes(ckpt, tokenizer_dir, tasks_dir, tmp_path, capsys):
+    tasks = Path(shutil.copytree(tasks_dir, tmp_path / "tasks"))
+    argv = [str(ckpt), "--tasks", "tiny_mmlu", "--include-path", str(tasks), "--tokenizer", str(tokenizer_dir)]
     assert run(capsys, *argv, "--limit", "3")[0] == 0
     before = tree(ckpt / "eval")
     code, out, err = run(capsys, *argv, "--limit", "3")
@@ -59,6 +60,9 @@ def test_a_finished_result_is_reused_and_a_new_request_recomputes(ckpt, tokenize
     code, _, err = run(capsys, *argv, "--limit", "2")
     assert code == 0 and "reusing" not in err
     assert json.loads((ckpt / "eval" / "summary.json").read_text())["request"]["limit"] == 2
+    (tasks / "tiny_mmlu.yaml").write_text((tasks / "tiny_mmlu.yaml").read_text() + "\n")  # an edited task file
+    code, _, err = run(capsys, *argv, "--limit", "2")
+    assert code == 0 and "reusing" not in err
 
 
 def test_stage_evaluates_its_output_with_heldout_sets(ckpt, tokenizer_dir, tasks_dir, workdir, tmp_path, capsys):

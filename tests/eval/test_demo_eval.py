@@ -26,13 +26,15 @@ def test_tasks_are_well_formed(tmp_path):
         assert Path(config["include"]).is_file(), "the packaged lm-eval task file is included, not copied"
         for file in config["dataset_kwargs"]["data_files"].values():
             assert Path(file).is_absolute() and Path(file).is_file()
-    kmmlu = [json.loads(x) for x in (tmp_path / "data/demo_kmmlu/test.jsonl").read_text().splitlines()]
+    kmmlu = [json.loads(x) for x in (tmp_path / "tasks/data/demo_kmmlu/test.jsonl").read_text().splitlines()]
     assert len(kmmlu) == demo.TEST_DOCS and {r["answer"] for r in kmmlu} == {1, 2, 3, 4}
-    mmlu = [json.loads(x) for x in (tmp_path / "data/demo_mmlu/test.jsonl").read_text().splitlines()]
+    mmlu = [json.loads(x) for x in (tmp_path / "tasks/data/demo_mmlu/test.jsonl").read_text().splitlines()]
     assert {r["answer"] for r in mmlu} == {0, 1, 2, 3} and all(len(r["choices"]) == 4 for r in mmlu)
-    copa = [json.loads(x) for x in (tmp_path / "data/demo_kobest_copa/test.jsonl").read_text().splitlines()]
+    copa = [json.loads(x) for x in (tmp_path / "tasks/data/demo_kobest_copa/test.jsonl").read_text().splitlines()]
     assert [r["label"] for r in copa].count(0) == demo.TEST_DOCS // 2  # chance is 0.5
-    assert demo.write_tasks(tmp_path) == tasks  # idempotent
+    before = {p: p.stat().st_mtime_ns for p in tasks.rglob("*")}
+    assert demo.write_tasks(tmp_path) == tasks
+    assert {p: p.stat().st_mtime_ns for p in tasks.rglob("*")} == before, "unchanged files are not rewritten"
 
 
 def test_heldout_sets_are_not_the_training_documents(tmp_path):

@@ -137,6 +137,7 @@ def _bench(size: str, args: argparse.Namespace) -> dict:
     from motif.metrics.jsonl import JsonlBackend
     from motif.metrics.logger import MetricLogger
     from motif.metrics.prometheus import PrometheusBackend
+    from motif.train import dist
     from motif.train.trainer import RunOptions, Trainer
 
     torch.set_num_threads(args.threads)
@@ -148,7 +149,9 @@ def _bench(size: str, args: argparse.Namespace) -> dict:
         os.chdir(workdir)
         _prepare(workdir)
         stage = load_stage(_stage_file(workdir, size))
-        trainer = Trainer(stage, RunOptions(metrics_port=0, resume="none"))
+        world = dist.init("cpu", 600)
+        trainer = Trainer(stage, RunOptions(resume="none"), world, MetricLogger([]))
+        trainer.setup()
         t = stage.train
         batches = [[trainer.data.next_batch(t.micro_batch_size)] for _ in range(args.steps)]
         tokens_per_step = t.micro_batch_size * stage.data.seq_len
@@ -258,12 +261,12 @@ def _bench(size: str, args: argparse.Namespace) -> dict:
             subprocess.run(["cp", "-r", str(path), str(dst)], check=True)
             subprocess.run(["sync", "-f", str(dst)], check=True)
             cps.append(time.perf_counter() - t0)
-            files = [str(f) for f in sorted(path.iterdir())]
+            files = [str(f) for f in sorted(path.rglob("*")) if f.is_file()]
             t0 = time.perf_counter()
             subprocess.run(["cat", *files], check=True, stdout=subprocess.DEVNULL)
             cats.append(time.perf_counter() - t0)
-            trainer.step += 1
-        nbytes = sum(f.stat().st_size for f in path.iterdir())
+            trainer.state.step += 1
+        nbytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         results["checkpoint"] = {
             "bytes": nbytes,
             "save_s": statistics.median(saves),
@@ -274,7 +277,6 @@ def _bench(size: str, args: argparse.Namespace) -> dict:
             "load_vs_cat": statistics.median(loads) / statistics.median(cats),
         }
         trainer.close()
-        trainer.linger()
     finally:
         os.chdir(cwd)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -18,13 +18,18 @@ if TYPE_CHECKING:  # motif.config imports motif.growth.targets: no import of it 
     from motif.config import StageConfig
 
 
-def grow_stage(stage: StageConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def grow_stage(
+    stage: StageConfig, overwrite: bool = False, progress: bool = True, wait_s: float = 0.0
+) -> dict[str, Any]:
     """Grow `stage.input` into `stage.growth.output`, or reuse an output grown by the same request.
 
     The returned provenance has `"reused": True` when the existing output was kept. An output that
     exists but holds anything else (another source, other targets, other weights of the same
     source, a partial copy) is an error unless `overwrite`. The lease on the output is held from
-    the reuse check to the end, so a second job growing it fails at once instead of racing.
+    the reuse check to the end, so a second job growing it fails at once instead of racing; with
+    `wait_s` it waits that long for the other to finish instead, and then reuses its output (the
+    trainer's own growth step does: jobs of one stage, such as the proxies of a mix sweep, start
+    together).
     """
     where = stage.source_file or stage.name
     if stage.growth is None:
@@ -32,7 +37,7 @@ def grow_stage(stage: StageConfig, overwrite: bool = False, progress: bool = Tru
     if stage.input is None:
         raise GrowthError(f"{where}: motif.input: growth needs an input checkpoint")
     try:
-        return _grow_stage(stage, overwrite, progress)
+        return _grow_stage(stage, overwrite, progress, wait_s)
     except GrowthError as e:  # a target the source cannot reach: name the stage file and its key
         key = str(e).split(":", 1)[0]
         prefix = "motif.growth." if key in _TARGET_KEYS else ""
@@ -42,7 +47,7 @@ def grow_stage(stage: StageConfig, overwrite: bool = False, progress: bool = Tru
 _TARGET_KEYS = ("layers", "hidden", "intermediate", "heads", "kv_heads", "depth_method", "seed")
 
 
-def _grow_stage(stage: StageConfig, overwrite: bool, progress: bool) -> dict[str, Any]:
+def _grow_stage(stage: StageConfig, overwrite: bool, progress: bool, wait_s: float) -> dict[str, Any]:
     from motif.config import check_input_shape  # motif.config imports motif.growth.targets
 
     g = stage.growth
@@ -52,7 +57,7 @@ def _grow_stage(stage: StageConfig, overwrite: bool, progress: bool) -> dict[str
     source = open_checkpoint(src)
     wanted = check_targets(source.args, targets, g.depth_method).to_dict()
     check_writable(dst, "motif.growth.output")
-    with acquire(dst, "motif grow --stage") as lease:
+    with acquire(dst, "motif grow --stage", wait_s=wait_s) as lease:
         if (dst.exists() or dst.is_symlink()) and not overwrite:
             reason = _reuse_problem(dst)
             if reason is None:

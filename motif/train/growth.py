@@ -47,7 +47,7 @@ def ensure_grown(stage: StageConfig, world: World) -> None:
 
         beating = _beat_while_growing(world)
         try:
-            grow_stage(stage, overwrite=False, progress=True)
+            grow_stage(stage, overwrite=False, progress=True, wait_s=GROW_WAIT.total_seconds())
         except BaseException as e:
             if world.distributed:
                 dist.store().set(GROW_KEY, f"error: {e}")

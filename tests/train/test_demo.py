@@ -1,5 +1,6 @@
 """`motif demo`, shortened (--max-steps): corpus, tokenizer, the three tiny stages through the real
-`motif train` command, the table, the plot and the transformers check."""
+`motif train` command, the table, the plot, the transformers check, the evaluation table and the
+data-mix sweep."""
 
 import json
 import subprocess
@@ -17,7 +18,7 @@ def test_demo_runs_the_three_stages_end_to_end(tmp_path):
         env=subprocess_env(),
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=600,
     )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     for name in ("tiny-s0-base", "tiny-s1-depth", "tiny-s2-width"):
@@ -32,3 +33,7 @@ def test_demo_runs_the_three_stages_end_to_end(tmp_path):
     final = json.loads((out / "checkpoints/tiny-s2-width/final/config.json").read_text())
     assert final["model_type"] == "llama" and final["num_hidden_layers"] == 6 and final["hidden_size"] == 192
     assert (out / "checkpoints/tiny-s2-width/final/optimizer.safetensors").exists()
+    # The evaluation table (held-out bits per byte, the tiny KMMLU/KoBEST/MMLU-format tasks) and the mix sweep.
+    assert "held-out ko bits/byte" in r.stdout and "demo_kobest_copa" in r.stdout
+    assert "chosen Korean share" in r.stdout
+    assert (out / "mix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

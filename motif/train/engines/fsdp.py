@@ -36,6 +36,15 @@ from motif.train.start import MOMENTS, MomentSource, WeightSource
 CHECKPOINT_DIR = "fsdp"  # the DCP directory inside a training checkpoint
 
 
+def _file_of(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """DCP file index (1-based) of every key: block i in file i + 2, everything else in file 1."""
+    out = {}
+    for key in state:
+        parts = key.split(".")
+        out[key] = int(parts[parts.index("layers") + 1]) + 2 if "layers" in parts else 1
+    return out
+
+
 def device_mesh(stage: StageConfig, world: World):
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -178,10 +187,13 @@ class FsdpEngine:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-        dcp.save(
-            self._state(),
-            storage_writer=HuggingFaceStorageWriter(str(directory / CHECKPOINT_DIR), save_distributed=True),
+        state = self._state()
+        # One file per block (and one for the rest) on each rank: DCP's safetensors writer builds a
+        # whole file in memory before writing it, so the file is what bounds that transient.
+        writer = HuggingFaceStorageWriter(
+            str(directory / CHECKPOINT_DIR), fqn_to_index_mapping=_file_of(state), save_distributed=True
         )
+        dcp.save(state, storage_writer=writer)
 
     def load(self, directory: Path) -> None:
         import torch.distributed.checkpoint as dcp

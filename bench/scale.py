@@ -1,0 +1,234 @@
+"""Scale benchmark: does a sharded engine hold only its share, in every phase, and does `motif plan` know it?
+
+    python -m bench scale            # or: python -m bench.scale [--engines fsdp,deepspeed] [--worlds 1,2,4]
+
+A ~113M-parameter Llama (vocab 8192, hidden 768, 16 layers, fp32 on CPU) is saved as an HF
+checkpoint, then for each engine and world size W, under torchrun with W processes:
+
+  1. `motif train` from that checkpoint (each rank reads its rows or flat range of it), 2 steps,
+     a checkpoint at step 2, the stage's output at step 3;
+  2. `motif train --resume <step 2>` (each rank reads its part of a checkpoint), the output again.
+
+Every rank records its peak RSS (VmHWM) minus its RSS once torch, the engine and motif are imported
+(the interpreter baseline); the largest rank's figure of both phases is the engine's at W. Targets:
+at W = 4 at most 0.35x of W = 1, and `motif plan`'s estimate for the same stage file (device cpu,
+fp32) within 25% of the measurement. The same run times a step per engine and world size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = {
+    "vocab_size": 8192,
+    "hidden_size": 768,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 1024,
+}
+SEQ_LEN = 256
+
+
+def stage_section(engine: str, world: int, name: str = "scale") -> dict:
+    return {
+        "name": name,
+        "input": "start",
+        "model": MODEL,
+        "output": f"out/{name}",
+        "data": {
+            "tokenizer": "data/tokenizer",
+            "seq_len": SEQ_LEN,
+            "shards": 4,
+            "sources": [
+                {"name": "ko", "language": "ko", "weight": 0.5, "path": "data/ko.jsonl"},
+                {"name": "en", "language": "en", "weight": 0.5, "path": "data/en.jsonl"},
+            ],
+        },
+        "optim": {"lr": 1.0e-4, "warmup_steps": 1, "weight_decay": 0.1},
+        "train": {"max_steps": 3, "micro_batch_size": 1, "precision": "fp32", "activation_checkpointing": True},
+        "parallel": {"engine": engine, "procs_per_node": world, "device": "cpu", "collective_timeout_s": 1800},
+        "checkpoint": {"dir": f"ck/{name}", "every_steps": 2, "keep_last": 2},
+    }
+
+
+# ---- the worker: one rank of one phase --------------------------------------------------------
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def worker(stage_file: str, resume: str, report: str) -> int:
+    import torch
+
+    import motif.train.command  # noqa: F401
+    import motif.train.trainer  # noqa: F401
+    from motif.config import load_stage
+
+    stage = load_stage(stage_file)
+    if stage.parallel.engine == "deepspeed":
+        import deepspeed  # noqa: F401
+    import motif.train.engines.fsdp  # noqa: F401
+
+    torch.set_num_threads(1)
+    baseline = _status_kib("VmRSS")
+    from motif.train.command import run_stage
+    from motif.train.trainer import RunOptions
+
+    t0 = time.perf_counter()
+    code = run_stage(stage, RunOptions(resume=resume, log_every=1), metrics_port=0)
+    rank = int(os.environ.get("RANK", "0"))
+    result = {"rank": rank, "code": code, "baseline_kib": baseline, "peak_kib": _status_kib("VmHWM")}
+    result["seconds"] = time.perf_counter() - t0
+    Path(report, f"rank{rank}.json").write_text(json.dumps(result))
+    if stage.parallel.engine == "deepspeed":
+        sys.stdout.flush()
+        os._exit(code)  # as motif train does: DeepSpeed's CPU comm threads can abort the teardown
+    return code
+
+
+# ---- the driver --------------------------------------------------------------------------------
+
+
+def _prepare(work: Path) -> None:
+    from motif.config import parse_stage
+    from motif.data.corpus import documents, write_corpus
+    from motif.data.tokenizer import train_bpe
+    from motif.model import Llama
+    from motif.model.checkpoint import save
+
+    write_corpus(work / "data", 600)
+    train_bpe(documents("ko", 600) + documents("en", 600), 2048, work / "data" / "tokenizer")
+    args = parse_stage(stage_section("ddp", 1)).model.replace(torch_dtype="float32")
+    model = Llama(args)
+    model.init_weights(seed=0)
+    save(model, work / "start")
+    del model
+
+
+def _run_phase(work: Path, engine: str, world: int, resume: str, tag: str) -> dict:
+    report = work / "reports" / tag
+    report.mkdir(parents=True)
+    stage = work / f"{engine}-{world}.yaml"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]
+    cmd += ["-m", "bench.scale", "--worker", str(stage), resume, str(report)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["LOGLEVEL"] = "WARNING"
+    done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    ranks = [json.loads(p.read_text()) for p in sorted(report.glob("rank*.json"))]
+    if done.returncode != 0 or len(ranks) != world or any(r["code"] for r in ranks):
+        raise RuntimeError(f"{tag}: exit {done.returncode}\n{done.stderr[-3000:]}")
+    return {
+        "peak_over_baseline": max((r["peak_kib"] - r["baseline_kib"]) * 1024 for r in ranks),
+        "baseline": max(r["baseline_kib"] for r in ranks) * 1024,
+        "seconds": max(r["seconds"] for r in ranks),
+        "log": done.stderr,
+    }
+
+
+def _plan(work: Path, engine: str, world: int) -> int:
+    from motif.plan import plan_recipe
+
+    recipe = work / "plan" / f"{engine}-{world}"
+    recipe.mkdir(parents=True)
+    section = stage_section(engine, world)
+    (recipe / "stage.yaml").write_text(yaml.safe_dump({"motif": section}))
+    (row,) = plan_recipe(recipe)
+    return row["memory_bytes"]["total"]
+
+
+def _step_seconds(log: str) -> float | None:
+    """Median step time from the trainer's per-step log lines (tok/s at a known token count)."""
+    import statistics
+
+    rates = [float(line.split(" tok/s")[0].rsplit(" ", 1)[1]) for line in log.splitlines() if " tok/s " in line]
+    return SEQ_LEN / statistics.median(rates) if rates else None
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale")
+    parser.add_argument("--worker", nargs=3, metavar=("STAGE", "RESUME", "REPORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--engines", default="fsdp,deepspeed")
+    parser.add_argument("--worlds", default="1,2,4")
+    parser.add_argument("--json", default=str(ROOT / "out" / "bench" / "scale.json"))
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(*args.worker)
+    engines, worlds = args.engines.split(","), [int(w) for w in args.worlds.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="motif-bench-scale-"))
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results: dict = {"date": date, "model": MODEL, "seq_len": SEQ_LEN, "runs": {}}
+    try:
+        _prepare(work)
+        for engine in engines:
+            for world in worlds:
+                (work / f"{engine}-{world}.yaml").write_text(yaml.safe_dump({"motif": stage_section(engine, world)}))
+                first = _run_phase(work, engine, world, "none", f"{engine}-{world}-start")
+                second = _run_phase(work, engine, world, "ck/scale/step_00000002", f"{engine}-{world}-resume")
+                for d in ("ck", "out"):
+                    shutil.rmtree(work / d, ignore_errors=True)
+                measured = max(first["peak_over_baseline"], second["peak_over_baseline"])
+                planned = _plan(work, engine, world)
+                results["runs"][f"{engine}/{world}"] = {
+                    "engine": engine,
+                    "world": world,
+                    "peak_over_baseline_bytes": measured,
+                    "start_phase_bytes": first["peak_over_baseline"],
+                    "resume_phase_bytes": second["peak_over_baseline"],
+                    "baseline_bytes": first["baseline"],
+                    "plan_bytes": planned,
+                    "plan_error": planned / measured - 1,
+                    "step_s": _step_seconds(first["log"]),
+                }
+                _report_row(results["runs"][f"{engine}/{world}"])
+        _report(results)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=1))
+    print(f"\nfigures: {args.json}")
+    return 0
+
+
+def _report_row(r: dict) -> None:
+    gib = 2**30
+    step = f"{r['step_s']:.2f} s/step" if r["step_s"] else "-"
+    print(
+        f"  {r['engine']:<9} W={r['world']}  peak RSS over baseline {r['peak_over_baseline_bytes'] / gib:5.2f} GiB "
+        f"(start {r['start_phase_bytes'] / gib:.2f}, resume {r['resume_phase_bytes'] / gib:.2f})   "
+        f"motif plan {r['plan_bytes'] / gib:5.2f} GiB ({100 * r['plan_error']:+.0f}%)   {step}",
+        flush=True,
+    )
+
+
+def _report(results: dict) -> None:
+    print(f"scale benchmark, {results['date']}, fp32 CPU, seq {results['seq_len']}, micro-batch 1, AC on")
+    runs = results["runs"]
+    for engine in sorted({r["engine"] for r in runs.values()}):
+        mine = {r["world"]: r for r in runs.values() if r["engine"] == engine}
+        if 1 in mine and 4 in mine:
+            ratio = mine[4]["peak_over_baseline_bytes"] / mine[1]["peak_over_baseline_bytes"]
+            print(f"  {engine:<9} W=4 / W=1: {ratio:.2f}x (target <= 0.35)")
+        worst = max(abs(r["plan_error"]) for r in mine.values())
+        print(f"  {engine:<9} motif plan within {100 * worst:.0f}% of the measurement (target 25%)")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

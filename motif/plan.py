@@ -4,13 +4,26 @@ A recipe is a directory of stage files, run in file-name order. The shape a stag
 its `motif.model` when given, else the shape produced by the earlier stage whose `output` is this
 stage's `input`, else the input checkpoint's config.json. Nothing here reads a weight.
 
-Memory per GPU is an estimate for mixed-precision training with DeepSpeed/FSDP conventions: bf16
-weights (2 bytes/param) and gradients (2 bytes per trainable param), an fp32 master copy and the two
-Adam moments (12 bytes per trainable param), split over the data-parallel world as the ZeRO stage
-says (1: optimizer states, 2: + gradients, 3: + weights); activations are counted tensor by tensor
-for a block with fused (flash) attention, so no seq_len^2 term; logits and their fp32 loss copy are
-counted once; ZeRO-3 holds two gathered blocks (current + prefetch); a fixed allowance covers the
-CUDA context, communication buffers and fragmentation.
+Memory per device is a model of what the engines allocate, tensor class by tensor class, checked
+against measured peak memory per rank at 1, 2 and 4 ranks (`make bench`, bench/scale.py):
+
+- **ddp**: every rank holds everything: fp32 weights (4 B/param; bf16 is autocast), fp32 gradients,
+  and DDP's gradient buckets beside them once there are peers (4 B per trainable param each), Adam's
+  two moments (8 B per trainable param).
+- **fsdp** (FSDP2, sharded over S = world_size / parallel.replicate ranks): fp32 master weights,
+  fp32 gradients and the moments, each 1/S: 16 B per trainable param / S. Working set: the gathered
+  compute copies of the current and the prefetched group and the unsharded gradient of one group
+  (3 x compute bytes x the largest group: a block, or the embedding or head), plus an fp32 copy of
+  that gradient for the reduction when compute is bf16.
+- **deepspeed** (ZeRO-3 over W ranks): the compute-dtype partition of every weight and the fp32 master
+  of the trained ones, the gradient partition in compute dtype and its fp32 copy for the optimizer,
+  and the moments: (c + 4 + c + 4 + 8) B per param / W. Working set as fsdp's (two gathered groups,
+  one reduce bucket, all sized to the largest group by the engine's config).
+- **activations**, counted tensor by tensor for a block with fused (flash) attention (no seq_len^2
+  term): with activation checkpointing every block's input plus one recomputed block; the logits
+  and their fp32 copy for the loss once.
+- **overhead**: on GPU a fixed 4 GiB (CUDA context, NCCL buffers, allocator fragmentation); on CPU
+  the host-side allowance the benchmark measures beyond the above (the data pipeline, gloo buffers).
 """
 
 from __future__ import annotations
@@ -26,7 +39,8 @@ HELP = "shapes, parameter counts and memory per GPU of each stage of a recipe"
 DESCRIPTION = """\
 Print, for every stage file in RECIPE (a directory, processed in file-name order): the shape before
 and after growth, exact parameter counts, trainable parameters (LlamaPro freezes all but the new
-blocks), and memory per GPU for the stage's world size and ZeRO stage, against its GPU memory.
+blocks), and memory per GPU for the stage's engine and world size (weights, gradients and Adam state
+sharded over the ranks by fsdp and deepspeed), against its GPU memory.
 
 Example:
   motif plan jobs/llama3-motif-102b
@@ -34,7 +48,8 @@ Example:
 """
 
 GIB = 2**30
-OVERHEAD_BYTES = 4 * GIB  # CUDA context, NCCL buffers, allocator fragmentation
+MIB = 2**20
+OVERHEAD_BYTES = {"cuda": 4 * GIB, "cpu": 160 * MIB}  # see the module docstring
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,35 +76,40 @@ class Memory:
         return self.weights + self.grads + self.optimizer + act + self.gathered + self.overhead
 
 
+def largest_group(args: Any) -> int:
+    """Parameters of the largest unit a sharded engine gathers at once: a block, or the embedding or head."""
+    shapes = args.tensor_shapes()
+    block = sum(math.prod(s) for n, s in shapes.items() if n.startswith("model.layers.0."))
+    return max(block, args.vocab_size * args.hidden_size)
+
+
 def memory_per_gpu(args: Any, trainable: int, stage: Any) -> Memory:
     """Estimate (see module docstring) for `args` (ModelArgs) trained as `stage` (StageConfig) says."""
-    p, world = stage.parallel, stage.parallel.world_size
-    zero = 0 if p.engine == "ddp" else 3  # fsdp and deepspeed (ZeRO-3) shard weights, gradients and Adam state
-    n = args.num_params()
-    bytes_w = 2 if stage.train.precision == "bf16" else 4
-    master = 4 if stage.train.precision == "bf16" else 0
-    weights = bytes_w * n
-    grads = bytes_w * trainable
-    optimizer = (master + 8) * trainable
-    if zero >= 1:
-        optimizer //= world
-    if zero >= 2:
-        grads //= world
-    if zero >= 3:
-        weights //= world
+    p = stage.parallel
+    n, t = args.num_params(), trainable
+    c = 2 if stage.train.precision == "bf16" else 4  # bytes of a compute-dtype element
+    group = largest_group(args)
+    if p.engine == "ddp":
+        weights, grads, optimizer, gathered = 4 * n, 4 * t * (2 if p.world_size > 1 else 1), 8 * t, 0
+    elif p.engine == "fsdp":
+        shards = p.world_size // p.replicate
+        weights, grads, optimizer = 4 * n // shards, 4 * t // shards, 8 * t // shards
+        gathered = 3 * c * group + (4 * group if c != 4 else 0)
+    else:  # deepspeed, ZeRO-3
+        w = p.world_size
+        weights, grads, optimizer = (c * n + 4 * t) // w, (c + 4) * t // w, 8 * t // w
+        gathered = 3 * c * group + (4 * group if c != 4 else 0)
     tokens = stage.train.micro_batch_size * stage.data.seq_len
     d, f = args.hidden_size, args.intermediate_size
     q, kv = args.num_attention_heads * args.head_dim, args.num_key_value_heads * args.head_dim
     # Saved for backward in one block: 2 norm inputs + 2 norm outputs, q, k, v, attention output,
     # rotated q and k, gate, up, silu(gate) and the product fed to down_proj.
-    per_block = bytes_w * tokens * (4 * d + 3 * q + 3 * kv + 4 * f)
-    logits = tokens * args.vocab_size * (bytes_w + 4)  # logits and the fp32 copy the loss uses
+    per_block = c * tokens * (4 * d + 3 * q + 3 * kv + 4 * f)
+    logits = tokens * args.vocab_size * (c + 4)  # logits and the fp32 copy the loss uses
     layers = args.num_hidden_layers
     full = layers * per_block + logits
-    checkpointed = layers * bytes_w * tokens * d + per_block + logits  # block inputs + one recomputed block
-    block_params = (args.num_params() - 2 * args.vocab_size * d) // layers
-    gathered = 2 * bytes_w * block_params if zero >= 3 else 0
-    overhead = OVERHEAD_BYTES if p.device == "cuda" else 0
+    checkpointed = layers * c * tokens * d + per_block + logits  # block inputs + one recomputed block
+    overhead = OVERHEAD_BYTES[p.device]
     return Memory(
         weights, grads, optimizer, checkpointed, full, gathered, overhead, stage.train.activation_checkpointing
     )
@@ -151,8 +171,8 @@ def plan_recipe(recipe: str | Path) -> list[dict[str, Any]]:
                 "trainable_params": trainable,
                 "new_layers": new_layers,
                 "world_size": stage.parallel.world_size,
-                "zero_stage": 0 if stage.parallel.engine == "ddp" else 3,
                 "engine": stage.parallel.engine,
+                "shards": _shards(stage.parallel),
                 "activation_checkpointing": stage.train.activation_checkpointing,
                 "memory_bytes": {
                     "weights": mem.weights,
@@ -171,13 +191,18 @@ def plan_recipe(recipe: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _shards(p: Any) -> int:
+    """Ranks the weights, gradients and Adam state are split over (1: replicated)."""
+    return 1 if p.engine == "ddp" else p.world_size // (p.replicate if p.engine == "fsdp" else 1)
+
+
 def _shape(s: dict[str, int]) -> str:
     return f"L{s['layers']} d{s['hidden']} f{s['intermediate']} h{s['heads']}/{s['kv_heads']}"
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = (
-        f"{'stage':<14} {'shape before -> after':<58} {'params':>9} {'trainable':>9} {'GPUs':>5} {'ZeRO':>4} "
+        f"{'stage':<14} {'shape before -> after':<58} {'params':>9} {'trainable':>9} {'GPUs':>5} {'engine':>9} "
         f"{'w+g+opt':>8} {'act ckpt/full':>13} {'total':>7} {'GPU':>5}  fits"
     )
     lines = [head, "-" * len(head)]
@@ -187,9 +212,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         states = (m["weights"] + m["grads"] + m["optimizer"]) / GIB
         act = f"{m['activations_checkpointed'] / GIB:.1f}/{m['activations_full'] / GIB:.1f}"
         act += "*" if r["activation_checkpointing"] else " "
+        layout = f"{r['engine']}/{r['shards']}"
         lines.append(
             f"{r['stage']:<14} {shape:<58} {r['params'] / 1e6:>8,.0f}M {r['trainable_params'] / 1e6:>8,.0f}M "
-            f"{r['world_size']:>5} {r['zero_stage']:>4} {states:>7.1f}G {act:>13} {m['total'] / GIB:>6.1f}G "
+            f"{r['world_size']:>5} {layout:>9} {states:>7.1f}G {act:>13} {m['total'] / GIB:>6.1f}G "
             f"{r['gpu_memory_bytes'] / GIB:>4.0f}G  {'yes' if r['fits'] else 'NO'}"
         )
     lines.append("Memory per GPU in GiB; * marks the activation setting the stage uses (checkpointing on or off).")

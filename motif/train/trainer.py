@@ -252,11 +252,13 @@ class Trainer:
         guards.compare_settings(meta.get("settings", {}), guards.settings(self.stage, self.world), path, where)
         # The architecture at that step: masks already removed if the ramp was done.
         growth.apply_mask(self.model, int(meta["step"]), self.ramp_steps)
+        t0 = time.perf_counter()
         self.checkpoints.load(path)
+        seconds = time.perf_counter() - t0
         self.resumed_from = path
         if self.world.is_main:
-            how = "" if meta["world_size"] == self.world.world_size else f" (saved by {meta['world_size']} ranks)"
-            log.info("resumed from %s at step %d%s", path, self.state.step, how)
+            how = "" if meta["world_size"] == self.world.world_size else f", saved by {meta['world_size']} ranks"
+            log.info("resumed from %s at step %d (read in %.2fs%s)", path, self.state.step, seconds, how)
 
     # ---- the loop ----------------------------------------------------------------------------------
 

@@ -31,11 +31,39 @@ def test_102b_recipe_chains_shapes_and_fits_its_gpus():
     assert s2["world_size"] == 128 and s2["memory_bytes"]["total"] < 80 * 2**30
 
 
-def test_memory_shrinks_with_zero_stage_and_checkpointing():
+def test_memory_is_sharded_by_the_engine_and_shrinks_with_checkpointing(tmp_path):
+    import yaml
+
     s2 = plan_recipe(JOBS / "llama3-motif-102b")[1]
     m = s2["memory_bytes"]
     assert m["activations_checkpointed"] < m["activations_full"] / 5
-    assert m["optimizer"] == 12 * s2["params"] // 128  # fp32 master + Adam, split 128 ways (ZeRO-3)
+    assert s2["engine"] == "fsdp" and s2["shards"] == 128
+    # FSDP2: fp32 master weights, fp32 gradients, two Adam moments, each split 128 ways.
+    n = s2["params"]
+    assert (m["weights"], m["grads"], m["optimizer"]) == (4 * n // 128, 4 * n // 128, 8 * n // 128)
+    # The same stage on other engines and layouts.
+    doc = yaml.safe_load((JOBS / "llama3-motif-102b" / "stage3-cpt.yaml").read_text())
+    doc["motif"]["model"] = {  # its input's shape (stage 2's output), stated so the file plans on its own
+        "vocab_size": 128256,
+        "hidden_size": 9216,
+        "intermediate_size": 30720,
+        "num_hidden_layers": 96,
+        "num_attention_heads": 72,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+    }
+    states = {}
+    for engine, replicate in (("fsdp", 1), ("fsdp", 16), ("deepspeed", 1), ("ddp", 1)):
+        doc["motif"]["parallel"] = {**doc["motif"]["parallel"], "engine": engine, "replicate": replicate}
+        recipe = tmp_path / f"{engine}-{replicate}"
+        recipe.mkdir()
+        (recipe / "s.yaml").write_text(yaml.safe_dump(doc))
+        (row,) = plan_recipe(recipe)
+        mem = row["memory_bytes"]
+        states[engine, replicate] = mem["weights"] + mem["grads"] + mem["optimizer"]
+    assert states["fsdp", 16] == 16 * states["fsdp", 1]  # HSDP: sharded within a node of 8, not over 128
+    assert states["deepspeed", 1] == (2 + 4 + 2 + 4 + 8) * n // 128  # bf16 partition + master, 2 gradients, Adam
+    assert states["ddp", 1] == (4 + 8 + 8) * n  # replicated: the 102B stage cannot run on it
 
 
 def test_plan_cli_table_and_json(run_cli, capsys):

@@ -16,8 +16,13 @@ def test_stage_settings_map_onto_the_deepspeed_config():
         train={"micro_batch_size": 3, "grad_accum_steps": 4, "precision": "bf16"},
         optim={"grad_clip": 0.5},
     )
-    cfg = ds_config(parse_stage(section))
-    assert cfg["zero_optimization"] == {"stage": 3, "stage3_param_persistence_threshold": 0}
+    stage = parse_stage(section)
+    cfg = ds_config(stage, stage.model)
+    zero = cfg["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_param_persistence_threshold"] == 0
+    # Buckets sized by the model's largest gathered group (here the embedding, 384 x 64), not GPU defaults.
+    assert zero["reduce_bucket_size"] == zero["stage3_prefetch_bucket_size"] == 384 * 64
+    assert zero["stage3_max_live_parameters"] == 2 * 384 * 64
     assert cfg["train_micro_batch_size_per_gpu"] == 3 and cfg["gradient_accumulation_steps"] == 4
     assert cfg["gradient_clipping"] == 0.5 and cfg["bf16"] == {"enabled": True}
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,8 +48,16 @@ RANK_FILE = "zero_rank_{rank:05d}.safetensors"
 META_KEY = "motif_zero3"
 
 
-def ds_config(stage: StageConfig, with_optimizer: bool = True) -> dict:
+def largest_group(args: ModelArgs) -> int:
+    """Parameters of the largest unit ZeRO-3 gathers at once: a block, or the embedding (or the head)."""
+    shapes = args.tensor_shapes()
+    block = sum(math.prod(s) for n, s in shapes.items() if n.startswith("model.layers.0."))
+    return max(block, args.vocab_size * args.hidden_size)
+
+
+def ds_config(stage: StageConfig, args: ModelArgs, with_optimizer: bool = True) -> dict:
     t, o = stage.train, stage.optim
+    group = largest_group(args)
     cfg = {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.grad_accum_steps,
@@ -57,6 +66,13 @@ def ds_config(stage: StageConfig, with_optimizer: bool = True) -> dict:
             # Every parameter partitioned, however small: nothing is kept whole on every rank, and a
             # rank's partition is always the range the loader read for it.
             "stage3_param_persistence_threshold": 0,
+            # The working set in units of the model's largest gathered group, not DeepSpeed's GPU
+            # defaults (5e8 elements of reduce bucket alone is 2 GB in fp32): one group reduced at a
+            # time, one prefetched, at most two gathered.
+            "reduce_bucket_size": group,
+            "stage3_prefetch_bucket_size": group,
+            "stage3_max_live_parameters": 2 * group,
+            "stage3_max_reuse_distance": group,
         },
         "bf16": {"enabled": t.precision == "bf16"},
         "zero_allow_untested_optimizer": True,
@@ -80,7 +96,7 @@ def partitioned_llama(args: ModelArgs, stage: StageConfig, world: World, weights
     import deepspeed
 
     dtype = torch.bfloat16 if stage.train.precision == "bf16" else torch.float32
-    with deepspeed.zero.Init(config_dict_or_path=ds_config(stage), dtype=dtype):
+    with deepspeed.zero.Init(config_dict_or_path=ds_config(stage, args), dtype=dtype):
         model = Llama(args)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -112,7 +128,7 @@ class DeepSpeedEngine:
         groups = [{"params": by_step[s]} for s in self.group_steps]
         inner = optim.adamw(groups, stage.optim, fused=True)
         self.runner, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=inner, config=ds_config(stage), dist_init_required=False
+            model=model, optimizer=inner, config=ds_config(stage, weights.args), dist_init_required=False
         )
         self.model = model
         model.init_buffers(world.device)  # RoPE tables and masks in fp32, whatever DeepSpeed cast
@@ -288,7 +304,8 @@ class DeepSpeedEngine:
 
         with WeightSource.open(read_args(checkpoint), checkpoint, seed=0) as source:
             model = partitioned_llama(source.args, self.stage, self.world, source, frozen=set(source.shapes))
-        runner, *_ = deepspeed.initialize(model=model, config=ds_config(self.stage, False), dist_init_required=False)
+        config = ds_config(self.stage, source.args, with_optimizer=False)
+        runner, *_ = deepspeed.initialize(model=model, config=config, dist_init_required=False)
         model.init_buffers(self.world.device)
         model.eval()
         sums = loss_sums(runner, batches, self.world.device)

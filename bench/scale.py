@@ -182,12 +182,12 @@ def _logged_seconds(log: str, marker: str) -> float | None:
     return None
 
 
-def _step_seconds(log: str) -> float | None:
-    """Median step time from the trainer's per-step log lines (tok/s at a known token count)."""
+def _step_seconds(log: str, world: int) -> float | None:
+    """Median step time from the trainer's per-step log lines (tok/s of all ranks, SEQ_LEN tokens each)."""
     import statistics
 
     rates = [float(line.split(" tok/s")[0].rsplit(" ", 1)[1]) for line in log.splitlines() if " tok/s " in line]
-    return SEQ_LEN / statistics.median(rates) if rates else None
+    return SEQ_LEN * world / statistics.median(rates) if rates else None
 
 
 def main(argv: list[str]) -> int:
@@ -226,7 +226,7 @@ def main(argv: list[str]) -> int:
                     "baseline_bytes": first["baseline"],
                     "plan_bytes": planned,
                     "plan_error": planned / measured - 1,
-                    "step_s": _step_seconds(first["log"]),
+                    "step_s": _step_seconds(first["log"], world),
                     "checkpoint": io,
                 }
                 _report_row(results["runs"][f"{engine}/{world}"])

@@ -63,11 +63,29 @@ class TensorReader:
         self.bytes_read += part.nbytes
         return read_tensor(part, self._fd(e.path))
 
-    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) (slices of dim 0) of the tensor."""
-        shape = self.shape(name)
-        row = math.prod(shape[1:])
-        return self.read_flat(name, start * row, stop * row).reshape(stop - start, *shape[1:])
+    def read_into(self, name: str, start: int, stop: int, out: torch.Tensor) -> None:
+        """Elements [start, stop) of the flattened tensor into `out` (a CPU tensor of stop - start
+        elements): straight from the file into its memory when the dtype matches (no buffer between)."""
+        e = self.entry(name)
+        if out.device.type != "cpu" or out.dtype != e.dtype or not out.is_contiguous():
+            out.copy_(self.read_flat(name, start, stop).view_as(out))
+            return
+        numel = math.prod(e.shape)
+        if not 0 <= start <= stop <= numel or out.numel() != stop - start:
+            raise CheckpointError(f"{self.source}: {name}: elements {start}..{stop} outside 0..{numel}")
+        size = e.dtype.itemsize
+        view = memoryview(out.detach().reshape(-1).view(torch.uint8).numpy())
+        offset, done = e.offset + start * size, 0
+        fd = self._fd(e.path)
+        try:
+            while done < len(view):
+                n = os.preadv(fd, [view[done:]], offset + done)
+                if n == 0:
+                    raise CheckpointError(f"{e.path}: truncated while reading tensor {name}")
+                done += n
+        except OSError as err:
+            raise CheckpointError(f"{e.path}: cannot read tensor {name}: {err.strerror or err}") from None
+        self.bytes_read += len(view)
 
     def read(self, name: str) -> torch.Tensor:
         shape = self.shape(name)

@@ -46,10 +46,12 @@ class WeightSource:
             return self.reader.read_flat(name, start, stop).float()
         return self._generated(name).reshape(-1)[start:stop]
 
-    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        shape = self.shapes[name]
-        row = math.prod(shape[1:])
-        return self.flat(name, start * row, stop * row).reshape(stop - start, *shape[1:])
+    def flat_into(self, name: str, start: int, stop: int, out: torch.Tensor) -> None:
+        """Elements [start, stop) into `out` (1-D), read straight into it when the dtypes match."""
+        if self.reader is not None:
+            self.reader.read_into(name, start, stop, out)
+        else:
+            out.copy_(self.flat(name, start, stop))
 
     def full(self, name: str) -> torch.Tensor:
         return self.flat(name, 0, math.prod(self.shapes[name])).reshape(self.shapes[name])
@@ -106,13 +108,8 @@ class MomentSource:
     def step(self, name: str) -> float:
         return float(self.reader.read(f"step.{name}").reshape(()).item()) if self.has(name) else 0.0
 
-    def flat(self, key: str, name: str, start: int, stop: int) -> torch.Tensor:
-        return self.reader.read_flat(f"{key}.{name}", start, stop).float()
-
-    def rows(self, key: str, name: str, start: int, stop: int) -> torch.Tensor:
-        shape = self.reader.shape(f"{key}.{name}")
-        row = math.prod(shape[1:])
-        return self.flat(key, name, start * row, stop * row).reshape(stop - start, *shape[1:])
+    def flat_into(self, key: str, name: str, start: int, stop: int, out: torch.Tensor) -> None:
+        self.reader.read_into(f"{key}.{name}", start, stop, out)
 
     def full(self, key: str, name: str) -> torch.Tensor:
         return self.reader.read(f"{key}.{name}").float()

@@ -136,17 +136,20 @@ class DdpEngine:
 
     @torch.no_grad()
     def load(self, directory: Path) -> None:
+        def read(reader: TensorReader, key: str, into: torch.Tensor) -> None:
+            if key not in reader or reader.shape(key) != tuple(into.shape):
+                raise CheckpointError(f"{reader.source}: no tensor {key} of shape {list(into.shape)}")
+            reader.read_into(key, 0, into.numel(), into.view(-1) if into.dim() else into.view(1))
+
         with TensorReader.file(directory / MODEL_FILE) as weights:
             for name, p in self.model.named_parameters():
-                if name not in weights or weights.shape(name) != tuple(p.shape):
-                    raise CheckpointError(f"{directory / MODEL_FILE}: no tensor {name} of shape {list(p.shape)}")
-                p.copy_(weights.read(name))
+                read(weights, name, p.data)
         with TensorReader.file(directory / OPTIMIZER_FILE) as moments:
             for name, p in self.params.items():
                 state = self.optimizer.state[p]
                 for key in MOMENTS:
-                    state[key].copy_(moments.read(f"{key}.{name}"))
-                state["step"].copy_(moments.read(f"step.{name}").reshape(()))
+                    read(moments, f"{key}.{name}", state[key])
+                read(moments, f"step.{name}", state["step"])
 
     # ---- the stage's output --------------------------------------------------------------------
 

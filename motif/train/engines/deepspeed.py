@@ -103,7 +103,7 @@ def partitioned_llama(args: ModelArgs, stage: StageConfig, world: World, weights
             p.requires_grad_(name not in frozen)
             start, stop, _ = partition(p, world.rank)
             if stop > start:
-                p.ds_tensor.data[: stop - start].copy_(weights.flat(name, start, stop).to(dtype))
+                weights.flat_into(name, start, stop, p.ds_tensor.data[: stop - start])
     return model
 
 
@@ -135,12 +135,12 @@ class DeepSpeedEngine:
         model.train()
         self._init_optimizer_state()
         if stage.train.precision == "bf16":  # the fp32 masters were made from bf16 partitions: make them exact
-            self._set_local("param", lambda n, a, b: weights.flat(n, a, b))
+            self._set_local("param", weights.flat_into)
         for name in self.params:
             if moments.has(name):
                 moments.check_shape(name, tuple(weights.shapes[name]))
         for key in MOMENTS:
-            self._set_local(key, lambda n, a, b, k=key: moments.flat(k, n, a, b), only=moments.has)
+            self._set_local(key, lambda n, a, b, out, k=key: moments.flat_into(k, n, a, b, out), only=moments.has)
         self.bytes_read = weights.bytes_read + moments.bytes_read
 
     def _init_optimizer_state(self) -> None:
@@ -154,17 +154,22 @@ class DeepSpeedEngine:
                 "exp_avg_sq": torch.zeros_like(flat),
             }
 
-    def _set_local(self, key: str, read, only=lambda name: True) -> None:
-        """Write this rank's partition of `key` ("param" or a moment) for every trained parameter."""
+    def _set_local(self, key: str, fill, only=lambda name: True) -> None:
+        """Write this rank's partition of `key` ("param" or a moment) for every trained parameter.
+
+        `fill(name, start, stop, out)` writes elements [start, stop) of that tensor into `out`.
+        """
         from deepspeed.utils import safe_set_local_fp32_param, safe_set_local_optimizer_state
 
         for name, p in self.params.items():
             if not only(name):
                 continue
             start, stop, size = partition(p, self.world.rank)
-            value = torch.zeros(size, dtype=torch.float32, device=self.world.device)
+            value = torch.empty(size, dtype=torch.float32)  # filled on the host, then one copy into DeepSpeed's
+            value[stop - start :] = 0.0  # the partition's padding
             if stop > start:
-                value[: stop - start] = read(name, start, stop).to(value.device)
+                fill(name, start, stop, value[: stop - start])
+            value = value.to(self.world.device)
             if key == "param":
                 safe_set_local_fp32_param(p, value)
                 with torch.no_grad():  # and the compute copy DeepSpeed gathers for forward
@@ -253,7 +258,7 @@ class DeepSpeedEngine:
                 raise CheckpointError(f"{f}: no {META_KEY} metadata (not written by engine deepspeed)") from None
         try:
             for key in ("param", *MOMENTS):
-                self._set_local(key, lambda n, a, b, k=key: _assemble(saved, k, n, a, b, directory))
+                self._set_local(key, lambda n, a, b, out, k=key: _assemble(saved, k, n, a, b, directory, out))
             steps = {n: s for _, meta in saved for n, s in meta["steps"].items()}
             self._load_steps(steps, directory)
         finally:
@@ -316,9 +321,8 @@ class DeepSpeedEngine:
         pass
 
 
-def _assemble(saved, key: str, name: str, start: int, stop: int, directory: Path) -> torch.Tensor:
-    """Elements [start, stop) of `key.name`, from the saved partitions that overlap them."""
-    out = torch.empty(stop - start, dtype=torch.float32)
+def _assemble(saved, key: str, name: str, start: int, stop: int, directory: Path, out: torch.Tensor) -> None:
+    """Elements [start, stop) of `key.name` into `out`, from the saved partitions that overlap them."""
     covered = 0
     for reader, meta in saved:
         if name not in meta["ranges"]:
@@ -326,10 +330,9 @@ def _assemble(saved, key: str, name: str, start: int, stop: int, directory: Path
         a, b, _ = meta["ranges"][name]
         lo, hi = max(a, start), min(b, stop)
         if lo < hi:
-            out[lo - start : hi - start] = reader.read_flat(f"{key}.{name}", lo - a, hi - a)
+            reader.read_into(f"{key}.{name}", lo - a, hi - a, out[lo - start : hi - start])
             covered += hi - lo
     if covered != stop - start:
         raise CheckpointError(
             f"{directory}: {key}.{name}: elements {start}..{stop} are not all in the saved partitions"
         )
-    return out

@@ -76,9 +76,14 @@ class Holder:
         return f"{self.what} (host {self.host}, pid {self.pid}, last heartbeat {age:.0f}s ago)"
 
 
-def lease_path(directory: str | Path) -> Path:
+INSIDE_NAME = ".motif.lease"
+
+
+def lease_path(directory: str | Path, inside: bool = False) -> Path:
+    """Beside the directory (it may be replaced by a rename), or `inside` it (a directory that is only
+    ever written into, such as a stage's checkpoint directory mounted alone on a read-only volume)."""
     directory = Path(os.path.abspath(directory))
-    return directory.parent / f".{directory.name}.lease"
+    return directory / INSIDE_NAME if inside else directory.parent / f".{directory.name}.lease"
 
 
 class Lease:
@@ -159,6 +164,7 @@ def acquire(
     stale_s: float = STALE_S,
     wait_s: float = 0.0,
     wait_s_same_host: float = 0.0,
+    inside: bool = False,
 ) -> Lease:
     """Take the exclusive lease of `directory` for `what` (e.g. "motif grow"), or raise LeaseError.
 
@@ -166,9 +172,10 @@ def acquire(
     default fails at once. `wait_s_same_host`: how long to wait for a holder with this host's name
     on another boot: a pod recreated on another node keeps its name, so such a holder is most
     likely this pod's own previous incarnation, whose heartbeat only stops when it goes stale.
+    `inside`: keep the lease file in the directory (created if missing) instead of beside it.
     """
     directory = Path(os.path.abspath(directory))
-    path = lease_path(directory)
+    path = lease_path(directory, inside)
     if str(path) in _HELD:
         raise LeaseError(f"{directory}: this process already holds its lease (a second writer in one process)")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -55,18 +55,21 @@ def check_free_space(path: str | Path, nbytes: int, what: str) -> None:
         )
 
 
-def check_writable(path: str | Path, key: str) -> None:
+def check_writable(path: str | Path, key: str, replaced: bool = True) -> None:
     """Refuse (WriteError naming `key`) when `path` cannot be created or replaced by this process.
 
     Probes the directory that receives new entries: the nearest existing ancestor of `path`'s
     parent (a replaced directory is renamed in its parent; a lease file sits beside it) and, when
-    `path` is an existing directory, `path` itself (checkpoints are written inside it).
+    `path` is an existing directory, `path` itself (checkpoints are written inside it). With
+    `replaced` false (a directory only ever written into) an existing `path` is all that is probed:
+    its parent may be read-only, as a stage's own checkpoint directory mounted alone on a read-only
+    volume.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise WriteError(f"{key}: {path}: exists and is not a directory")
-    targets = [existing_ancestor(path.parent)]
-    if path.is_dir():
+    targets = [path] if path.is_dir() and not replaced else [existing_ancestor(path.parent)]
+    if path.is_dir() and replaced:
         targets.append(path)
     for target in targets:
         if not target.is_dir():

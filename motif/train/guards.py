@@ -70,7 +70,7 @@ def preflight(stage: StageConfig) -> None:
 
     where = stage.source_file or stage.name
     try:
-        check_writable(stage.checkpoint.dir, "motif.checkpoint.dir")
+        check_writable(stage.checkpoint.dir, "motif.checkpoint.dir", replaced=False)
         check_writable(stage.output, "motif.output")
         sources = [p for p in (stage.input, stage.start_checkpoint) if p]
         check_replaceable(stage.output, overwrite=True, sources=sources)
@@ -108,7 +108,9 @@ def job_lease(stage: StageConfig, world: World):
         try:
             # Another job fails at once; this pod's own predecessor (recreated on another node, same
             # name) is waited for until its heartbeat goes stale.
-            lease = acquire(stage.checkpoint.dir, f"motif train {stage.name}", wait_s_same_host=STALE_S + 15)
+            lease = acquire(
+                stage.checkpoint.dir, f"motif train {stage.name}", wait_s_same_host=STALE_S + 15, inside=True
+            )
         except LeaseError as e:
             problem = str(e)
     problem = dist.first_problem(world, problem)

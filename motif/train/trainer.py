@@ -15,6 +15,7 @@ flag and a stop request, so every rank agrees on whether to step and whether to 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -161,6 +162,7 @@ class Trainer:
                 self.checkpoints.rollback(resume)
         elif self.moments.path and self.world.is_main:
             log.info("optimizer: Adam moments carried from %s", self.moments.path)
+        self._check_output_space()
         self.flops_per_token = self.model.args.flops_per_token(s.data.seq_len)
         self.peak_flops = self._peak_flops()
 
@@ -238,6 +240,23 @@ class Trainer:
         problem = dist.first_problem(self.world, problem)
         if problem is not None:
             raise CheckpointError(problem)
+
+    def _check_output_space(self) -> None:
+        """The output's size is known from the shapes: refuse now, not after the stage has trained."""
+        from motif.storage.space import check_free_space
+
+        shapes = self.model.args.tensor_shapes()
+        with_state = set(self.engine.trainable()) | set(self.moments.names())
+        nbytes = 4 * sum(math.prod(s) * (3 if n in with_state else 1) for n, s in shapes.items())
+        problem = None
+        if self.world.is_main:
+            try:
+                check_free_space(Path(self.stage.output).parent, nbytes, f"the output {self.stage.output}")
+            except MotifError as e:
+                problem = str(e)
+        problem = dist.first_problem(self.world, problem)
+        if problem is not None:
+            raise MotifError(problem)
 
     def _peak_flops(self) -> float:
         from motif.metrics.flops import peak_flops

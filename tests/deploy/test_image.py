@@ -83,11 +83,14 @@ class Stage:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    """The workspace volume of the tiny recipe: corpus and tokenizer, as `motif demo` makes them."""
+    """The workspace volume of the tiny recipe: corpus, tokenizer and held-out sets, as `motif demo` makes them."""
+    from motif.data.corpus import write_corpus
     from motif.demo import prepare_data
+    from motif.eval.demo import HELDOUT_DOCS, HELDOUT_SEED
 
     ws = tmp_path_factory.mktemp("volume") / "workspace"
     prepare_data(ws, config.load_stage(TINY / "stage0-base.yaml"))
+    write_corpus(ws / "data" / "heldout", HELDOUT_DOCS, seed=HELDOUT_SEED)  # the stages' motif.eval.heldout
     for path in [ws, *ws.rglob("*")]:
         os.chmod(path, 0o777 if path.is_dir() else 0o644)
     return ws

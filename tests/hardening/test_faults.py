@@ -190,7 +190,9 @@ def test_divergence_with_nan_policy_stop_keeps_the_last_good_checkpoint(workdir,
 
 @pytest.mark.slow
 def test_divergence_with_nan_policy_skip_is_counted_on_the_exporter(workdir, zygote):
-    stage = write_stage(workdir, _diverging("div-skip", "skip", 5))
+    section = _diverging("div-skip", "skip", 5)
+    section["train"]["max_skipped_steps"] = 100
+    stage = write_stage(workdir, section)
     child = zygote.spawn(
         ["train", str(stage), "--metrics-port", "0", "--linger-seconds", "20"], workdir, workdir / "skip.log"
     )
@@ -207,6 +209,18 @@ def test_divergence_with_nan_policy_skip_is_counted_on_the_exporter(workdir, zyg
     assert skipped["skip"] >= 1 and skipped["stop"] == 0
     assert f'motif_nonfinite_steps_total{{action="skip"}} {float(skipped["skip"])}' in body, body
     assert child.text().count("step skipped") == skipped["skip"]
+
+
+@pytest.mark.slow
+def test_skipping_stops_past_max_skipped_steps_naming_the_last_good_checkpoint(workdir, zygote):
+    stage = write_stage(workdir, _diverging("div-bound", "skip", 20))  # train.max_skipped_steps: 3 by default
+    child = zygote.spawn(["train", str(stage), "--metrics-port", "0"], workdir, workdir / "bound.log")
+    assert child.wait() == 4, child.text()[-3000:]
+    lines = [line for line in child.text().splitlines() if line.startswith("motif train: step ")]
+    assert len(lines) == 1 and "4 steps skipped, more than motif.train.max_skipped_steps 3: stopping" in lines[0]
+    last = sorted((workdir / "ck/div-bound").glob("step_*"))[-1]
+    assert f"last good checkpoint: {last.relative_to(workdir)}" in lines[0]
+    assert not (workdir / "out/div-bound").exists()
 
 
 # ---- a full disk -------------------------------------------------------------------------------
@@ -258,9 +272,15 @@ def test_a_full_disk_under_the_stage_output_fails_cleanly(workdir, zygote):
         child = zygote.spawn(["train", str(stage), "--metrics-port", "0"], workdir, workdir / "o.log", fsize=fsize)
         assert child.wait() == 2, child.text()[-3000:]
         line = _error_line(child.text(), "train")
-        assert "out/fullout: cannot write" in line and "nothing was written there" in line
+        # Refused up front when the volume reports its free space (a mounted tmpfs), else at the write.
+        assert ("out/fullout: cannot write" in line and "nothing was written there" in line) or (
+            "not enough free space for the output out/fullout" in line
+        ), line
         assert list((workdir / "out").iterdir()) == []
-        assert check_complete(workdir / "ck/fullout/step_00000001") is None
+        if "not enough free space" in line:  # refused before the first step: nothing trained, nothing kept
+            assert not list((workdir / "ck/fullout").glob("step_*"))
+        else:  # refused at the output: the stage's checkpoints are intact
+            assert check_complete(workdir / "ck/fullout/step_00000001") is None
 
 
 @pytest.mark.slow

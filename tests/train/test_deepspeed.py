@@ -20,9 +20,11 @@ def test_stage_settings_map_onto_the_deepspeed_config():
     cfg = ds_config(stage, stage.model)
     zero = cfg["zero_optimization"]
     assert zero["stage"] == 3 and zero["stage3_param_persistence_threshold"] == 0
-    # Buckets sized by the model's largest gathered group (here the embedding, 384 x 64), not GPU defaults.
-    assert zero["reduce_bucket_size"] == zero["stage3_prefetch_bucket_size"] == 384 * 64
-    assert zero["stage3_max_live_parameters"] == 2 * 384 * 64
+    # Buckets sized by the model's largest gathered group (here a block: 2 norms, q/k/v/o, gate/up/down),
+    # not DeepSpeed's GPU defaults.
+    block = 2 * 64 + 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128
+    assert zero["reduce_bucket_size"] == zero["stage3_prefetch_bucket_size"] == block > 384 * 64
+    assert zero["stage3_max_live_parameters"] == 2 * block
     assert cfg["train_micro_batch_size_per_gpu"] == 3 and cfg["gradient_accumulation_steps"] == 4
     assert cfg["gradient_clipping"] == 0.5 and cfg["bf16"] == {"enabled": True}
 

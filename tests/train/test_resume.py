@@ -1,7 +1,6 @@
 """SIGKILL in the middle of a run, then `--resume auto`: the final weights are bit-identical to an
 uninterrupted run's, with 1 process and with 2 (torchrun)."""
 
-import os
 import shutil
 import signal
 import subprocess
@@ -12,6 +11,19 @@ import torch
 from safetensors.torch import load_file
 
 from .conftest import motif_train, stage_section, subprocess_env, train_command, write_stage
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a launcher and every process under it (torchrun's workers run in sessions of their own),
+    each stopped first so none can notice the others dying: a node lost at once."""
+    import psutil
+
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    for p in procs:
+        p.send_signal(signal.SIGSTOP)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
 
 
 def _tensors(directory):
@@ -52,7 +64,7 @@ def test_sigkill_then_resume_is_bit_identical(workdir, nproc):
     deadline = time.monotonic() + 180
     while not (ck / "step_00000010").is_dir() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
+    _kill_tree(proc.pid)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists(), "the run finished before it could be killed"

@@ -36,7 +36,7 @@ from motif.metrics.logger import MetricLogger
 from motif.train import dist, growth, guards
 from motif.train.checkpoint import CheckpointManager, read_meta
 from motif.train.dist import World
-from motif.train.engines import build_engine
+from motif.train.engines import build_engine, loss_sums
 from motif.train.output import write_output
 from motif.train.schedule import Schedule
 from motif.train.start import MomentSource, WeightSource
@@ -401,13 +401,7 @@ class Trainer:
         one, at 1/W per rank), before the first update.
         """
         before = self.engine.input_loss(self.stage.input, batches)
-        after = torch.zeros(2, dtype=torch.float64, device=self.world.device)
-        with torch.no_grad():
-            for batch in batches:
-                logits = self.engine.forward(batch.inputs.to(self.world.device))
-                t = batch.targets.to(self.world.device)
-                after[0] += F.cross_entropy(logits.float().flatten(0, 1), t.flatten(), reduction="sum").double()
-                after[1] += t.numel()
+        after = loss_sums(self.engine.forward, batches, self.world.device)
         both = torch.cat([before, after])
         dist.all_reduce_sum(self.world, both)
         loss_before, loss_after = (both[0] / both[1]).item(), (both[2] / both[3]).item()

@@ -43,6 +43,20 @@ class StepResult:
     grad_norm: float | None = None  # the global norm, for engines that measure it inside the step
 
 
+def loss_sums(forward, batches: list, device: torch.device) -> torch.Tensor:
+    """[loss sum, token count] of `forward` (tokens -> logits) on `batches`, without gradients."""
+    import torch.nn.functional as F
+
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for batch in batches:
+            logits = forward(batch.inputs.to(device))
+            t = batch.targets.to(device)
+            sums[0] += F.cross_entropy(logits.float().flatten(0, 1), t.flatten(), reduction="sum").double()
+            sums[1] += t.numel()
+    return sums
+
+
 class Engine(Protocol):
     """What the trainer asks of an engine."""
 

@@ -19,7 +19,7 @@ from motif.errors import CheckpointError
 from motif.model import Llama
 from motif.train import optimizer as optim
 from motif.train.dist import World
-from motif.train.engines import StepResult
+from motif.train.engines import StepResult, loss_sums
 from motif.train.slices import TensorReader, write_tensors
 from motif.train.start import MOMENTS, MomentSource, WeightSource
 
@@ -31,20 +31,6 @@ def compile_blocks(model: Llama) -> None:
     """torch.compile each transformer block (torchtitan's choice): small graphs, compiled once, reused."""
     for block in model.model.layers:
         block.compile()
-
-
-def loss_sums(model, batches, device) -> torch.Tensor:
-    """[loss sum, token count] of `model` on `batches` (no gradients)."""
-    import torch.nn.functional as F
-
-    sums = torch.zeros(2, dtype=torch.float64, device=device)
-    with torch.no_grad():
-        for batch in batches:
-            logits = model(batch.inputs.to(device))
-            t = batch.targets.to(device)
-            sums[0] += F.cross_entropy(logits.float().flatten(0, 1), t.flatten(), reduction="sum").double()
-            sums[1] += t.numel()
-    return sums
 
 
 class DdpEngine:

@@ -36,8 +36,7 @@ from motif.errors import CheckpointError, MotifError
 from motif.model import Llama, ModelArgs
 from motif.train import optimizer as optim
 from motif.train.dist import World
-from motif.train.engines import StepResult
-from motif.train.engines.ddp import loss_sums
+from motif.train.engines import StepResult, loss_sums
 from motif.train.slices import TensorReader, write_tensors
 from motif.train.start import MOMENTS, MomentSource, WeightSource
 

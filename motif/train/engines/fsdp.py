@@ -29,8 +29,8 @@ from motif.config import StageConfig
 from motif.model import Llama, ModelArgs
 from motif.train import optimizer as optim
 from motif.train.dist import World
-from motif.train.engines import StepResult
-from motif.train.engines.ddp import compile_blocks, loss_sums
+from motif.train.engines import StepResult, loss_sums
+from motif.train.engines.ddp import compile_blocks
 from motif.train.start import MOMENTS, MomentSource, WeightSource
 
 CHECKPOINT_DIR = "fsdp"  # the DCP directory inside a training checkpoint

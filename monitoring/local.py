@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -272,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         pushgateway=args.pushgateway,
     )
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl-C and SIGTERM only set a flag: an exception raised at an arbitrary point (say inside
+    # Popen.poll, between taking and releasing its lock) could leave the clean-up below hanging.
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
     with prom:
         print(f"Prometheus: {prom.url}  (scraping {', '.join(prom.targets)} as job {args.job!r})", flush=True)
         print(f"  targets: {prom.url}/targets   alerts: {prom.url}/alerts", flush=True)
@@ -282,10 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         print("Ctrl-C stops it (its data directory is removed).", flush=True)
-        try:
-            while prom.proc is not None and prom.proc.poll() is None:
-                time.sleep(1)
-        except KeyboardInterrupt:
+        while not stopping.wait(1) and prom.proc is not None and prom.proc.poll() is None:
             pass
         if prom.proc is not None and prom.proc.poll() is not None:
             print(f"prometheus exited:\n{prom.logs()[-2000:]}", file=sys.stderr)

@@ -64,6 +64,7 @@ def _stage_file(workdir: Path, size: str) -> Path:
         section["data"]["seq_len"] = override["seq_len"]
     section["parallel"] = {"engine": "ddp", "device": "cpu", "procs_per_node": 1}
     section["train"]["deterministic"] = False
+    section.pop("eval", None)  # the step is measured, not the held-out scoring the demo stage adds
     path = workdir / "stage.yaml"
     path.write_text(yaml.safe_dump({"motif": section}))
     return path

@@ -2,8 +2,10 @@
 
 Reads what the motif-stage chart created (objects labelled `app.kubernetes.io/part-of=motif`):
 the PyTorchJob (or TrainJob) of each stage and its phase from the job conditions, its pods (ready,
-restarts), the growth and eval Jobs, and where the stage writes its checkpoints (the chart's
-`motif/*` annotations, else the stage ConfigMap). Also runs as `kubectl motif status`.
+restarts), the growth and eval Jobs, the scores of the eval pod (its container's termination
+message: the volume with summary.json is not readable from here), and where the stage writes its
+checkpoints (the chart's `motif/*` annotations, else the stage ConfigMap). Also runs as
+`kubectl motif status`.
 
 Every API call has a connect and a read timeout and is not retried: a server that never answers
 ends the command with one line, not a hang.
@@ -24,16 +26,21 @@ import yaml
 
 from motif.errors import MotifError
 
-HELP = "Stages on the cluster: job phase, replicas, restarts, age, checkpoint location"
+HELP = "Stages on the cluster: job phase, replicas, restarts, age, eval scores, checkpoint location"
 DESCRIPTION = """\
 Show every motif stage installed in a namespace: the phase of its PyTorchJob (from the job's
-conditions), pods ready / active / succeeded / failed, container restarts, age, the growth Job, and
-where the stage writes its checkpoints and final model.
+conditions), pods ready / active / succeeded / failed, container restarts, age, the growth and eval
+Jobs, the eval scores, and where the stage writes its checkpoints and final model.
+
+SCORES: the held-out bits per byte by language and the number of benchmark tasks scored (tasks=N+
+when the report was cut to fit), from the termination message of the newest eval pod that finished
+(exit 0); `-` when there is none or it is unreadable. --json carries every score.
 
 Uses the current kubeconfig context (KUBECONFIG, ~/.kube/config) or the in-cluster service account.
 """
 
 PART_OF = "app.kubernetes.io/part-of=motif"
+EVAL_CONTAINER = "eval"  # the container of the chart's eval Job that writes the termination message
 TERMINAL = ("Succeeded", "Failed")
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 20.0
@@ -57,6 +64,9 @@ class StageStatus:
     age_seconds: int | None = None
     grow: str = "-"
     eval: str = "-"
+    scores: dict[str, dict[str, float]] | None = None  # {task: {metric: value}}, None: no report read
+    heldout: dict[str, float] | None = None  # {language: bits_per_byte}
+    scores_truncated: bool = False  # the report dropped tasks to fit the 4096-byte message
     checkpoint_dir: str | None = None
     output: str | None = None
     input: str | None = None
@@ -133,6 +143,59 @@ def _batch_job_state(job: dict[str, Any] | None) -> str:
 _grow_state = _batch_job_state
 
 
+def _time(value: Any) -> dt.datetime | None:
+    if isinstance(value, dt.datetime):
+        return value
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)  # comparable with the API's times
+
+
+def parse_scores(message: Any) -> dict[str, Any] | None:
+    """The report `motif eval` writes as its termination message, checked: `{"scores": {task:
+    {metric: number}}, "heldout": {language: number}, "truncated": bool}`, or None for anything else
+    (no message, the log tail FallbackToLogsOnError puts there, hand-written garbage)."""
+    if not isinstance(message, str) or not message.strip():
+        return None
+    try:
+        report = json.loads(message)
+    except ValueError:
+        return None
+    if not isinstance(report, dict) or "scores" not in report:
+        return None
+    scores, heldout = report["scores"], report.get("heldout", {})
+    if not isinstance(scores, dict) or not _numbers(heldout) or not all(_numbers(m) for m in scores.values()):
+        return None
+    return {"scores": scores, "heldout": heldout, "truncated": report.get("truncated") is True}
+
+
+def _numbers(values: Any) -> bool:
+    return isinstance(values, dict) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values.values()
+    )
+
+
+def eval_report(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The scores of the newest eval pod whose eval container exited 0 with a readable report; a
+    failed attempt's pod (the Job retries) or a garbage message does not hide an earlier success."""
+    found = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            if cs.get("name") != EVAL_CONTAINER or terminated.get("exitCode") != 0:
+                continue
+            report = parse_scores(terminated.get("message"))
+            when = _time(terminated.get("finishedAt")) or _time(meta.get("creationTimestamp"))
+            if report is not None:
+                found.append((when or dt.datetime.min.replace(tzinfo=dt.UTC), report))
+    return max(found, key=lambda f: f[0])[1] if found else None
+
+
 def _paths_from_configmap(cm: dict[str, Any] | None) -> dict[str, str | None]:
     if not cm:
         return {}
@@ -163,6 +226,9 @@ def collect(
         meta = obj.get("metadata") or {}
         return meta.get("namespace", ""), (meta.get("labels") or {}).get("app.kubernetes.io/instance", "")
 
+    def component_of(obj: dict[str, Any]) -> str:
+        return ((obj.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component", "")
+
     cms = {release_of(c): c for c in configmaps}
     grows = {release_of(j): j for j in grow_jobs}
     evals = {release_of(j): j for j in eval_jobs or []}
@@ -173,12 +239,9 @@ def collect(
         annotations = meta.get("annotations") or {}
         key = release_of(job)
         phase, message = job_phase(job)
-        job_pods = [
-            p
-            for p in pods
-            if release_of(p) == key
-            and (p["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "trainer"
-        ]
+        stage_pods = [p for p in pods if release_of(p) == key]
+        job_pods = [p for p in stage_pods if component_of(p) == "trainer"]
+        report = eval_report([p for p in stage_pods if component_of(p) == "eval"]) or {}
         job_status = job.get("status") or {}
         # PyTorchJob: replicaStatuses by replica type; TrainJob: jobsStatus by replicated job.
         replica_statuses = job_status.get("replicaStatuses") or {
@@ -205,6 +268,9 @@ def collect(
                 age_seconds=_age(meta, now),
                 grow=_batch_job_state(grows.get(key)),
                 eval=_batch_job_state(evals.get(key)),
+                scores=report.get("scores"),
+                heldout=report.get("heldout"),
+                scores_truncated=report.get("truncated", False),
                 checkpoint_dir=annotations.get("motif/checkpoint-dir") or paths.get("checkpoint_dir"),
                 output=annotations.get("motif/output") or paths.get("output"),
                 input=annotations.get("motif/input") or paths.get("input"),
@@ -228,6 +294,16 @@ def human_age(seconds: int | None) -> str:
     return f"{seconds}s"
 
 
+def format_scores(stage: StageStatus) -> str:
+    """The SCORES cell, one word (the table is split on whitespace): `ko=0.612,en=0.551,tasks=5`."""
+    if stage.scores is None and stage.heldout is None:
+        return "-"
+    parts = [f"{lang}={bpb:.3f}" for lang, bpb in (stage.heldout or {}).items()]
+    if stage.scores or stage.scores_truncated:
+        parts.append(f"tasks={len(stage.scores or {})}{'+' if stage.scores_truncated else ''}")
+    return ",".join(parts) or "-"
+
+
 def format_table(stages: list[StageStatus], all_namespaces: bool = False) -> str:
     header = [
         "STAGE",
@@ -242,6 +318,7 @@ def format_table(stages: list[StageStatus], all_namespaces: bool = False) -> str
         "AGE",
         "GROW",
         "EVAL",
+        "SCORES",
         "CHECKPOINTS",
     ]
     if all_namespaces:
@@ -261,6 +338,7 @@ def format_table(stages: list[StageStatus], all_namespaces: bool = False) -> str
             human_age(s.age_seconds),
             s.grow,
             s.eval,
+            format_scores(s),
             s.checkpoint_dir or "-",
         ]
         if all_namespaces:

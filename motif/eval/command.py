@@ -30,6 +30,9 @@ CHECKPOINT/eval, or motif.eval.out / <motif.output>/eval with --stage). A finish
 same request on the same checkpoint is reused, not recomputed (--force recomputes). With --json,
 stdout is {task: {metric: value}} and the table goes to stderr.
 
+With MOTIF_TERMINATION_LOG=FILE (the chart's eval Job: /dev/termination-log), the scores also go to
+FILE as compact JSON, at most 4096 bytes, for `motif status` to read from the pod's status.
+
 Devices: --device auto uses the GPUs when there are any (one if it holds the model, else the blocks
 split across all visible GPUs: 8 x 25 GiB for 102B in bf16) and the CPU otherwise; --device
 cuda:0,cuda:1 names them.
@@ -44,6 +47,7 @@ Exit status: 0 done (or reused), 2 bad input (nothing written), 1 the Pushgatewa
 
 
 HELDOUT_LOGITS_BYTES = 10 * 2**30  # what one held-out batch's logits may take on the last device
+TERMINATION_LOG_ENV = "MOTIF_TERMINATION_LOG"  # the eval Job sets it to its container's terminationMessagePath
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -220,6 +224,7 @@ def check_tokenizer(tokenizer: Path, vocab_size: int, checkpoint: Path) -> None:
 
 def evaluate(job: Job, args: argparse.Namespace) -> int:
     summary = summarize(job, args)
+    write_termination_message(summary)
     report(summary, as_json=args.json)
     if job.pushgateway:
         from motif.eval.push import PushError, push_scores
@@ -288,6 +293,26 @@ def _run_and_write(job, args, plan, heldout, devices, dtype, request, ckpt_id) -
     written = results.write_results(job.out, raw, summary)
     print(f"motif eval: wrote {', '.join(p.name for p in written)} to {job.out}", file=sys.stderr)
     return summary
+
+
+def write_termination_message(summary: dict) -> None:
+    """The scores, compact, into the file MOTIF_TERMINATION_LOG names (the eval Job's
+    terminationMessagePath): the kubelet copies it into the pod's status, where `motif status`
+    reads it without the volume. Unset (a developer's machine), nothing is written.
+
+    The results are on disk by now, so a failure here is one warning line, never a failed
+    evaluation. Written in place: the kubelet bind-mounts that file, a rename could not replace it.
+    """
+    path = os.environ.get(TERMINATION_LOG_ENV)
+    if not path:
+        return
+    from motif.eval.results import termination_message
+
+    try:
+        Path(path).write_text(termination_message(summary), encoding="utf-8")
+    except Exception as e:  # anything (a read-only path, an odd reused summary) is only a warning
+        detail = " ".join(str(e).split())
+        print(f"motif eval: warning: scores not written to {path} ({type(e).__name__}: {detail})", file=sys.stderr)
 
 
 def run_harness(job: Job, args, plan, model) -> dict:

@@ -1,6 +1,6 @@
 """What `motif eval` leaves behind: lm-eval's results JSON, samples, and one `summary.json`.
 
-`summary.json` is the file `motif status`, the dashboards' push and the demo read:
+`summary.json` is the file the dashboards' push and the demo read:
 
     {"stage", "checkpoint", "tasks": {task: {metric: value}}, "heldout": {language: bits_per_byte},
      "finished": ISO-8601 time, "motif_version", "lm_eval_version", "request", "checkpoint_id"}
@@ -8,6 +8,10 @@
 It is written last, by rename, so its presence means the evaluation finished; `request` and
 `checkpoint_id` say what was evaluated, so a rerun with the same request on the same checkpoint
 reuses it instead of evaluating again (the eval Job of a stage is idempotent).
+
+On a cluster `motif status` cannot read the volume `summary.json` is on, so the scores also leave
+as the eval container's termination message (`termination_message`), which the kubelet copies
+into the pod's status.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from motif.model.checkpoint import CONFIG_NAME
 
 SUMMARY = "summary.json"
 RESULTS = "lm-eval-results.json"
+TERMINATION_MESSAGE_BYTES = 4096  # the kubelet keeps no more of a container's termination message
 
 
 def flatten(results: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -98,6 +103,27 @@ def make_summary(
         "request": request,
         "checkpoint_id": ckpt_id,
     }
+
+
+def termination_message(summary: dict[str, Any], limit: int = TERMINATION_MESSAGE_BYTES) -> str:
+    """The summary's scores as compact JSON of at most `limit` bytes:
+    `{"stage", "scores": {task: {metric: value}}, "heldout": {language: bits_per_byte}}`.
+
+    Too long (hundreds of subtasks), it drops tasks from the end, then held-out languages, and says
+    `"truncated": true`: a partial report beats a message the kubelet cuts into invalid JSON.
+    """
+    scores, heldout = dict(summary["tasks"]), dict(summary.get("heldout") or {})
+    message: dict[str, Any] = {"stage": summary.get("stage"), "scores": scores, "heldout": heldout}
+    text = _compact(message)
+    while len(text.encode()) > limit and (scores or heldout):
+        (scores or heldout).popitem()
+        message["truncated"] = True
+        text = _compact(message)
+    return text
+
+
+def _compact(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))
 
 
 def write_results(out: Path, results: dict[str, Any] | None, summary: dict[str, Any]) -> list[Path]:

@@ -288,6 +288,27 @@ def test_without_the_growth_job_rank_0_grows_and_nothing_waits():
     assert "initContainers" not in pod
 
 
+@pytest.mark.parametrize(
+    "path",
+    [r.CHART / "ci" / "08-eval-katib-values.yaml", r.ROOT / "jobs" / "llama3-motif-102b" / "stage3-cpt.yaml"],
+    ids=["ci-08", "102b-stage3"],
+)
+def test_the_eval_job_reports_its_scores_as_the_termination_message(path):
+    """`motif status` reads the scores from the eval pod's status: the container writes them where
+    the kubelet takes the termination message from, a file it mounts apart from the read-only root."""
+    objs = _render(path)
+    (ev,) = [o for o in objs if o["kind"] == "Job" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "eval"]
+    (container,) = ev["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == "eval"
+    assert container["terminationMessagePath"] == "/dev/termination-log"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MOTIF_TERMINATION_LOG"] == container["terminationMessagePath"]
+    assert [e["name"] for e in container["env"]].count("MOTIF_TERMINATION_LOG") == 1
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    r.validate(ev)
+
+
 def test_every_value_is_documented():
     """Each key of values.yaml carries a `# --` comment (helm-docs style), or sits under a key
     documented as a whole (a default such as resources or podSecurityContext)."""

@@ -182,6 +182,7 @@ def test_status_table_and_all_namespaces(kubeconfig, api_requests, capsys):
         "AGE",
         "GROW",
         "EVAL",
+        "SCORES",
         "CHECKPOINTS",
     ]
     rows = {line.split()[1]: line.split() for line in lines[1:]}
@@ -196,6 +197,7 @@ def test_status_table_and_all_namespaces(kubeconfig, api_requests, capsys):
         "2d3h",
         "Complete",
         S2_EVAL,
+        "-",  # no eval pod has reported scores
         "/checkpoints/s2-width",
     ]
     assert rows["tiny-s1-depth"][4:7] == ["Running", "1/1", "1"]
@@ -285,6 +287,136 @@ def test_the_eval_job_state_is_shown(fake_api, capsys):
     assert cli.main(["status", "--json"]) == 0
     (stage,) = json.loads(capsys.readouterr().out)
     assert (stage["phase"], stage["grow"], stage["eval"]) == ("Succeeded", "-", "Running")
+
+
+def _eval_stage() -> tuple[dict, dict, list[dict]]:
+    """The PyTorchJob, eval Job and stage ConfigMap of ci/08 (a stage with an eval Job), both done."""
+    objs = r.objects(r.render(r.load_values(r.CHART / "ci" / "08-eval-katib-values.yaml"), "motif-ev"))
+    (job,) = [o for o in objs if o["kind"] == "PyTorchJob"]
+    (ev,) = [o for o in objs if o["kind"] == "Job" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "eval"]
+    job["status"] = {"conditions": [{"type": "Succeeded", "status": "True", "lastTransitionTime": _ts(dt.timedelta())}]}
+    ev["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+    cms = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "motif-ev-stage"]
+    return job, ev, cms
+
+
+def _eval_pod(ev: dict, suffix: str, exit_code: int, message: str | None, finished_ago: dt.timedelta) -> dict:
+    """A pod of the eval Job as the kubelet leaves it: the eval container terminated, with the
+    termination message it copied from terminationMessagePath (or the log tail, on an error)."""
+    template = copy.deepcopy(ev["spec"]["template"])
+    name = ev["metadata"]["name"]
+    terminated = {
+        "exitCode": exit_code,
+        "reason": "Completed" if exit_code == 0 else "Error",
+        "startedAt": _ts(finished_ago + dt.timedelta(minutes=30)),
+        "finishedAt": _ts(finished_ago),
+    }
+    if message is not None:
+        terminated["message"] = message
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{name}-{suffix}",
+            "namespace": "motif",
+            "labels": {**template["metadata"]["labels"], "batch.kubernetes.io/job-name": name, "job-name": name},
+            "creationTimestamp": _ts(finished_ago + dt.timedelta(minutes=31)),
+        },
+        "spec": template["spec"],
+        "status": {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "containerStatuses": [
+                {
+                    "name": "eval",
+                    "ready": False,
+                    "restartCount": 0,
+                    "image": "motif",
+                    "imageID": "",
+                    "state": {"terminated": terminated},
+                }
+            ],
+        },
+    }
+
+
+def _report(tasks: dict, heldout: dict) -> str:
+    """The termination message as `motif eval` writes it."""
+    from motif.eval.results import termination_message
+
+    return termination_message({"stage": "ci-eval", "tasks": tasks, "heldout": heldout})
+
+
+def _status_of(fake_api, capsys, job: dict, ev: dict, cms: list[dict], pods: list[dict]) -> tuple[dict, list[str]]:
+    """(the stage of `motif status --json`, the table row of `motif status`) against the fake API."""
+    fake_api(
+        {("kubeflow.org", "pytorchjobs"): [job], ("", "pods"): pods, ("", "configmaps"): cms, ("batch", "jobs"): [ev]}
+    )
+    assert cli.main(["status", "--json"]) == 0
+    (stage,) = json.loads(capsys.readouterr().out)
+    assert cli.main(["status"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    return stage, dict(zip(header.split(), row.split(), strict=True))
+
+
+def test_the_scores_of_the_eval_pod_are_shown(fake_api, capsys):
+    """The newest eval pod that exited 0 with a readable report wins; later failed attempts (one's
+    message is the log tail, FallbackToLogsOnError; one reported, then its push failed) and an
+    older success do not."""
+    job, ev, cms = _eval_stage()
+    old = {"demo_kmmlu": {"acc": 0.25, "acc_stderr": 0.04}}
+    new = {"demo_kmmlu": {"acc": 0.5, "acc_stderr": 0.05}, "demo_mmlu": {"acc": 0.375, "acc_stderr": 0.05}}
+    pods = [
+        _eval_pod(ev, "old", 0, _report(old, {"ko": 1.9, "en": 1.8}), dt.timedelta(hours=5)),
+        _eval_pod(ev, "new", 0, _report(new, {"ko": 0.6124, "en": 0.5506}), dt.timedelta(hours=2)),
+        _eval_pod(ev, "retry", 1, "Traceback (most recent call last):\n  ...\nOSError: disk full", dt.timedelta()),
+        # Scores written, then the push refused (exit 1): not a finished evaluation.
+        _eval_pod(ev, "push", 1, _report(old, {"ko": 3.0}), dt.timedelta(minutes=5)),
+    ]
+    stage, row = _status_of(fake_api, capsys, job, ev, cms, pods)
+    assert stage["eval"] == "Complete"
+    assert stage["scores"] == new and stage["heldout"] == {"ko": 0.6124, "en": 0.5506}
+    assert stage["scores_truncated"] is False
+    assert (row["EVAL"], row["SCORES"]) == ("Complete", "ko=0.612,en=0.551,tasks=2")
+    assert row["CHECKPOINTS"] == stage["checkpoint_dir"]
+
+
+def test_a_cut_report_says_so_and_no_report_is_a_dash(fake_api, capsys):
+    job, ev, cms = _eval_stage()
+    tasks = {f"kmmlu_subject_{i:03d}": {"acc": 0.25 + i / 1000, "acc_stderr": 0.0123456789} for i in range(200)}
+    stage, row = _status_of(fake_api, capsys, job, ev, cms, [_eval_pod(ev, "a", 0, _report(tasks, {}), dt.timedelta())])
+    assert stage["scores_truncated"] is True and 0 < len(stage["scores"]) < 200
+    assert row["SCORES"] == f"tasks={len(stage['scores'])}+"
+    stage, row = _status_of(fake_api, capsys, job, ev, cms, [])
+    assert (stage["scores"], stage["heldout"], row["SCORES"]) == (None, None, "-")
+
+
+GARBAGE_MESSAGES = {
+    "not-json": "motif eval: wrote summary.json",
+    "cut-json": '{"stage":"s","scores":{"mmlu":{"acc":0.5',
+    "a-list": "[1, 2]",
+    "no-scores": '{"stage": "s", "heldout": {"ko": 0.6}}',
+    "scores-a-string": '{"scores": "high"}',
+    "metric-a-string": '{"scores": {"mmlu": {"acc": "0.5"}}}',
+    "metric-a-bool": '{"scores": {"mmlu": {"acc": true}}}',
+    "heldout-a-list": '{"scores": {}, "heldout": [0.6]}',
+    "empty": "",
+    "binary": "\x00\x01\ufffd",
+}
+
+
+@pytest.mark.parametrize("message", GARBAGE_MESSAGES.values(), ids=GARBAGE_MESSAGES.keys())
+def test_a_garbage_termination_message_is_a_dash(message):
+    job, ev, cms = _eval_stage()
+    (stage,) = status.collect([job], [_eval_pod(ev, "a", 0, message, dt.timedelta())], cms, [], eval_jobs=[ev])
+    assert (stage.eval, stage.scores, stage.heldout) == ("Complete", None, None)
+    assert status.format_table([stage]).splitlines()[1].split()[-2] == "-"
+
+
+def test_a_garbage_termination_message_through_the_api_is_a_dash(fake_api, capsys):
+    job, ev, cms = _eval_stage()
+    pods = [_eval_pod(ev, "a", 0, "{not json", dt.timedelta()), _eval_pod(ev, "b", 0, None, dt.timedelta())]
+    stage, row = _status_of(fake_api, capsys, job, ev, cms, pods)
+    assert (stage["scores"], stage["heldout"], row["SCORES"], row["EVAL"]) == (None, None, "-", "Complete")
 
 
 def _silent_server() -> tuple[socket.socket, list[socket.socket]]:

@@ -65,7 +65,9 @@ def test_a_finished_result_is_reused_and_a_new_request_recomputes(ckpt, tokenize
     assert code == 0 and "reusing" not in err
 
 
-def test_stage_evaluates_its_output_with_heldout_sets(ckpt, tokenizer_dir, tasks_dir, workdir, tmp_path, capsys):
+def test_stage_evaluates_its_output_with_heldout_sets(
+    ckpt, tokenizer_dir, tasks_dir, workdir, tmp_path, monkeypatch, capsys
+):
     from motif.data.corpus import write_corpus
 
     heldout = write_corpus(tmp_path / "heldout", docs_per_language=4, seed=9)
@@ -108,6 +110,67 @@ def test_stage_evaluates_its_output_with_heldout_sets(ckpt, tokenizer_dir, tasks
     assert summary["request"]["num_fewshot"] == 1 and "tiny_kobest_boolq" in summary["tasks"]
     assert "held-out ko" in out and "bits_per_byte" in out
     assert "reusing" in run(capsys, "--stage", str(stage_file))[2]  # the eval Job's rerun is a no-op
+    # As the eval Job runs it: the rerun still reports the scores as the termination message.
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("MOTIF_TERMINATION_LOG", str(log))
+    assert "reusing" in run(capsys, "--stage", str(stage_file))[2]
+    reported = json.loads(log.read_text())
+    assert reported == {"stage": "tiny-s9", "scores": summary["tasks"], "heldout": summary["heldout"]}
+
+
+def test_the_termination_log_carries_the_scores_of_a_new_and_a_reused_result(
+    ckpt, tokenizer_dir, tasks_dir, tmp_path, monkeypatch, capsys
+):
+    """MOTIF_TERMINATION_LOG (the eval Job's terminationMessagePath) gets summary.json's scores as
+    compact JSON, on the first run and on the rerun that reuses the result; a path it cannot write
+    is one warning, not a failed evaluation; unset, nothing is written."""
+    log = tmp_path / "termination-log"
+    argv = [str(ckpt), "--tasks", "tiny_kmmlu,tiny_mmlu", "--include-path", str(tasks_dir)]
+    argv += ["--tokenizer", str(tokenizer_dir), "--limit", "3"]
+    monkeypatch.setenv("MOTIF_TERMINATION_LOG", str(log))
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    summary = json.loads((ckpt / "eval" / "summary.json").read_text())
+    text = log.read_text()
+    assert json.loads(text) == {"stage": "ckpt", "scores": summary["tasks"], "heldout": {}}
+    assert set(summary["tasks"]) == {"tiny_kmmlu", "tiny_mmlu"}
+    assert text == json.dumps(json.loads(text), separators=(",", ":")) and len(text.encode()) <= 4096
+
+    log.unlink()
+    code, _, err = run(capsys, *argv)
+    assert code == 0 and "reusing the finished result" in err
+    assert log.read_text() == text, "a reused result reports the same scores"
+
+    monkeypatch.setenv("MOTIF_TERMINATION_LOG", str(tmp_path / "no-such-dir" / "termination-log"))
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and "tiny_kmmlu" in out, err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "no-such-dir" in warnings[0] and "Traceback" not in err, err
+
+    monkeypatch.delenv("MOTIF_TERMINATION_LOG")
+    log.unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run(capsys, *argv)
+    assert code == 0 and "warning" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not log.exists()
+
+
+def test_a_long_report_drops_tasks_from_the_end_to_fit_4096_bytes():
+    from motif.eval.results import termination_message
+
+    tasks = {f"kmmlu_subject_{i:03d}": {"acc": 0.25 + i / 1000, "acc_stderr": 0.0123456789} for i in range(200)}
+    summary = {"stage": "s3-cpt", "tasks": tasks, "heldout": {"ko": 0.612345, "en": 0.55}}
+    text = termination_message(summary)
+    report = json.loads(text)
+    assert len(text.encode()) <= 4096 and report["truncated"] is True
+    kept = list(report["scores"])
+    assert 0 < len(kept) < 200 and kept == list(tasks)[: len(kept)], "the first tasks are kept, in order"
+    assert report["scores"] == {t: tasks[t] for t in kept} and report["heldout"] == summary["heldout"]
+    one_more = {**report, "scores": {t: tasks[t] for t in list(tasks)[: len(kept) + 1]}}
+    assert len(json.dumps(one_more, separators=(",", ":"))) > 4096, "no more tasks dropped than needed"
+    small = json.loads(termination_message({**summary, "tasks": {t: tasks[t] for t in kept[:3]}}))
+    assert "truncated" not in small and len(small["scores"]) == 3
+    assert summary["tasks"] is tasks and len(tasks) == 200, "the summary itself is left as it was"
 
 
 @pytest.fixture

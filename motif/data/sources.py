@@ -140,35 +140,53 @@ class Documents:
     # Arrow access: document i is bytes offsets[i]..offsets[i+1] of its chunk's data buffer.
 
     def _chunks(self):
+        """(chunks, first row of each chunk, each chunk's offsets as a numpy view), built once."""
         if self._column is None:
             table = self._ds.data.table if hasattr(self._ds.data, "table") else self._ds.data
-            column = table.column(self._field)
-            starts = np.cumsum([0] + [len(c) for c in column.chunks])
-            self._column = (column.chunks, starts)
+            chunks = table.column(self._field).chunks
+            starts = np.cumsum([0] + [len(c) for c in chunks])
+            offsets = [_offsets(c) for c in chunks]
+            self._column = (chunks, starts, offsets)
         return self._column
 
+    def _rows(self, indices: list[int]) -> np.ndarray:
+        """Table rows of dataset indices (a selection or shuffle maps them)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if self._ds._indices is not None:
+            idx = self._ds._indices.column(0).take(idx).to_numpy().astype(np.int64)
+        return idx
+
     def _locate(self, i: int):
-        if self._ds._indices is not None:  # a selection or shuffle: map to the table row
-            i = self._ds._indices.column(0)[i].as_py()
-        chunks, starts = self._chunks()
-        c = int(np.searchsorted(starts, i, side="right")) - 1
-        arr = chunks[c]
-        j = arr.offset + i - int(starts[c])
-        width = np.int64 if str(arr.type) == "large_string" else np.int32
-        offsets = np.frombuffer(arr.buffers()[1], dtype=width)
-        return arr, int(offsets[j]), int(offsets[j + 1])
+        chunks, starts, offsets = self._chunks()
+        row = int(self._rows([i])[0])
+        c = int(np.searchsorted(starts, row, side="right")) - 1
+        j = row - int(starts[c])
+        return chunks[c], int(offsets[c][j]), int(offsets[c][j + 1])
 
     def _sizes(self, indices: list[int]) -> list[int]:
-        sizes = []
-        for i in indices:
-            arr, start, end = self._locate(i)
-            sizes.append(end - start)
-        return sizes
+        # Vectorised: this runs for every batch of documents the data pipeline reads.
+        chunks, starts, offsets = self._chunks()
+        rows = self._rows(indices)
+        which = np.searchsorted(starts, rows, side="right") - 1
+        sizes = np.empty(len(rows), dtype=np.int64)
+        for c in np.unique(which):
+            mask = which == c
+            j = rows[mask] - starts[c]
+            sizes[mask] = offsets[c][j + 1] - offsets[c][j]
+        return sizes.tolist()
 
     def _long(self, i: int) -> LongText:
         arr, start, end = self._locate(i)
         data = memoryview(arr.buffers()[2])[start:end]
         return LongText(data, end - start)
+
+
+def _offsets(chunk) -> np.ndarray:
+    """A string chunk's offsets, local row r spanning bytes [o[r], o[r + 1]) of its data buffer."""
+    width = np.int64 if str(chunk.type) == "large_string" else np.int32
+    if len(chunk) == 0 or chunk.buffers()[1] is None:
+        return np.zeros(1, dtype=width)
+    return np.frombuffer(chunk.buffers()[1], dtype=width)[chunk.offset : chunk.offset + len(chunk) + 1]
 
 
 def _describe(kind) -> str:

@@ -44,6 +44,7 @@ def test_make_monitor_runs_prometheus_on_localhost_and_stops_clean(prometheus_bi
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
     try:
         line = proc.stdout.readline()
@@ -58,7 +59,11 @@ def test_make_monitor_runs_prometheus_on_localhost_and_stops_clean(prometheus_bi
             assert f"127.0.0.1:{exporter_port}" in r.read().decode()
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # it and its Prometheus, so neither outlives the test
+            raise
     assert proc.returncode == 0, out
     time.sleep(0.5)
     with pytest.raises(OSError):

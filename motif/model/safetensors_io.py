@@ -110,7 +110,19 @@ def read_tensor(entry: TensorEntry, fd: int | None = None) -> torch.Tensor:
     if own:
         fd = os.open(entry.path, os.O_RDONLY)
     try:
-        view, done = memoryview(buf), 0
+        read_into_buffer(entry, memoryview(buf), fd)
+    finally:
+        if own:
+            os.close(fd)
+    if entry.nbytes == 0:
+        return torch.empty(entry.shape, dtype=entry.dtype)
+    return torch.frombuffer(buf, dtype=entry.dtype).reshape(entry.shape)
+
+
+def read_into_buffer(entry: TensorEntry, view: memoryview, fd: int) -> None:
+    """Fill `view` (entry.nbytes long) with the entry's bytes read from `fd`, or raise CheckpointError."""
+    done = 0
+    try:
         while done < entry.nbytes:
             n = os.preadv(fd, [view[done:]], entry.offset + done)
             if n == 0:
@@ -118,12 +130,6 @@ def read_tensor(entry: TensorEntry, fd: int | None = None) -> torch.Tensor:
             done += n
     except OSError as e:
         raise CheckpointError(f"{entry.path}: cannot read tensor {entry.name}: {e.strerror or e}") from None
-    finally:
-        if own:
-            os.close(fd)
-    if entry.nbytes == 0:
-        return torch.empty(entry.shape, dtype=entry.dtype)
-    return torch.frombuffer(buf, dtype=entry.dtype).reshape(entry.shape)
 
 
 class SafetensorsWriter:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from motif.errors import MotifError
+from motif.model import ModelArgs
 from motif.model.checkpoint import (
     DEFAULT_SHARD_BYTES,
     atomic_dir,
@@ -55,20 +56,12 @@ def write_output(
     `record`: written as `trained.json` (which stage, how many steps); `sources`: directories the
     output must not be or contain; `lease`: the job's lease, checked before the output appears.
     """
-    args = engine.model.args.replace(torch_dtype="float32")
-    shapes = args.tensor_shapes()
-    trained = set(engine.trainable())
-    with_state = [n for n in shapes if n in trained or carried.has(n)]
-    weight_specs = [(n, torch.float32, s) for n, s in shapes.items()]
+    args, weight_specs, state_specs = _specs(engine, carried)
     shards = plan_shards(weight_specs, max_shard_bytes)
     files = shard_names(args, len(shards))
-    state_specs = []
-    for n in with_state:
-        state_specs += [(f"{k}.{n}", torch.float32, shapes[n]) for k in MOMENTS] + [(f"step.{n}", torch.float32, ())]
     order = [name for shard in shards for name, _, _ in shard] + [k for k, _, _ in state_specs]
     if world.is_main:
-        nbytes = sum(math.prod(s) * 4 for _, _, s in weight_specs + state_specs)
-        check_free_space(Path(path).parent, nbytes, f"the output {path}")
+        check_free_space(Path(path).parent, _nbytes(weight_specs + state_specs), f"the output {path}")
 
     problem: str | None = None
     known: dict[str, str] = {}
@@ -102,6 +95,29 @@ def write_output(
             write_json(tmp / TRAINED_FILE, record)
             record_checksums(tmp, known)
     dist.barrier(world)
+
+
+def output_bytes(engine, carried: MomentSource) -> int:
+    """What the stage's output takes on disk: fp32 weights, and the moments and step of every tensor
+    with optimizer state (trained here or carried from the previous stage)."""
+    _, weight_specs, state_specs = _specs(engine, carried)
+    return _nbytes(weight_specs + state_specs)
+
+
+def _nbytes(specs: list) -> int:
+    return sum(math.prod(shape) * 4 for _, _, shape in specs)  # every output tensor is fp32
+
+
+def _specs(engine, carried: MomentSource) -> tuple[ModelArgs, list, list]:
+    """(args, weight specs, optimizer-state specs) of the output, in the order they are written."""
+    args = engine.model.args.replace(torch_dtype="float32")
+    shapes = args.tensor_shapes()
+    trained = set(engine.trainable())
+    weight_specs = [(n, torch.float32, s) for n, s in shapes.items()]
+    state_specs = []
+    for n in (n for n in shapes if n in trained or carried.has(n)):
+        state_specs += [(f"{k}.{n}", torch.float32, shapes[n]) for k in MOMENTS] + [(f"step.{n}", torch.float32, ())]
+    return args, weight_specs, state_specs
 
 
 def _agree(world: World, problem: str | None) -> str | None:

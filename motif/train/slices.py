@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from motif.errors import CheckpointError
-from motif.model.safetensors_io import TensorEntry, read_header, read_tensor
+from motif.model.safetensors_io import TensorEntry, read_header, read_into_buffer, read_tensor
 
 
 class TensorReader:
@@ -54,38 +54,31 @@ class TensorReader:
 
     def read_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Elements [start, stop) of the flattened tensor, as a 1-D tensor in the file's dtype."""
+        part = self._part(name, start, stop)
+        self.bytes_read += part.nbytes
+        return read_tensor(part, self._fd(part.path))
+
+    def read_into(self, name: str, start: int, stop: int, out: torch.Tensor) -> None:
+        """Elements [start, stop) of the flattened tensor into `out` (a CPU tensor of stop - start
+        elements): straight from the file into its memory when the dtype matches (no buffer between)."""
+        part = self._part(name, start, stop)
+        if out.device.type != "cpu" or out.dtype != part.dtype or not out.is_contiguous():
+            out.copy_(self.read_flat(name, start, stop).view_as(out))
+            return
+        if out.numel() != stop - start:
+            numel = math.prod(self.entry(name).shape)
+            raise CheckpointError(f"{self.source}: {name}: elements {start}..{stop} outside 0..{numel}")
+        read_into_buffer(part, memoryview(out.detach().reshape(-1).view(torch.uint8).numpy()), self._fd(part.path))
+        self.bytes_read += part.nbytes
+
+    def _part(self, name: str, start: int, stop: int) -> TensorEntry:
+        """The entry of elements [start, stop) of the flattened tensor, as a tensor of its own."""
         e = self.entry(name)
         numel = math.prod(e.shape)
         if not 0 <= start <= stop <= numel:
             raise CheckpointError(f"{self.source}: {name}: elements {start}..{stop} outside 0..{numel}")
         size = e.dtype.itemsize
-        part = replace(e, shape=(stop - start,), offset=e.offset + start * size, nbytes=(stop - start) * size)
-        self.bytes_read += part.nbytes
-        return read_tensor(part, self._fd(e.path))
-
-    def read_into(self, name: str, start: int, stop: int, out: torch.Tensor) -> None:
-        """Elements [start, stop) of the flattened tensor into `out` (a CPU tensor of stop - start
-        elements): straight from the file into its memory when the dtype matches (no buffer between)."""
-        e = self.entry(name)
-        if out.device.type != "cpu" or out.dtype != e.dtype or not out.is_contiguous():
-            out.copy_(self.read_flat(name, start, stop).view_as(out))
-            return
-        numel = math.prod(e.shape)
-        if not 0 <= start <= stop <= numel or out.numel() != stop - start:
-            raise CheckpointError(f"{self.source}: {name}: elements {start}..{stop} outside 0..{numel}")
-        size = e.dtype.itemsize
-        view = memoryview(out.detach().reshape(-1).view(torch.uint8).numpy())
-        offset, done = e.offset + start * size, 0
-        fd = self._fd(e.path)
-        try:
-            while done < len(view):
-                n = os.preadv(fd, [view[done:]], offset + done)
-                if n == 0:
-                    raise CheckpointError(f"{e.path}: truncated while reading tensor {name}")
-                done += n
-        except OSError as err:
-            raise CheckpointError(f"{e.path}: cannot read tensor {name}: {err.strerror or err}") from None
-        self.bytes_read += len(view)
+        return replace(e, shape=(stop - start,), offset=e.offset + start * size, nbytes=(stop - start) * size)
 
     def read(self, name: str) -> torch.Tensor:
         shape = self.shape(name)

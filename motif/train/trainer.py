@@ -15,7 +15,6 @@ flag and a stop request, so every rank agrees on whether to step and whether to 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import time
@@ -37,7 +36,7 @@ from motif.train import dist, growth, guards
 from motif.train.checkpoint import CheckpointManager, read_meta
 from motif.train.dist import World
 from motif.train.engines import build_engine, loss_sums
-from motif.train.output import write_output
+from motif.train.output import output_bytes, write_output
 from motif.train.schedule import Schedule
 from motif.train.start import MomentSource, WeightSource
 
@@ -245,12 +244,10 @@ class Trainer:
         """The output's size is known from the shapes: refuse now, not after the stage has trained."""
         from motif.storage.space import check_free_space
 
-        shapes = self.model.args.tensor_shapes()
-        with_state = set(self.engine.trainable()) | set(self.moments.names())
-        nbytes = 4 * sum(math.prod(s) * (3 if n in with_state else 1) for n, s in shapes.items())
         problem = None
         if self.world.is_main:
             try:
+                nbytes = output_bytes(self.engine, self.moments)
                 check_free_space(Path(self.stage.output).parent, nbytes, f"the output {self.stage.output}")
             except MotifError as e:
                 problem = str(e)

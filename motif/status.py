@@ -110,11 +110,9 @@ def _restarts(pod: dict[str, Any]) -> int:
 
 
 def _age(meta: dict[str, Any], now: dt.datetime) -> int | None:
-    created = meta.get("creationTimestamp")
-    if not created:
+    created = _time(meta.get("creationTimestamp"))
+    if created is None:
         return None
-    if isinstance(created, str):
-        created = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
     return max(0, int((now - created).total_seconds()))
 
 
@@ -141,6 +139,11 @@ def _batch_job_state(job: dict[str, Any] | None) -> str:
 
 
 _grow_state = _batch_job_state
+
+
+def _component(obj: dict[str, Any]) -> str:
+    """The chart's component label of an object (trainer, grow, eval, stage-config)."""
+    return ((obj.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component", "")
 
 
 def _time(value: Any) -> dt.datetime | None:
@@ -226,9 +229,6 @@ def collect(
         meta = obj.get("metadata") or {}
         return meta.get("namespace", ""), (meta.get("labels") or {}).get("app.kubernetes.io/instance", "")
 
-    def component_of(obj: dict[str, Any]) -> str:
-        return ((obj.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component", "")
-
     cms = {release_of(c): c for c in configmaps}
     grows = {release_of(j): j for j in grow_jobs}
     evals = {release_of(j): j for j in eval_jobs or []}
@@ -240,8 +240,8 @@ def collect(
         key = release_of(job)
         phase, message = job_phase(job)
         stage_pods = [p for p in pods if release_of(p) == key]
-        job_pods = [p for p in stage_pods if component_of(p) == "trainer"]
-        report = eval_report([p for p in stage_pods if component_of(p) == "eval"]) or {}
+        job_pods = [p for p in stage_pods if _component(p) == "trainer"]
+        report = eval_report([p for p in stage_pods if _component(p) == "eval"]) or {}
         job_status = job.get("status") or {}
         # PyTorchJob: replicaStatuses by replica type; TrainJob: jobsStatus by replicated job.
         replica_statuses = job_status.get("replicaStatuses") or {
@@ -467,11 +467,8 @@ def fetch(namespace: str | None) -> tuple[list, list, list, list, list]:
         f"{PART_OF},app.kubernetes.io/component in (grow,eval)",
     )
 
-    def component(j: dict[str, Any]) -> str:
-        return ((j.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component", "")
-
-    grows = [j for j in batch_jobs if component(j) == "grow"]
-    evals = [j for j in batch_jobs if component(j) == "eval"]
+    grows = [j for j in batch_jobs if _component(j) == "grow"]
+    evals = [j for j in batch_jobs if _component(j) == "eval"]
     return jobs, pods, cms, grows, evals
 
 

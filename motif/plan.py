@@ -76,29 +76,22 @@ class Memory:
         return self.weights + self.grads + self.optimizer + act + self.gathered + self.overhead
 
 
-def largest_group(args: Any) -> int:
-    """Parameters of the largest unit a sharded engine gathers at once: a block, or the embedding or head."""
-    shapes = args.tensor_shapes()
-    block = sum(math.prod(s) for n, s in shapes.items() if n.startswith("model.layers.0."))
-    return max(block, args.vocab_size * args.hidden_size)
-
-
 def memory_per_gpu(args: Any, trainable: int, stage: Any) -> Memory:
     """Estimate (see module docstring) for `args` (ModelArgs) trained as `stage` (StageConfig) says."""
     p = stage.parallel
     n, t = args.num_params(), trainable
     c = 2 if stage.train.precision == "bf16" else 4  # bytes of a compute-dtype element
-    group = largest_group(args)
+    group = args.largest_group_params()
+    # The sharded engines' working set: two gathered groups and one unsharded gradient (+ its fp32 copy).
+    gathered = 3 * c * group + (4 * group if c != 4 else 0)
     if p.engine == "ddp":
         weights, grads, optimizer, gathered = 4 * n, 4 * t * (2 if p.world_size > 1 else 1), 8 * t, 0
     elif p.engine == "fsdp":
         shards = p.world_size // p.replicate
         weights, grads, optimizer = 4 * n // shards, 4 * t // shards, 8 * t // shards
-        gathered = 3 * c * group + (4 * group if c != 4 else 0)
     else:  # deepspeed, ZeRO-3
         w = p.world_size
         weights, grads, optimizer = (c * n + 4 * t) // w, (c + 4) * t // w, 8 * t // w
-        gathered = 3 * c * group + (4 * group if c != 4 else 0)
     tokens = stage.train.micro_batch_size * stage.data.seq_len
     d, f = args.hidden_size, args.intermediate_size
     q, kv = args.num_attention_heads * args.head_dim, args.num_key_value_heads * args.head_dim

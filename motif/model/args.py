@@ -214,6 +214,12 @@ class ModelArgs:
         """Exact parameter count (a tied head counts once)."""
         return sum(math.prod(s) for s in self.tensor_shapes().values())
 
+    def largest_group_params(self) -> int:
+        """Parameters of the largest unit a sharded engine gathers at once: a block, or the embedding
+        (or the head, of the same size)."""
+        block = sum(math.prod(s) for n, s in self.tensor_shapes().items() if n.startswith("model.layers.0."))
+        return max(block, self.vocab_size * self.hidden_size)
+
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs per token (forward + backward) for MFU: 6N + attention.
 

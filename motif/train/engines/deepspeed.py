@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,16 +46,9 @@ RANK_FILE = "zero_rank_{rank:05d}.safetensors"
 META_KEY = "motif_zero3"
 
 
-def largest_group(args: ModelArgs) -> int:
-    """Parameters of the largest unit ZeRO-3 gathers at once: a block, or the embedding (or the head)."""
-    shapes = args.tensor_shapes()
-    block = sum(math.prod(s) for n, s in shapes.items() if n.startswith("model.layers.0."))
-    return max(block, args.vocab_size * args.hidden_size)
-
-
 def ds_config(stage: StageConfig, args: ModelArgs, with_optimizer: bool = True) -> dict:
     t, o = stage.train, stage.optim
-    group = largest_group(args)
+    group = args.largest_group_params()
     cfg = {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.grad_accum_steps,

@@ -3,6 +3,7 @@ and what the engine cannot do is refused by name at load. Training, resuming and
 are tests/train/test_sharded.py's and tests/hardening's, beside fsdp."""
 
 import pytest
+import torch
 
 from motif.config import ConfigError, parse_stage
 from motif.train.engines.deepspeed import ds_config
@@ -48,3 +49,64 @@ def test_what_deepspeed_cannot_do_is_refused_at_load(parallel, train, message):
 
 def test_nan_skip_is_accepted_for_deepspeed():
     assert parse_stage(stage_section(parallel={"engine": "deepspeed"}, train={"nan_policy": "skip"}))
+
+
+# Built in a child process: zero.Init patches torch.nn.Module and needs a process group, neither of
+# which may leak into the test session. The child forces the accelerator's fp16 answer, so the check
+# fails on every machine while the engine's dtype depends on it (DeepSpeed 0.19 gave an fp32 stage bf16
+# partitions wherever mkldnn lacks fp16, as on AMD EPYC CPUs).
+PARTITION_DTYPE_PROBE = """
+import sys, torch, torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+from motif.config import parse_stage
+from motif.model import Llama
+from motif.train.engines.deepspeed import check_partition_dtypes, partition_dtype, zero_init
+import json
+
+fp16, precision = sys.argv[1] == "yes", sys.argv[2]
+accelerator = get_accelerator()
+accelerator.is_fp16_supported = lambda: fp16
+assert accelerator.is_fp16_supported() is fp16
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+stage = parse_stage(json.loads(sys.argv[3]))
+with zero_init(stage, stage.model):
+    model = Llama(stage.model)
+held = sorted({str(p.ds_tensor.dtype) for p in model.parameters()})
+print(json.dumps({"held": held, "expected": str(partition_dtype(stage))}))
+check_partition_dtypes(model, partition_dtype(stage))
+"""
+
+
+@pytest.mark.parametrize("fp16_supported", ["yes", "no"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_partitions_hold_the_stage_precision_whatever_the_accelerator_says_of_fp16(fp16_supported, precision):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    section = stage_section(parallel={"engine": "deepspeed"}, train={"precision": precision})
+    done = subprocess.run(
+        [sys.executable, "-c", PARTITION_DTYPE_PROBE, fp16_supported, precision, json.dumps(section)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "DS_ACCELERATOR": "cpu"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["held"] == [report["expected"]] == [{"fp32": "torch.float32", "bf16": "torch.bfloat16"}[precision]]
+
+
+def test_a_partition_in_another_dtype_is_refused_not_cast():
+    from motif.errors import MotifError
+    from motif.train.engines.deepspeed import check_partition_dtypes
+
+    class Partitioned(torch.nn.Module):  # what zero.Init leaves: each parameter carries its partition
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(0))
+            self.w.ds_tensor = torch.zeros(4, dtype=torch.bfloat16)
+
+    with pytest.raises(MotifError, match=r"partitions in torch.bfloat16, expected torch.float32"):
+        check_partition_dtypes(Partitioned(), torch.float32)

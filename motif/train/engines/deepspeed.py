@@ -82,13 +82,42 @@ def partition(p: torch.nn.Parameter, rank: int) -> tuple[int, int, int]:
     return start, max(start, min(start + size, p.ds_numel)), size
 
 
-def partitioned_llama(args: ModelArgs, stage: StageConfig, world: World, weights: WeightSource, frozen: set[str]):
-    """A Llama built under `zero.Init`, each rank's partitions filled from `weights`."""
+def partition_dtype(stage: StageConfig) -> torch.dtype:
+    """The dtype every partition holds: the stage's `train.precision`."""
+    return torch.bfloat16 if stage.train.precision == "bf16" else torch.float32
+
+
+def zero_init(stage: StageConfig, args: ModelArgs):
+    """`deepspeed.zero.Init` whose partitions hold the stage's precision on every accelerator.
+
+    The dtype is left to the config's `bf16.enabled` on purpose: DeepSpeed 0.19's `Init._set_dtype`
+    reads an explicit `dtype` as `dtype or torch.float16 if accelerator.is_fp16_supported() else
+    torch.bfloat16 ...`, so by operator precedence the requested dtype counts only where the accelerator
+    reports fp16 support. The CPU accelerator asks mkldnn, which says no on many CPUs (AMD EPYC among
+    them), and an fp32 stage silently became bf16. Without `dtype`, `_set_dtype` takes bf16 when the
+    config enables it and fp32 otherwise, whatever the accelerator answers. `check_partition_dtypes`
+    proves the result after set-up.
+    """
     import deepspeed
 
-    dtype = torch.bfloat16 if stage.train.precision == "bf16" else torch.float32
-    with deepspeed.zero.Init(config_dict_or_path=ds_config(stage, args), dtype=dtype):
+    return deepspeed.zero.Init(config_dict_or_path=ds_config(stage, args))
+
+
+def check_partition_dtypes(model: torch.nn.Module, expected: torch.dtype) -> None:
+    """Refuse to train a model whose partitions are not `expected`: a cast would change every weight."""
+    wrong = {str(p.ds_tensor.dtype) for p in model.parameters() if p.ds_tensor.dtype != expected}
+    if wrong:
+        raise MotifError(
+            f"deepspeed built the model's partitions in {', '.join(sorted(wrong))}, "
+            f"expected {expected} (motif.train.precision); refusing to train on silently cast weights"
+        )
+
+
+def partitioned_llama(args: ModelArgs, stage: StageConfig, world: World, weights: WeightSource, frozen: set[str]):
+    """A Llama built under `zero.Init`, each rank's partitions filled from `weights`."""
+    with zero_init(stage, args):
         model = Llama(args)
+    check_partition_dtypes(model, partition_dtype(stage))
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.requires_grad_(name not in frozen)
@@ -122,6 +151,7 @@ class DeepSpeedEngine:
             model=model, optimizer=inner, config=ds_config(stage, weights.args), dist_init_required=False
         )
         self.model = model
+        check_partition_dtypes(model, partition_dtype(stage))  # and still so after DeepSpeed's own set-up
         model.init_buffers(world.device)  # RoPE tables and masks in fp32, whatever DeepSpeed cast
         model.train()
         self._init_optimizer_state()

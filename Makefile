@@ -39,6 +39,13 @@ $(STAMPS)/venv: pyproject.toml requirements.lock
 
 install: $(STAMPS)/venv ## Create .venv with the pinned stack (torch first, then requirements.lock)
 
+# DeepSpeed JIT-builds its shared-memory comm op the first time a process starts it (~80 s). Built
+# here, once, before any test runs it: a test that kills a DeepSpeed run mid-build would leave a lock in
+# ~/.cache/torch_extensions that every later DeepSpeed start waits on forever.
+$(STAMPS)/deepspeed-ops: $(STAMPS)/venv
+	timeout 900 $(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
+	touch $@
+
 $(STAMPS)/debian: Makefile  # re-checked when DEBIAN_PKGS changes (installs only what is missing)
 	@mkdir -p $(STAMPS)
 	@missing=$$(for p in $(DEBIAN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -71,10 +78,10 @@ lock: ## Re-pin requirements.lock from the current .venv
 demo: install ## The whole growth pipeline on a tiny model, on CPU (stage 0 -> LlamaPro -> MSG)
 	$(PY) -m motif demo --out out/demo
 
-test: install deps tools ## Every test: unit, integration (torchrun, Prometheus, Helm, podman)
+test: install deps tools $(STAMPS)/deepspeed-ops ## Every test: unit, integration (torchrun, Prometheus, Helm, podman)
 	$(PY) -m pytest -q
 
-test-fast: install ## Unit tests only (skips the slow integration tier)
+test-fast: install $(STAMPS)/deepspeed-ops ## Unit tests only (skips the slow integration tier)
 	$(PY) -m pytest -q -m "not slow"
 
 # ---- the rest --------------------------------------------------------------------------------
@@ -88,7 +95,7 @@ fmt: install ## Format the code
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-bench: install ## Benchmarks, side by side in one run; figures go in docs/benchmarks.md
+bench: install $(STAMPS)/deepspeed-ops ## Benchmarks, side by side in one run; figures go in docs/benchmarks.md
 	$(PY) -m bench
 
 images: install deps ## Build the CPU trainer image with podman and smoke-test it (GPU image: see docs/deployment.md)

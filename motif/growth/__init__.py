@@ -4,23 +4,29 @@ grow_model(model, targets)        an in-memory Llama -> a grown Llama (+ provena
 grow_checkpoint(src, dst, ...)    a checkpoint on disk -> a grown one, streamed tensor by tensor
 grow_stage(stage)                 the growth step of a stage file (idempotent)
 OPERATORS                         name -> pure operator on a growth plan
+
+Names are imported on first use (PEP 562): the config needs `motif.growth.targets` alone, without
+the operators and torch.
 """
 
-from motif.growth.apply import grow_model
-from motif.growth.operators import OPERATORS, GrowthPlan, plan_growth
-from motif.growth.optim import masked_weight_decay_, transfer_adamw
-from motif.growth.stage import grow_stage
-from motif.growth.stream import grow_checkpoint
-from motif.growth.targets import GrowthTargets
+import importlib
 
-__all__ = [
-    "OPERATORS",
-    "GrowthPlan",
-    "GrowthTargets",
-    "grow_checkpoint",
-    "grow_model",
-    "grow_stage",
-    "masked_weight_decay_",
-    "plan_growth",
-    "transfer_adamw",
-]
+_EXPORTS = {
+    "grow_model": "motif.growth.apply",
+    "OPERATORS": "motif.growth.operators",
+    "GrowthPlan": "motif.growth.operators",
+    "plan_growth": "motif.growth.operators",
+    "masked_weight_decay_": "motif.growth.optim",
+    "transfer_adamw": "motif.growth.optim",
+    "grow_stage": "motif.growth.stage",
+    "grow_checkpoint": "motif.growth.stream",
+    "GrowthTargets": "motif.growth.targets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'motif.growth' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

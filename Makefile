@@ -85,9 +85,10 @@ test-fast: install $(STAMPS)/deepspeed-ops ## Unit tests only (skips the slow in
 	$(PY) -m pytest -q -m "not slow"
 
 # ---- the rest --------------------------------------------------------------------------------
-lint: install ## ruff + ruff format --check + hadolint + helm lint
+lint: install ## ruff + ruff format --check + import-linter (docs/architecture.md) + hadolint + helm lint
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile images/*/Dockerfile
 	$(PY) -m motif.deploy.render --lint
 

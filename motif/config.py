@@ -24,7 +24,9 @@ from typing import Any, Literal
 import yaml
 
 from motif.errors import MotifError
-from motif.growth.targets import GrowthTargets
+
+# The `model:` section's type: a plain dataclass of shapes (no torch), the only other module of motif the
+# config imports. Growth, training and evaluation import the config, never the reverse.
 from motif.model.args import ModelArgs
 
 
@@ -33,6 +35,42 @@ class ConfigError(MotifError):
 
 
 # ---- the schema ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GrowthTargets:
+    """The grown shape. None keeps that dimension as it is.
+
+    The schema of a stage file's growth targets lives here, with the rest of the stage file; the checks
+    that need a source shape (`check_targets`) and the operators are `motif.growth`'s. A stage file's
+    `motif.growth` (`GrowthConfig`) is a `GrowthTargets` with the settings of how to reach them;
+    `targets()` gives the bare shape of either.
+    """
+
+    layers: int | None = None
+    hidden: int | None = None
+    intermediate: int | None = None
+    heads: int | None = None
+    kv_heads: int | None = None
+
+    def targets(self) -> GrowthTargets:
+        return GrowthTargets(self.layers, self.hidden, self.intermediate, self.heads, self.kv_heads)
+
+    def to_dict(self) -> dict[str, int | None]:
+        return dataclasses.asdict(self.targets())
+
+    def grows_width(self) -> bool:
+        return any(v is not None for v in (self.hidden, self.intermediate, self.heads, self.kv_heads))
+
+    def resolve(self, args: ModelArgs) -> GrowthTargets:
+        """Targets with every None replaced by the source's value."""
+        return GrowthTargets(
+            layers=self.layers or args.num_hidden_layers,
+            hidden=self.hidden or args.hidden_size,
+            intermediate=self.intermediate or args.intermediate_size,
+            heads=self.heads or args.num_attention_heads,
+            kv_heads=self.kv_heads or args.num_key_value_heads,
+        )
 
 
 @dataclass(frozen=True)

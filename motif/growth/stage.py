@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from motif.config import StageConfig, check_input_shape
 from motif.errors import CheckpointError, GrowthError
 from motif.growth.provenance import request_mismatch
 from motif.growth.stream import grow_checkpoint, input_fingerprint
@@ -13,10 +14,6 @@ from motif.model.checkpoint import open_checkpoint, read_args, read_provenance
 from motif.storage import integrity
 from motif.storage.lease import acquire
 from motif.storage.space import check_writable
-
-if TYPE_CHECKING:  # motif.config imports motif.growth.targets: no import of it at load time
-    from motif.config import StageConfig
-
 
 def grow_stage(
     stage: StageConfig, overwrite: bool = False, progress: bool = True, wait_s: float = 0.0
@@ -48,8 +45,6 @@ _TARGET_KEYS = ("layers", "hidden", "intermediate", "heads", "kv_heads", "depth_
 
 
 def _grow_stage(stage: StageConfig, overwrite: bool, progress: bool, wait_s: float) -> dict[str, Any]:
-    from motif.config import check_input_shape  # motif.config imports motif.growth.targets
-
     g = stage.growth
     targets = g.targets()
     src, dst = Path(stage.input), Path(g.output)

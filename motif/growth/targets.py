@@ -2,49 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
+from motif.config import GrowthTargets  # the stage file's schema; re-exported for growth's callers
 from motif.errors import GrowthError
 from motif.model.args import ModelArgs
 
+__all__ = ["GrowthTargets", "check_seed", "check_targets", "grown_args", "shape_dict"]
+
 DEPTH_METHODS = ("llamapro", "msg")
 SEED_LIMIT = 2**32  # seeds are mixed with tensor names into 64-bit generator seeds (tensors.generator_for)
-
-
-@dataclass(frozen=True)
-class GrowthTargets:
-    """The grown shape. None keeps that dimension as it is.
-
-    A stage file's `motif.growth` (`motif.config.GrowthConfig`) is a `GrowthTargets` with the settings
-    of how to reach them; `targets()` gives the bare shape of either.
-    """
-
-    layers: int | None = None
-    hidden: int | None = None
-    intermediate: int | None = None
-    heads: int | None = None
-    kv_heads: int | None = None
-
-    def targets(self) -> GrowthTargets:
-        return GrowthTargets(self.layers, self.hidden, self.intermediate, self.heads, self.kv_heads)
-
-    def to_dict(self) -> dict[str, int | None]:
-        return dataclasses.asdict(self.targets())
-
-    def grows_width(self) -> bool:
-        return any(v is not None for v in (self.hidden, self.intermediate, self.heads, self.kv_heads))
-
-    def resolve(self, args: ModelArgs) -> GrowthTargets:
-        """Targets with every None replaced by the source's value."""
-        return GrowthTargets(
-            layers=self.layers or args.num_hidden_layers,
-            hidden=self.hidden or args.hidden_size,
-            intermediate=self.intermediate or args.intermediate_size,
-            heads=self.heads or args.num_attention_heads,
-            kv_heads=self.kv_heads or args.num_key_value_heads,
-        )
 
 
 def check_targets(args: ModelArgs, targets: GrowthTargets, depth_method: str = "llamapro") -> GrowthTargets:

@@ -15,6 +15,7 @@ from motif.storage import integrity
 from motif.storage.lease import acquire
 from motif.storage.space import check_writable
 
+
 def grow_stage(
     stage: StageConfig, overwrite: bool = False, progress: bool = True, wait_s: float = 0.0
 ) -> dict[str, Any]:

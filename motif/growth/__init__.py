@@ -9,7 +9,7 @@ Names are imported on first use (PEP 562): the config needs `motif.growth.target
 the operators and torch.
 """
 
-import importlib
+from motif.lazy import lazy_exports
 
 _EXPORTS = {
     "grow_model": "motif.growth.apply",
@@ -25,8 +25,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'motif.growth' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

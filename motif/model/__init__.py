@@ -4,7 +4,7 @@ Names are imported on first use (PEP 562), so `motif.model.args` (shapes, no tor
 the model and torch: the config, the CLI's parser and `motif plan` stay torch-free.
 """
 
-import importlib
+from motif.lazy import lazy_exports
 
 _EXPORTS = {
     "GrowthState": "motif.model.args",
@@ -15,8 +15,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'motif.model' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

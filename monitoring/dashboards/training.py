@@ -44,6 +44,38 @@ def gpu(name: str) -> str:
     return f"{name}{{{POD}}}"
 
 
+def gpu_panels() -> list[tuple[str, str, str, str]]:
+    """The GPU row, one DCGM series per panel: (title, description, expression, unit)."""
+    return [
+        (
+            "GPU utilisation",
+            "DCGM_FI_DEV_GPU_UTIL per GPU of the job's pods.",
+            f"{gpu('DCGM_FI_DEV_GPU_UTIL')} / 100",
+            "percentunit",
+        ),
+        (
+            "Tensor core activity",
+            "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE: fraction of cycles the tensor pipes are busy.",
+            gpu("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"),
+            "percentunit",
+        ),
+        (
+            "GPU memory used",
+            "Framebuffer used per GPU (DCGM reports MiB).",
+            f"{gpu('DCGM_FI_DEV_FB_USED')} * 1024 * 1024",
+            "bytes",
+        ),
+        ("GPU temperature", "DCGM_FI_DEV_GPU_TEMP per GPU.", gpu("DCGM_FI_DEV_GPU_TEMP"), "celsius"),
+        ("GPU power", "DCGM_FI_DEV_POWER_USAGE per GPU.", gpu("DCGM_FI_DEV_POWER_USAGE"), "watt"),
+        (
+            "GPU XID errors",
+            "Last XID error code per GPU (0: none). Any non-zero value pages.",
+            f"max by (pod, gpu) ({gpu('DCGM_FI_DEV_XID_ERRORS')})",
+            "short",
+        ),
+    ]
+
+
 def build() -> dashboard.Dashboard:
     b = new_dashboard(
         UID,
@@ -248,63 +280,6 @@ def build() -> dashboard.Dashboard:
     )
 
     g.row(30, "GPUs (DCGM exporter)")
-    g.add(
-        31,
-        graph(
-            "GPU utilisation",
-            "DCGM_FI_DEV_GPU_UTIL per GPU of the job's pods.",
-            query(f"{gpu('DCGM_FI_DEV_GPU_UTIL')} / 100", "{{pod}} gpu{{gpu}}"),
-            unit="percentunit",
-        ),
-        w=8,
-    )
-    g.add(
-        32,
-        graph(
-            "Tensor core activity",
-            "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE: fraction of cycles the tensor pipes are busy.",
-            query(gpu("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"), "{{pod}} gpu{{gpu}}"),
-            unit="percentunit",
-        ),
-        w=8,
-    )
-    g.add(
-        33,
-        graph(
-            "GPU memory used",
-            "Framebuffer used per GPU (DCGM reports MiB).",
-            query(f"{gpu('DCGM_FI_DEV_FB_USED')} * 1024 * 1024", "{{pod}} gpu{{gpu}}"),
-            unit="bytes",
-        ),
-        w=8,
-    )
-    g.add(
-        34,
-        graph(
-            "GPU temperature",
-            "DCGM_FI_DEV_GPU_TEMP per GPU.",
-            query(gpu("DCGM_FI_DEV_GPU_TEMP"), "{{pod}} gpu{{gpu}}"),
-            unit="celsius",
-        ),
-        w=8,
-    )
-    g.add(
-        35,
-        graph(
-            "GPU power",
-            "DCGM_FI_DEV_POWER_USAGE per GPU.",
-            query(gpu("DCGM_FI_DEV_POWER_USAGE"), "{{pod}} gpu{{gpu}}"),
-            unit="watt",
-        ),
-        w=8,
-    )
-    g.add(
-        36,
-        graph(
-            "GPU XID errors",
-            "Last XID error code per GPU (0: none). Any non-zero value pages.",
-            query(f"max by (pod, gpu) ({gpu('DCGM_FI_DEV_XID_ERRORS')})", "{{pod}} gpu{{gpu}}"),
-        ),
-        w=8,
-    )
+    for panel_id, (title, description, expr, unit) in enumerate(gpu_panels(), start=31):
+        g.add(panel_id, graph(title, description, query(expr, "{{pod}} gpu{{gpu}}"), unit=unit), w=8)
     return g.b

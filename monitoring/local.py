@@ -77,67 +77,51 @@ def prometheus_config(
     }
 
 
-class Prometheus:
-    """A real Prometheus process on 127.0.0.1 with a throwaway data directory; a context manager."""
+class LocalServer:
+    """A real server process on 127.0.0.1 with a throwaway directory and log; a context manager.
 
-    def __init__(
-        self,
-        targets: list[str],
-        job: str = "motif-local",
-        interval: str = "5s",
-        port: int | None = None,
-        rules: list[Path] | None = None,
-        binary: str | None = None,
-        pushgateway: str | None = None,
-    ) -> None:
-        """`pushgateway`: host:port of a Pushgateway to scrape as well (motif eval pushes its scores there)."""
-        self.binary = binary or shutil.which("prometheus")
+    Subclasses say which binary, its arguments (`command`) and when it is ready (`is_ready`); starting,
+    waiting for readiness, logs and stopping are the same for Prometheus and the Pushgateway.
+    """
+
+    program = ""  # the Debian binary's name; also the prefix of the throwaway directory
+
+    def __init__(self, port: int | None, binary: str | None, package: str) -> None:
+        self.binary = binary or shutil.which(self.program)
         if not self.binary:
-            raise FileNotFoundError("prometheus not found: run `make deps` (Debian package prometheus)")
+            raise FileNotFoundError(f"{self.program} not found: run `make deps` (Debian package {package})")
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.targets, self.job, self.interval = targets, job, interval
-        self.rules = [RULES_FILE] if rules is None else rules
-        self.pushgateway = pushgateway
         self.proc: subprocess.Popen | None = None
         self.dir: Path | None = None
 
-    def start(self, timeout: float = 30.0) -> Prometheus:
-        self.dir = Path(tempfile.mkdtemp(prefix="motif-prometheus-"))
-        cfg = self.dir / "prometheus.yml"
-        config = prometheus_config(self.targets, self.job, self.interval, self.rules, self.pushgateway)
-        cfg.write_text(yaml.safe_dump(config))
-        self.log = (self.dir / "prometheus.log").open("w")
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                f"--config.file={cfg}",
-                f"--storage.tsdb.path={self.dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--web.enable-lifecycle",
-                "--storage.tsdb.retention.time=1d",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+    def command(self, directory: Path) -> list[str]:
+        raise NotImplementedError
+
+    def is_ready(self) -> bool:
+        """Called once /-/ready answers 200."""
+        return True
+
+    def start(self, timeout: float = 30.0):
+        self.dir = Path(tempfile.mkdtemp(prefix=f"motif-{self.program}-"))
+        self.log = (self.dir / f"{self.program}.log").open("w")
+        self.proc = subprocess.Popen(self.command(self.dir), stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.proc.returncode}:\n{self.logs()}")
+                raise RuntimeError(f"{self.program} exited with {self.proc.returncode}:\n{self.logs()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                    # Ready, and the scrape targets synced (they appear a few seconds after start).
-                    expected = len(self.targets) + (1 if self.pushgateway else 0)
-                    if r.status == 200 and len(self.api("targets")["activeTargets"]) == expected:
+                    if r.status == 200 and self.is_ready():
                         return self
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)
         self.stop()
-        raise TimeoutError(f"prometheus not ready after {timeout}s")
+        raise TimeoutError(f"{self.program} not ready after {timeout}s")
 
     def logs(self) -> str:
-        return (self.dir / "prometheus.log").read_text() if self.dir else ""
+        return (self.dir / f"{self.program}.log").read_text() if self.dir else ""
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -153,11 +137,51 @@ class Prometheus:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
 
-    def __enter__(self) -> Prometheus:
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class Prometheus(LocalServer):
+    """A real Prometheus process on 127.0.0.1 with a throwaway data directory; a context manager."""
+
+    program = "prometheus"
+
+    def __init__(
+        self,
+        targets: list[str],
+        job: str = "motif-local",
+        interval: str = "5s",
+        port: int | None = None,
+        rules: list[Path] | None = None,
+        binary: str | None = None,
+        pushgateway: str | None = None,
+    ) -> None:
+        """`pushgateway`: host:port of a Pushgateway to scrape as well (motif eval pushes its scores there)."""
+        super().__init__(port, binary, "prometheus")
+        self.targets, self.job, self.interval = targets, job, interval
+        self.rules = [RULES_FILE] if rules is None else rules
+        self.pushgateway = pushgateway
+
+    def command(self, directory: Path) -> list[str]:
+        cfg = directory / "prometheus.yml"
+        config = prometheus_config(self.targets, self.job, self.interval, self.rules, self.pushgateway)
+        cfg.write_text(yaml.safe_dump(config))
+        return [
+            self.binary,
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={directory / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--web.enable-lifecycle",
+            "--storage.tsdb.retention.time=1d",
+        ]
+
+    def is_ready(self) -> bool:
+        # Ready, and the scrape targets synced (they appear a few seconds after start).
+        expected = len(self.targets) + (1 if self.pushgateway else 0)
+        return len(self.api("targets")["activeTargets"]) == expected
 
     # ---- HTTP API ------------------------------------------------------------------------------
 
@@ -186,76 +210,30 @@ class Prometheus:
         return [t for t in self.api("targets")["activeTargets"] if t["health"] == "up"]
 
 
-class Pushgateway:
+class Pushgateway(LocalServer):
     """A real Pushgateway (Debian `prometheus-pushgateway`) on 127.0.0.1 with a throwaway store; a context manager.
 
     `motif eval --pushgateway` pushes stage scores to it; a `Prometheus(..., pushgateway=...)` scrapes it.
     """
 
+    program = "prometheus-pushgateway"
+
     def __init__(self, port: int | None = None, binary: str | None = None) -> None:
-        self.binary = binary or shutil.which("prometheus-pushgateway")
-        if not self.binary:
-            raise FileNotFoundError("prometheus-pushgateway not found: run `make deps` (Debian package)")
-        self.port = port or free_port()
+        super().__init__(port, binary, "prometheus-pushgateway")
         self.address = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.address}"
-        self.proc: subprocess.Popen | None = None
-        self.dir: Path | None = None
 
-    def start(self, timeout: float = 30.0) -> Pushgateway:
-        self.dir = Path(tempfile.mkdtemp(prefix="motif-pushgateway-"))
-        self.log = (self.dir / "pushgateway.log").open("w")
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                f"--web.listen-address={self.address}",
-                f"--persistence.file={self.dir / 'store'}",
-                "--persistence.interval=1s",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus-pushgateway exited with {self.proc.returncode}:\n{self.logs()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"prometheus-pushgateway not ready after {timeout}s")
-
-    def logs(self) -> str:
-        return (self.dir / "pushgateway.log").read_text() if self.dir else ""
+    def command(self, directory: Path) -> list[str]:
+        return [
+            self.binary,
+            f"--web.listen-address={self.address}",
+            f"--persistence.file={directory / 'store'}",
+            "--persistence.interval=1s",
+        ]
 
     def metrics(self) -> str:
         """The Pushgateway's own /metrics page: every pushed series, as Prometheus scrapes it."""
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as r:
             return r.read().decode()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        if self.dir is not None:
-            self.log.close()
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-
-    def __enter__(self) -> Pushgateway:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ from motif.errors import MotifError
 
 # The `model:` section's type: a plain dataclass of shapes (no torch), the only other module of motif the
 # config imports. Growth, training and evaluation import the config, never the reverse.
-from motif.model.args import ModelArgs
+from motif.model.args import SHAPE_FIELDS, ModelArgs
 
 
 class ConfigError(MotifError):
@@ -246,14 +246,7 @@ def check_input_shape(stage: StageConfig, found: Any, path: str) -> None:
     shape = stage.model
     if shape is None or stage.input is None:
         return
-    for key in (
-        "vocab_size",
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-    ):
+    for key in SHAPE_FIELDS:
         want, got = getattr(shape, key), getattr(found, key)
         if want != got:
             raise ConfigError(f"{stage.source_file or stage.name}: motif.model.{key}: {want}, but {path} has {got}")

@@ -56,6 +56,17 @@ class GrowthState:
         return cls(mask=mask, blend_layers=list(blend), **sizes)
 
 
+# The dimensions that make a shape: a stage file's `model:` section is checked against an input on these.
+SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
+
+
 @dataclass
 class ModelArgs:
     vocab_size: int
@@ -78,15 +89,7 @@ class ModelArgs:
     def __post_init__(self) -> None:
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "head_dim",
-        ):
+        for name in (*SHAPE_FIELDS, "head_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise CheckpointError(f"{name}: expected a positive integer, got {value!r}")

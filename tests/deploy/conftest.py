@@ -8,13 +8,9 @@ runs: the kubeconfig, the HTTP requests, and the deserialisation into its models
 
 from __future__ import annotations
 
-import json
-import re
-import threading
+import functools
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
@@ -48,82 +44,14 @@ KATIB_EXPERIMENT_CRD = {
 }
 
 
-def _matches(labels: dict, selector: str) -> bool:
-    for term in re.split(r",(?![^(]*\))", selector):
-        term = term.strip()
-        if not term:
-            continue
-        found = re.fullmatch(r"(\S+) in \((.*)\)", term)
-        if found:
-            if labels.get(found.group(1)) not in [v.strip() for v in found.group(2).split(",")]:
-                return False
-        else:
-            key, value = term.split("=", 1)
-            if labels.get(key) != value:
-                return False
-    return True
-
-
-def _not_found(path: str) -> dict:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "status": "Failure",
-        "reason": "NotFound",
-        "code": 404,
-        "message": f"the server could not find the requested resource ({path})",
-    }
-
-
-class FakeAPI(BaseHTTPRequestHandler):
-    objects: dict[tuple[str, str], list[dict]] = {}
-    requests: list[str] = []
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def do_GET(self):
-        url = urlparse(self.path)
-        FakeAPI.requests.append(self.path)
-        parts = url.path.strip("/").split("/")
-        group = "" if parts[0] == "api" else parts[1]
-        rest = parts[2:] if parts[0] == "api" else parts[3:]
-        namespace, name = None, None
-        if rest[0] == "namespaces" and len(rest) >= 3:
-            namespace, plural, name = rest[1], rest[2], (rest[3] if len(rest) > 3 else None)
-        else:
-            plural, name = rest[0], (rest[1] if len(rest) > 1 else None)
-        items = FakeAPI.objects.get((group, plural))
-        if items is None:
-            return self._send(404, _not_found(url.path))
-        items = [o for o in items if namespace is None or o["metadata"].get("namespace") == namespace]
-        if name is not None:
-            found = [o for o in items if o["metadata"]["name"] == name]
-            return self._send(200, found[0]) if found else self._send(404, _not_found(url.path))
-        selector = parse_qs(url.query).get("labelSelector", [""])[0]
-        items = [o for o in items if _matches(o["metadata"].get("labels", {}), selector)]
-        kind = items[0]["kind"] if items else "List"
-        self._send(
-            200, {"apiVersion": "v1", "kind": f"{kind}List", "metadata": {"resourceVersion": "1"}, "items": items}
-        )
-
-    def _send(self, code: int, body: dict):
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 def write_kubeconfig(path: Path, server: str, namespace: str = "motif", **cluster) -> Path:
     cfg = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "fake", "cluster": {"server": server, **cluster}}],
+        "clusters": [{"name": "offline", "cluster": {"server": server, **cluster}}],
         "users": [{"name": "me", "user": {"token": "not-a-secret"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me", "namespace": namespace}}],
-        "current-context": "fake",
+        "contexts": [{"name": "offline", "context": {"cluster": "offline", "user": "me", "namespace": namespace}}],
+        "current-context": "offline",
     }
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -131,7 +59,8 @@ def write_kubeconfig(path: Path, server: str, namespace: str = "motif", **cluste
 
 @pytest.fixture
 def kubeconfig_for(tmp_path, monkeypatch) -> Callable[..., Path]:
-    """Write a kubeconfig for a server URL and point KUBECONFIG at it."""
+    """Write a kubeconfig for a server URL and point KUBECONFIG at it (the offline servers of the
+    tests: one that never answers, trickles, or answers garbage)."""
 
     def write(server: str, **cluster) -> Path:
         path = write_kubeconfig(tmp_path / "kubeconfig", server, **cluster)
@@ -142,85 +71,23 @@ def kubeconfig_for(tmp_path, monkeypatch) -> Callable[..., Path]:
     return write
 
 
-@pytest.fixture
-def fake_https_api(tmp_path, kubeconfig_for) -> Iterator[Callable[[dict], Path]]:
-    """The fake API server over TLS with a throw-away self-signed certificate, and a kubeconfig
-    that skips verifying it (insecure-skip-tls-verify), as many test clusters are set up."""
-    import ssl
-    import subprocess
-
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    made = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert)]
-        + ["-days", "1", "-subj", "/CN=127.0.0.1"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert made.returncode == 0, made.stderr
-    servers = []
-
-    def start(objects: dict[tuple[str, str], list[dict]]) -> Path:
-        FakeAPI.objects = objects
-        FakeAPI.requests.clear()
-        server = ThreadingHTTPServer(("127.0.0.1", 0), FakeAPI)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return kubeconfig_for(f"https://127.0.0.1:{server.server_port}", **{"insecure-skip-tls-verify": True})
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture
-def fake_api(tmp_path, monkeypatch) -> Iterator[Callable[[dict], Path]]:
-    """Start the fake API server with the objects given; returns the kubeconfig it sets (KUBECONFIG)."""
-    servers = []
-
-    def start(objects: dict[tuple[str, str], list[dict]]) -> Path:
-        FakeAPI.objects = objects
-        FakeAPI.requests.clear()
-        server = ThreadingHTTPServer(("127.0.0.1", 0), FakeAPI)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        path = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{server.server_port}")
-        monkeypatch.setenv("KUBECONFIG", str(path))
-        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-        return path
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture
-def api_requests() -> list[str]:
-    """The request paths the fake API server received, in order."""
-    return FakeAPI.requests
-
-
 # ---- the real control plane (tests/deploy/controlplane.py) ----------------------------------------
 
 
-def crds() -> list[dict]:
-    """The CRDs of tests/schemas (upstream copies) and Katib's Experiment."""
+@functools.cache
+def crds() -> tuple[dict, ...]:
+    """The CRDs of tests/schemas (upstream copies) and Katib's Experiment (read once: megabytes)."""
     from motif.deploy.render import schemas_dir
 
     out = [KATIB_EXPERIMENT_CRD]
     for path in sorted(schemas_dir().glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
             out.append(doc)
-    return out
+    return tuple(out)
 
 
-def install_crds(rest: Rest, documents: list[dict]) -> None:
+def install_crds(rest: Rest, documents) -> None:
     """Server-side apply (some are too large for the last-applied annotation), then wait until
     each is Established, so its kind is served."""
     import time

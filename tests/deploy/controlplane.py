@@ -141,7 +141,9 @@ class ControlPlane:
              "--service-account-key-file", str(p / "sa.pub"),
              "--service-account-signing-key-file", str(p / "sa.key"),
              "--service-cluster-ip-range", "10.96.0.0/16", "--allow-privileged=true",
-             "--cert-dir", str(self.workdir / "apiserver-certs")],
+             "--cert-dir", str(self.workdir / "apiserver-certs"),
+             "--audit-policy-file", str(self._audit_policy()), "--audit-log-path", str(self.audit_log),
+             "--audit-log-mode", "blocking"],
         )  # fmt: skip
         admin = {"client-certificate": str(p / "admin.crt"), "client-key": str(p / "admin.key")}
         self.kubeconfig = self._write_kubeconfig("admin", admin)
@@ -182,7 +184,30 @@ class ControlPlane:
                     proc.kill()
                     proc.wait(timeout=10)
 
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    def requests(self, user_agent: str = "OpenAPI-Generator/") -> list[dict]:
+        """The requests the server received (its audit log, one event per request) from clients
+        whose User-Agent starts with `user_agent` (the kubernetes Python client's, by default)."""
+        import json
+
+        events = []
+        for line in self.audit_log.read_text().splitlines():
+            event = json.loads(line)
+            if event.get("stage") == "ResponseComplete" and event.get("userAgent", "").startswith(user_agent):
+                events.append(event)
+        return events
+
     # ---- helpers ----
+
+    def _audit_policy(self) -> Path:
+        path = self.workdir / "audit-policy.yaml"
+        policy = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+                  "rules": [{"level": "Metadata"}]}  # fmt: skip
+        path.write_text(yaml.safe_dump(policy))
+        return path
 
     def _write_kubeconfig(self, name: str, user: dict, namespace: str = "default") -> Path:
         path = self.workdir / f"{name}.kubeconfig"
@@ -296,3 +321,27 @@ class Rest:
 
     def delete(self, obj: dict, namespace: str | None = None) -> Answer:
         return self.call("DELETE", self.path(obj, namespace, name=True) + "?propagationPolicy=Background")
+
+    def put(self, obj: dict, namespace: str, status: dict | None = None) -> dict:
+        """Create `obj` in `namespace`, then set its status as its controller would (the status
+        subresource): what the operator or the kubelet would write, on a plane that runs neither."""
+        made = self.create(obj, namespace)
+        assert made.status == 201, f"{obj['kind']} {obj['metadata']['name']}: {made.status} {made.body.get('message')}"
+        if status is None:
+            return made.body
+        path = self.path(obj, namespace, name=True) + "/status"
+        patched = self.call("PATCH", path, {"status": status}, content_type="application/merge-patch+json")
+        assert patched.status == 200, f"{obj['kind']} {obj['metadata']['name']} status: {patched.body.get('message')}"
+        return patched.body
+
+    def token(self, namespace: str, service_account: str) -> str:
+        """A bound token of a ServiceAccount (TokenRequest), as a pod would get it."""
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        }
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token"
+        answer = self.call("POST", path, request)
+        assert answer.status == 201, answer.body
+        return answer.body["status"]["token"]

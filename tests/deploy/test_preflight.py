@@ -535,3 +535,53 @@ def test_the_helm_test_hook_runs_preflight_on_the_release_values():
     assert [p.what for p in preflight.prerequisites(shipped, NS)] == [
         p.what for p in preflight.prerequisites(preflight.load_values(CI / "08-eval-katib-values.yaml"), NS)
     ]
+
+
+# ---- as the chart's own preflight ServiceAccount (the helm test hook's RBAC) ---------------------
+
+
+def _hook_rbac(admin) -> tuple[str, dict]:
+    """The helm test hook's ServiceAccount, (Cluster)Roles and bindings made in NS; returns the
+    ServiceAccount's name and its ClusterRole."""
+    values = r.load_values(CI / "08-eval-katib-values.yaml")
+    values["preflight"] = {"helmTest": True}
+    kinds = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+    objs = [
+        o
+        for o in r.objects(r.render(values, "motif-ci-eval", NS))
+        if o["kind"] in kinds and o["metadata"]["labels"].get("app.kubernetes.io/component") == "preflight"
+    ]
+    for obj in objs:
+        if admin.get(obj, NS).status == 200:
+            admin.delete(obj, NS)
+            _wait(f"{obj['kind']} replaced", lambda o=obj: admin.get(o, NS).status == 404)
+        admin.put(obj, NS)
+    (sa,) = [o["metadata"]["name"] for o in objs if o["kind"] == "ServiceAccount"]
+    (role,) = [o for o in objs if o["kind"] == "ClusterRole"]
+    return sa, role
+
+
+def test_preflight_as_the_charts_service_account_reads_everything_it_checks(cluster, admin, cluster_kubeconfig, capsys):
+    sa, _ = _hook_rbac(admin)
+    cluster_kubeconfig(NS, token=admin.token(NS, sa))
+    for scenario in NEEDS:
+        code, results = _preflight(scenario, capsys)
+        assert code == 0, (scenario, [(p["what"], p["detail"]) for p in results if not p["present"]])
+
+
+def test_a_permission_removed_is_named_with_verb_resource_and_namespace(cluster, admin, cluster_kubeconfig, capsys):
+    sa, role = _hook_rbac(admin)
+    role["rules"] = [rule for rule in role["rules"] if "services" not in rule["resources"]]
+    replaced = admin.call("PUT", admin.path(role, name=True), role)
+    assert replaced.status == 200, replaced.body
+    cluster_kubeconfig(NS, token=admin.token(NS, sa))
+    deadline = time.monotonic() + 10
+    while True:  # the authorizer sees the new rules within a moment
+        assert cli.main(["preflight", str(CI / "07-minimal-no-monitoring-values.yaml")]) == 1
+        out = capsys.readouterr().out
+        if "MISSING" in out or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("MISSING")]
+    assert "Kubeflow training operator" in line
+    assert f"not allowed to get services in namespace {OPERATORS} (403 Forbidden)" in line, line

@@ -36,7 +36,11 @@ SCORES: the held-out bits per byte by language and the number of benchmark tasks
 when the report was cut to fit), from the termination message of the newest eval pod that finished
 (exit 0); `-` when there is none or it is unreadable. --json carries every score.
 
-Uses the current kubeconfig context (KUBECONFIG, ~/.kube/config) or the in-cluster service account.
+A stage whose training job CRD is not installed is shown with kind -, phase NoJob and its Jobs.
+
+Uses the current kubeconfig context (KUBECONFIG, ~/.kube/config) or the in-cluster service account,
+and reads only (list pods, configmaps, jobs, pytorchjobs, trainjobs); a refused read is one line
+naming the verb, resource and namespace. All calls share one deadline (--timeout).
 """
 
 PART_OF = "app.kubernetes.io/part-of=motif"

@@ -169,6 +169,17 @@ class ControlPlane:
              "--leader-elect=false", "--controllers", "*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle"],
         )  # fmt: skip
 
+    def stop_controller_manager(self) -> None:
+        """Stop it again: the tests that set statuses themselves must not race its controllers."""
+        proc = self.processes.pop("kube-controller-manager", None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
     def token_kubeconfig(self, name: str, token: str, namespace: str = "default") -> Path:
         return self._write_kubeconfig(name, {"token": token}, namespace)
 

@@ -222,3 +222,31 @@ def test_install_upgrade_test_uninstall(helm, admin, control_plane, namespace, t
         time.sleep(0.5)
     assert _left(admin, namespace, release) == []
     assert f'"{release}"' not in json.dumps(helm.list(all_states=True))
+
+
+@pytest.fixture
+def controllers(control_plane):
+    """kube-controller-manager for one test: Jobs make Pods, garbage collection follows owner references."""
+    control_plane.start_controller_manager()
+    yield
+    control_plane.stop_controller_manager()
+
+
+@pytest.mark.slow  # ~20 s: the controller manager starts, the Job makes its pod, the collector removes it
+def test_uninstall_leaves_no_pod_behind(controllers, helm, admin, namespace):
+    """With the controllers running, the growth Job makes its pod (Pending: no scheduler here),
+    owned by the Job; after `helm uninstall` the garbage collector removes it."""
+    values = r.load_values(STAGES[0])
+    release = r.release_name(values)
+    helm.install(str(r.CHART), release, values, namespace=namespace, timeout=60)
+    path = f"/api/v1/namespaces/{namespace}/pods?labelSelector=app.kubernetes.io/instance%3D{release}"
+    deadline = time.monotonic() + 60
+    while not (pods := admin.call("GET", path).body.get("items", [])):
+        assert time.monotonic() < deadline, "the Job controller made no pod"
+        time.sleep(0.5)
+    assert all(ref["kind"] == "Job" for pod in pods for ref in pod["metadata"]["ownerReferences"])
+    helm.uninstall(release, timeout=60)
+    deadline = time.monotonic() + 60
+    while _left(admin, namespace, release) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _left(admin, namespace, release) == []

@@ -136,7 +136,7 @@ OPERATOR_WEBHOOKS = {
 
 # key -> [(object, status)]: everything the ci scenarios need (a key taken away removes its objects).
 CLUSTER: dict[str, list[tuple[dict, dict | None]]] = {
-    **{f"crd/{n}": [] for n in sorted(SESSION_CRDS)},  # removed and put back by `_without`
+    **{f"crd/{n}": [] for n in sorted(SESSION_CRDS)},  # removed and put back by `_take_away` and `_ensure`
     **{
         f"crd/{n}": [(_crd(n), None)]
         for n in ("localqueues.kueue.x-k8s.io", "podgroups.scheduling.volcano.sh", "podgroups.scheduling.x-k8s.io")
@@ -167,7 +167,7 @@ CLUSTER: dict[str, list[tuple[dict, dict | None]]] = {
     "serviceaccount/trainer": [(_obj("v1", "ServiceAccount", "trainer", NS), None)],
     **{f"pvc/{n}": [_pvc(n)] for n in ("models", "data", "checkpoints")},
     "node/gpu": [_node("gpu-0", GPU_NODE)],
-    "namespace/katib-label": [],  # a label on NS, set and removed by `_without`
+    "namespace/katib-label": [],  # a label on NS, removed by `_take_away`
     "namespace/privileged": [],  # NS enforces privileged; without: baseline
 }
 CPU_NODE = _node("cpu-0", {"cpu": "64", "memory": "256Gi", "pods": "110"})

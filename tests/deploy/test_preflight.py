@@ -317,13 +317,17 @@ def _take_away(admin, key: str) -> None:
     else:
         items = CLUSTER[key]
     for obj, _ in items:
-        assert admin.delete(obj).status in (200, 202), key
-        if obj["kind"] == "PersistentVolumeClaim":  # its protection finalizer waits for a controller
-            admin.call(
-                "PATCH", admin.path(obj, name=True), {"metadata": {"finalizers": None}}, "application/merge-patch+json"
-            )
-        _wait(f"{key} not removed", lambda o=obj: admin.get(o).status == 404)
+        _take_away_one(admin, key, obj)
     admin._resources.clear()
+
+
+def _take_away_one(admin, key: str, obj: dict) -> None:
+    assert admin.delete(obj).status in (200, 202), key
+    if obj["kind"] == "PersistentVolumeClaim":  # its protection finalizer waits for a controller
+        admin.call(
+            "PATCH", admin.path(obj, name=True), {"metadata": {"finalizers": None}}, "application/merge-patch+json"
+        )
+    _wait(f"{key} not removed", lambda: admin.get(obj).status == 404)
 
 
 @pytest.fixture(scope="module")
@@ -339,9 +343,21 @@ def stage_namespace(admin, control_plane):
 
 @pytest.fixture
 def cluster(stage_namespace, admin, cluster_kubeconfig):
-    """A function taking one CLUSTER key away (put back after the test); KUBECONFIG is the admin's."""
+    """A function taking one CLUSTER key away; after the test, whatever the test put in its place
+    is removed and the original put back. KUBECONFIG is the admin's."""
     cluster_kubeconfig(NS)
-    yield lambda key: _take_away(admin, key)
+    taken: list[str] = []
+
+    def take(key: str) -> None:
+        taken.append(key)
+        _take_away(admin, key)
+
+    yield take
+    for key in dict.fromkeys(taken):
+        if not key.startswith(("namespace/", "crd/")):
+            for obj, _ in CLUSTER[key]:
+                if admin.get(obj).status == 200:
+                    _take_away_one(admin, key, obj)
     _ensure(admin)
 
 

@@ -1,9 +1,7 @@
-"""A small fake Kubernetes API server on 127.0.0.1 for `motif status` and `motif preflight`.
-
-It answers list and get calls (`/api/v1/...`, `/apis/GROUP/VERSION/...`, namespaced or not) from
-a dict `(group, plural) -> [objects]`, filters lists by label selector (`k=v` and `k in (a,b)`),
-and answers 404 as a real server does for anything else, so the real kubernetes client code path
-runs: the kubeconfig, the HTTP requests, and the deserialisation into its models.
+"""Fixtures of the deploy tests: a real Kubernetes control plane (etcd + kube-apiserver, see
+controlplane.py) started once per test session with the CRDs the chart needs, a fresh namespace
+per test and kubeconfigs for it; and kubeconfigs for the offline servers that play what a real one
+does not do (never answer, trickle, answer garbage).
 """
 
 from __future__ import annotations

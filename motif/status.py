@@ -7,8 +7,10 @@ message: the volume with summary.json is not readable from here), and where the 
 checkpoints (the chart's `motif/*` annotations, else the stage ConfigMap). Also runs as
 `kubectl motif status`.
 
-Every API call has a connect and a read timeout and is not retried: a server that never answers
-ends the command with one line, not a hang.
+Every API call has a connect and a read timeout and is not retried, and all of them share one
+deadline (--timeout): a server that never answers, or trickles its answer, ends the command with
+one line, not a hang (motif/kube.py). A stage whose training job CRD is not installed is still
+shown, with its growth and eval Jobs.
 """
 
 from __future__ import annotations
@@ -16,15 +18,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import yaml
 
-from motif.errors import MotifError
+from motif import kube
 
 HELP = "Stages on the cluster: job phase, replicas, restarts, age, eval scores, checkpoint location"
 DESCRIPTION = """\
@@ -36,14 +36,16 @@ SCORES: the held-out bits per byte by language and the number of benchmark tasks
 when the report was cut to fit), from the termination message of the newest eval pod that finished
 (exit 0); `-` when there is none or it is unreadable. --json carries every score.
 
-Uses the current kubeconfig context (KUBECONFIG, ~/.kube/config) or the in-cluster service account.
+A stage whose training job CRD is not installed is shown with kind -, phase NoJob and its Jobs.
+
+Uses the current kubeconfig context (KUBECONFIG, ~/.kube/config) or the in-cluster service account,
+and reads only (list pods, configmaps, jobs, pytorchjobs, trainjobs); a refused read is one line
+naming the verb, resource and namespace. All calls share one deadline (--timeout).
 """
 
 PART_OF = "app.kubernetes.io/part-of=motif"
 EVAL_CONTAINER = "eval"  # the container of the chart's eval Job that writes the termination message
 TERMINAL = ("Succeeded", "Failed")
-CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 20.0
 
 
 @dataclass
@@ -220,65 +222,94 @@ def collect(
     grow_jobs: list[dict[str, Any]],
     now: dt.datetime | None = None,
     eval_jobs: list[dict[str, Any]] | None = None,
+    missing_crds: list[str] | None = None,
 ) -> list[StageStatus]:
     """One StageStatus per training job, joined with its pods, growth and eval Jobs and stage
-    ConfigMap by the release label (`app.kubernetes.io/instance`)."""
+    ConfigMap by the release label (`app.kubernetes.io/instance`); each list is indexed once, so
+    the join is linear in the size of the answer. A release with Jobs or a stage ConfigMap but no
+    training job (its CRD missing, or the job deleted) is shown too, as kind `-`."""
     now = now or dt.datetime.now(dt.UTC)
-
-    def release_of(obj: dict[str, Any]) -> tuple[str, str]:
-        meta = obj.get("metadata") or {}
-        return meta.get("namespace", ""), (meta.get("labels") or {}).get("app.kubernetes.io/instance", "")
-
-    cms = {release_of(c): c for c in configmaps}
-    grows = {release_of(j): j for j in grow_jobs}
-    evals = {release_of(j): j for j in eval_jobs or []}
-    out = []
-    for job in jobs:
-        meta = job.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        annotations = meta.get("annotations") or {}
-        key = release_of(job)
-        phase, message = job_phase(job)
-        stage_pods = [p for p in pods if release_of(p) == key]
-        job_pods = [p for p in stage_pods if _component(p) == "trainer"]
-        report = eval_report([p for p in stage_pods if _component(p) == "eval"]) or {}
-        job_status = job.get("status") or {}
-        # PyTorchJob: replicaStatuses by replica type; TrainJob: jobsStatus by replicated job.
-        replica_statuses = job_status.get("replicaStatuses") or {
-            js.get("name", "?"): js for js in job_status.get("jobsStatus") or []
-        }
-        counts = {
-            rtype: {k: int(v.get(k) or 0) for k in ("active", "succeeded", "failed")}
-            for rtype, v in replica_statuses.items()
-        }
+    cms = {_release_of(c): c for c in configmaps}
+    grows = {_release_of(j): j for j in grow_jobs}
+    evals = {_release_of(j): j for j in eval_jobs or []}
+    pods_of: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for pod in pods:
+        pods_of.setdefault(_release_of(pod), []).append(pod)
+    out = [_stage(job, pods_of.get(_release_of(job), []), cms, grows, evals, now) for job in jobs]
+    with_job = {_release_of(j) for j in jobs}
+    why = f"no training job (CRD {', '.join(missing_crds)} not installed)" if missing_crds else "no training job"
+    for key in sorted((set(grows) | set(evals) | set(cms)) - with_job):
+        if not key[1]:
+            continue
+        source = grows.get(key) or evals.get(key) or cms[key]
+        meta = source.get("metadata") or {}
         paths = _paths_from_configmap(cms.get(key))
         out.append(
             StageStatus(
-                namespace=meta.get("namespace", ""),
-                release=key[1] or meta.get("name", ""),
-                stage=labels.get("motif/stage", meta.get("name", "")),
-                kind=job.get("kind", ""),
-                phase=phase,
-                replicas=_replicas(job),
-                ready=sum(_pod_ready(p) for p in job_pods),
-                active=sum(c["active"] for c in counts.values()),
-                succeeded=sum(c["succeeded"] for c in counts.values()),
-                failed=sum(c["failed"] for c in counts.values()),
-                restarts=sum(_restarts(p) for p in job_pods),
+                namespace=key[0],
+                release=key[1],
+                stage=(meta.get("labels") or {}).get("motif/stage", key[1]),
+                kind="-",
+                phase="NoJob",
                 age_seconds=_age(meta, now),
                 grow=_batch_job_state(grows.get(key)),
                 eval=_batch_job_state(evals.get(key)),
-                scores=report.get("scores"),
-                heldout=report.get("heldout"),
-                scores_truncated=report.get("truncated", False),
-                checkpoint_dir=annotations.get("motif/checkpoint-dir") or paths.get("checkpoint_dir"),
-                output=annotations.get("motif/output") or paths.get("output"),
-                input=annotations.get("motif/input") or paths.get("input"),
-                message=message,
-                replica_types=counts,
+                checkpoint_dir=paths.get("checkpoint_dir"),
+                output=paths.get("output"),
+                input=paths.get("input"),
+                message=why,
             )
         )
     return sorted(out, key=lambda s: (s.namespace, s.release))
+
+
+def _release_of(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace", ""), (meta.get("labels") or {}).get("app.kubernetes.io/instance", "")
+
+
+def _stage(job, stage_pods, cms, grows, evals, now: dt.datetime) -> StageStatus:
+    meta = job.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    key = _release_of(job)
+    phase, message = job_phase(job)
+    job_pods = [p for p in stage_pods if _component(p) == "trainer"]
+    report = eval_report([p for p in stage_pods if _component(p) == "eval"]) or {}
+    job_status = job.get("status") or {}
+    # PyTorchJob: replicaStatuses by replica type; TrainJob: jobsStatus by replicated job.
+    replica_statuses = job_status.get("replicaStatuses") or {
+        js.get("name", "?"): js for js in job_status.get("jobsStatus") or []
+    }
+    counts = {
+        rtype: {k: int(v.get(k) or 0) for k in ("active", "succeeded", "failed")}
+        for rtype, v in replica_statuses.items()
+    }
+    paths = _paths_from_configmap(cms.get(key))
+    return StageStatus(
+        namespace=meta.get("namespace", ""),
+        release=key[1] or meta.get("name", ""),
+        stage=labels.get("motif/stage", meta.get("name", "")),
+        kind=job.get("kind", ""),
+        phase=phase,
+        replicas=_replicas(job),
+        ready=sum(_pod_ready(p) for p in job_pods),
+        active=sum(c["active"] for c in counts.values()),
+        succeeded=sum(c["succeeded"] for c in counts.values()),
+        failed=sum(c["failed"] for c in counts.values()),
+        restarts=sum(_restarts(p) for p in job_pods),
+        age_seconds=_age(meta, now),
+        grow=_batch_job_state(grows.get(key)),
+        eval=_batch_job_state(evals.get(key)),
+        scores=report.get("scores"),
+        heldout=report.get("heldout"),
+        scores_truncated=report.get("truncated", False),
+        checkpoint_dir=annotations.get("motif/checkpoint-dir") or paths.get("checkpoint_dir"),
+        output=annotations.get("motif/output") or paths.get("output"),
+        input=annotations.get("motif/input") or paths.get("input"),
+        message=message,
+        replica_types=counts,
+    )
 
 
 def human_age(seconds: int | None) -> str:
@@ -349,127 +380,51 @@ def format_table(stages: list[StageStatus], all_namespaces: bool = False) -> str
     return "\n".join(lines)
 
 
-# ---- talking to the API server ---------------------------------------------------------------
+# ---- talking to the API server (motif/kube.py) ----------------------------------------------------
+
+# The training job kinds status looks for: (group, version, plural, kind).
+JOB_KINDS = (
+    ("kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"),
+    ("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"),
+)
 
 
-def _load_config(context: str | None) -> str:
-    """Configure the kubernetes client; returns the context's default namespace. A kubeconfig that
-    cannot be read or makes no sense is one line naming it (MotifError), never a traceback."""
-    from kubernetes import client, config
+@dataclass
+class Fetched:
+    """What `fetch` read, as plain dicts."""
 
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not context and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()
-        namespace = "default"
+    jobs: list[dict[str, Any]]
+    pods: list[dict[str, Any]]
+    configmaps: list[dict[str, Any]]
+    grow_jobs: list[dict[str, Any]]
+    eval_jobs: list[dict[str, Any]]
+    missing_crds: list[str]  # training job CRDs the server does not serve (404 on their list)
+
+
+def fetch(namespace: str | None) -> Fetched:
+    """Everything status shows, in one pass per kind; namespace None: all namespaces."""
+    from motif.kube import Reader, Refused
+
+    reader = Reader()
+    jobs: list[dict[str, Any]] = []
+    missing = []
+    for group, version, plural, kind in JOB_KINDS:
         try:
-            with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
-                namespace = f.read().strip()
-        except OSError:
-            pass
-    else:
-        namespace = _load_kubeconfig(context)
-    _configure_client(client)
-    return namespace
-
-
-def _load_kubeconfig(context: str | None) -> str:
-    from kubernetes import config
-
-    # KUBECONFIG is read here, not when the kubernetes package was imported.
-    kubeconfig = os.environ.get("KUBECONFIG") or None
-    where = kubeconfig or "~/.kube/config"
-    try:
-        config.load_kube_config(config_file=kubeconfig, context=context)
-        contexts, current = config.list_kube_config_contexts(config_file=kubeconfig)
-    except (config.ConfigException, OSError) as e:
-        detail = " ".join(str(e).split())
-        raise MotifError(f"no cluster to talk to: {where}: {detail} (set KUBECONFIG or --context)") from None
-    except (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
-        detail = " ".join(str(e).split())[:200]
-        raise MotifError(
-            f"{where}: not a usable kubeconfig ({type(e).__name__}: {detail}); expected a Config with "
-            "clusters, users, contexts and current-context"
-        ) from None
-    if context:
-        current = next((c for c in contexts if c["name"] == context), current)
-    if not isinstance(current, dict):
-        raise MotifError(f"{where}: current-context: no such context; expected one of its contexts' names")
-    return (current.get("context") or {}).get("namespace") or "default"
-
-
-def _configure_client(client) -> None:
-    """No retries (a timeout ends the command), and one line instead of a urllib3 warning per
-    request when the kubeconfig skips TLS verification."""
-    from urllib3.exceptions import InsecureRequestWarning
-
-    cfg = client.Configuration.get_default_copy()
-    cfg.retries = False
-    client.Configuration.set_default(cfg)
-    if not cfg.verify_ssl and cfg.host.startswith("https"):
-        warnings.simplefilter("ignore", InsecureRequestWarning)
-        print(
-            f"warning: TLS verification of {cfg.host} is off (insecure-skip-tls-verify in the kubeconfig)",
-            file=sys.stderr,
-        )
-
-
-def timeout() -> tuple[float, float]:
-    """(connect, read) seconds of every API call."""
-    return (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
-
-
-def _list_custom(api, group: str, version: str, plural: str, namespace: str | None) -> list[dict[str, Any]]:
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        if namespace is None:
-            result = api.list_cluster_custom_object(
-                group, version, plural, label_selector=PART_OF, _request_timeout=timeout()
-            )
-        else:
-            result = api.list_namespaced_custom_object(
-                group, version, namespace, plural, label_selector=PART_OF, _request_timeout=timeout()
-            )
-    except ApiException as e:
-        if e.status == 404:  # the CRD is not installed: no such jobs
-            return []
-        raise
-    return result.get("items", [])
-
-
-def fetch(namespace: str | None) -> tuple[list, list, list, list, list]:
-    """(jobs, pods, configmaps, grow_jobs, eval_jobs) as plain dicts; namespace None: all namespaces."""
-    from kubernetes import client
-
-    api_client = client.ApiClient()
-    custom = client.CustomObjectsApi(api_client)
-    core = client.CoreV1Api(api_client)
-    batch = client.BatchV1Api(api_client)
-    jobs = _list_custom(custom, "kubeflow.org", "v1", "pytorchjobs", namespace)
-    jobs += _list_custom(custom, "trainer.kubeflow.org", "v1alpha1", "trainjobs", namespace)
-
-    def plain(items) -> list[dict[str, Any]]:
-        return [api_client.sanitize_for_serialization(i) for i in items]
-
-    def listed(namespaced, cluster_wide, selector: str) -> list[dict[str, Any]]:
-        kwargs = {"label_selector": selector, "_request_timeout": timeout()}
-        result = cluster_wide(**kwargs) if namespace is None else namespaced(namespace, **kwargs)
-        return plain(result.items)
-
-    pods = listed(core.list_namespaced_pod, core.list_pod_for_all_namespaces, PART_OF)
-    cms = listed(
-        core.list_namespaced_config_map,
-        core.list_config_map_for_all_namespaces,
-        f"{PART_OF},app.kubernetes.io/component=stage-config",
-    )
-    batch_jobs = listed(
-        batch.list_namespaced_job,
-        batch.list_job_for_all_namespaces,
-        f"{PART_OF},app.kubernetes.io/component in (grow,eval)",
-    )
-
+            found = reader.list(group, version, plural, namespace, PART_OF)
+        except Refused as e:
+            if e.status != 404:
+                raise
+            missing.append(f"{plural}.{group}")  # the CRD is not installed: no such jobs
+            continue
+        for job in found:  # lists of custom objects may leave out apiVersion/kind on their items
+            job.setdefault("kind", kind)
+        jobs += found
+    pods = reader.list("", "v1", "pods", namespace, PART_OF)
+    cms = reader.list("", "v1", "configmaps", namespace, f"{PART_OF},app.kubernetes.io/component=stage-config")
+    batch_jobs = reader.list("batch", "v1", "jobs", namespace, f"{PART_OF},app.kubernetes.io/component in (grow,eval)")
     grows = [j for j in batch_jobs if _component(j) == "grow"]
     evals = [j for j in batch_jobs if _component(j) == "eval"]
-    return jobs, pods, cms, grows, evals
+    return Fetched(jobs, pods, cms, grows, evals, missing)
 
 
 # ---- command ---------------------------------------------------------------------------------
@@ -479,22 +434,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--namespace", help="namespace (default: the context's namespace)")
     parser.add_argument("-A", "--all-namespaces", action="store_true", help="stages in every namespace")
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+    parser.add_argument(
+        "--timeout",
+        type=kube.positive_seconds,
+        default=kube.DEADLINE_S,
+        metavar="SECONDS",
+        help=f"give up when the API server has not answered every call within SECONDS (default {kube.DEADLINE_S:g})",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON (one object per stage) instead of a table")
 
 
 def run(args: argparse.Namespace) -> int:
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
-
-    default_ns = _load_config(args.context)
+    default_ns = kube.load_config(args.context)
     namespace = None if args.all_namespaces else (args.namespace or default_ns)
-    try:
-        jobs, pods, cms, grows, evals = fetch(namespace)
-        stages = collect(jobs, pods, cms, grows, eval_jobs=evals)
-    except ApiException as e:
-        raise MotifError(f"the API server refused a list call: {e.status} {e.reason}") from None
-    except HTTPError as e:
-        raise MotifError(f"cannot reach the API server: {_reason(e)}") from None
+    got = kube.with_deadline(lambda: fetch(namespace), args.timeout)
+    stages = collect(
+        got.jobs, got.pods, got.configmaps, got.grow_jobs, eval_jobs=got.eval_jobs, missing_crds=got.missing_crds
+    )
+    if got.missing_crds and any(s.kind == "-" for s in stages):
+        print(
+            f"warning: CRD {', '.join(got.missing_crds)} not installed: stages below show their Jobs without a "
+            "training job",
+            file=sys.stderr,
+        )
     if args.json:
         json.dump([asdict(s) for s in stages], sys.stdout, indent=2)
         print()
@@ -504,13 +466,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(stages, all_namespaces=namespace is None))
     return 0
-
-
-def _reason(error: Exception) -> str:
-    """The innermost reason of a urllib3 error, on one line (a timeout says which and how long)."""
-    reason = getattr(error, "reason", None) or error
-    text = " ".join(str(reason).split())
-    text = text.split(">: ", 1)[-1]  # urllib3 prefixes the connection object's repr
-    pool = getattr(error, "pool", None)
-    host = f"{getattr(pool, 'host', '')}:{getattr(pool, 'port', '')}" if getattr(pool, "host", None) else ""
-    return f"{host}: {text}" if host else text

@@ -1,8 +1,9 @@
-"""`motif status` against a small fake Kubernetes API server on 127.0.0.1 (tests/deploy/conftest.py).
+"""`motif status` against a real kube-apiserver (tests/deploy/controlplane.py).
 
-The server answers the list calls with objects the chart rendered (real Helm), given the status
-the training operator and the kubelet would add. The real kubernetes client code path runs: the
-kubeconfig, the HTTP requests with their label selectors, and the deserialisation.
+The objects are what the chart rendered (real Helm), created on the server, with the status the
+training operator, the Job controller and the kubelet would write set through the status
+subresource (the plane runs none of them). Offline servers only for what a real one does not do:
+never answer, trickle, answer garbage.
 """
 
 from __future__ import annotations
@@ -11,17 +12,19 @@ import copy
 import datetime as dt
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
-from motif import cli, status
+from motif import cli, kube, status
 from motif.deploy import render as r
 
 # The kubernetes client calls urllib3 APIs that warn of their removal; not ours to fix.
@@ -34,7 +37,7 @@ def _ts(ago: dt.timedelta) -> str:
     return (NOW - ago).isoformat().replace("+00:00", "Z")
 
 
-def _pod(job: dict, rtype: str, index: int, ready: bool, restarts: int, phase: str = "Running") -> dict:
+def _pod(job: dict, rtype: str, index: int, ready: bool, restarts: int, phase: str = "Running") -> tuple[dict, dict]:
     template = copy.deepcopy(job["spec"]["pytorchReplicaSpecs"][rtype]["template"])
     name = f"{job['metadata']['name']}-{rtype.lower()}-{index}"
     labels = {
@@ -43,38 +46,47 @@ def _pod(job: dict, rtype: str, index: int, ready: bool, restarts: int, phase: s
         "training.kubeflow.org/replica-type": rtype.lower(),
         "training.kubeflow.org/replica-index": str(index),
     }
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": "motif",
-            "labels": labels,
-            "creationTimestamp": _ts(dt.timedelta(hours=1)),
-        },
-        "spec": template["spec"],
-        "status": {
-            "phase": phase,
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-            "containerStatuses": [
-                {
-                    "name": "pytorch",
-                    "ready": ready,
-                    "restartCount": restarts,
-                    "image": "motif",
-                    "imageID": "",
-                    "started": ready,
-                }
-            ],
-        },
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}, "spec": template["spec"]}
+    state = {"running": {"startedAt": _ts(dt.timedelta(hours=1))}}
+    if phase == "Succeeded":
+        state = {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": _ts(dt.timedelta(hours=1))}}
+    return pod, {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        "containerStatuses": [
+            {
+                "name": "pytorch",
+                "ready": ready,
+                "restartCount": restarts,
+                "image": "motif",
+                "imageID": "",
+                "started": ready,
+                "state": state,
+            }
+        ],
     }
 
 
-def _cluster() -> dict[str, list[dict]]:
-    """Two stages: tiny stage 1 running (one restart), 102B stage 2 succeeded; plus noise."""
-    out: dict[str, list[dict]] = {"pytorchjobs": [], "pods": [], "configmaps": [], "jobs": []}
-    s1 = r.objects(r.render(r.load_values(r.ROOT / "jobs/tiny/stage1-depth.yaml"), "motif-tiny-s1"))
-    s2 = r.objects(r.render(r.load_values(r.ROOT / "jobs/llama3-motif-102b/stage2-width.yaml"), "motif-s2"))
+def _job_done(ago: dt.timedelta = dt.timedelta()) -> dict:
+    """The status the Job controller writes on a Job that succeeded."""
+    return {
+        "startTime": _ts(ago + dt.timedelta(minutes=30)),
+        "completionTime": _ts(ago),
+        "succeeded": 1,
+        "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": _ts(ago)},
+            {"type": "Complete", "status": "True", "lastTransitionTime": _ts(ago)},
+        ],
+    }
+
+
+def _cluster(namespace: str) -> list[tuple[dict, dict | None]]:
+    """Two stages: tiny stage 1 running (one restart), 102B stage 2 succeeded; plus noise. Each
+    object with the status its controller would write (None: none)."""
+    out: list[tuple[dict, dict | None]] = []
+    s1 = r.objects(r.render(r.load_values(r.ROOT / "jobs/tiny/stage1-depth.yaml"), "motif-tiny-s1", namespace))
+    s2 = r.objects(r.render(r.load_values(r.ROOT / "jobs/llama3-motif-102b/stage2-width.yaml"), "motif-s2", namespace))
+    jobs = []
     for objs, age, conditions, replicas in (
         (s1, dt.timedelta(minutes=95), [("Created", "True"), ("Running", "True")], {"Master": {"active": 1}}),
         (
@@ -85,61 +97,49 @@ def _cluster() -> dict[str, list[dict]]:
         ),
     ):
         for o in objs:
-            o["metadata"]["creationTimestamp"] = _ts(age)
-            o["metadata"]["uid"] = f"uid-{o['metadata']['name']}"
-        (job,) = [o for o in objs if o["kind"] == "PyTorchJob"]
-        job["status"] = {
-            "conditions": [
-                {
-                    "type": t,
-                    "status": s,
-                    "reason": f"PyTorchJob{t}",
-                    "message": f"PyTorchJob {t.lower()}",
-                    "lastTransitionTime": _ts(age - dt.timedelta(minutes=i)),
+            if o["kind"] == "PyTorchJob":
+                jobs.append(o)
+                status = {
+                    "conditions": [
+                        {
+                            "type": t,
+                            "status": s,
+                            "reason": f"PyTorchJob{t}",
+                            "message": f"PyTorchJob {t.lower()}",
+                            "lastUpdateTime": _ts(age - dt.timedelta(minutes=i)),
+                            "lastTransitionTime": _ts(age - dt.timedelta(minutes=i)),
+                        }
+                        for i, (t, s) in enumerate(conditions)
+                    ],
+                    "replicaStatuses": replicas,
                 }
-                for i, (t, s) in enumerate(conditions)
-            ],
-            "replicaStatuses": replicas,
-        }
-        out["pytorchjobs"].append(job)
-        out["configmaps"] += [o for o in objs if o["kind"] == "ConfigMap"]
-        for grow in [o for o in objs if o["kind"] == "Job"]:  # growth and eval Jobs
-            grow["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
-            out["jobs"].append(grow)
-    (job1, job2) = out["pytorchjobs"]
-    out["pods"] += [_pod(job1, "Master", 0, ready=True, restarts=1)]
-    out["pods"] += [_pod(job2, "Master", 0, ready=False, restarts=0, phase="Succeeded")]
-    out["pods"] += [
-        _pod(job2, "Worker", i, ready=False, restarts=2 if i == 3 else 0, phase="Succeeded") for i in range(15)
-    ]
+                out.append((o, status))
+            elif o["kind"] == "Job":  # growth and eval Jobs
+                out.append((o, _job_done()))
+            else:
+                out.append((o, None))
+    (job1, job2) = jobs
+    out.append(_pod(job1, "Master", 0, ready=True, restarts=1))
+    out.append(_pod(job2, "Master", 0, ready=False, restarts=0, phase="Succeeded"))
+    out += [_pod(job2, "Worker", i, ready=False, restarts=2 if i == 3 else 0, phase="Succeeded") for i in range(15)]
     # Not motif's: must be filtered out by the label selector the client sends.
-    out["pods"].append(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "other", "namespace": "motif", "labels": {"app": "other"}},
-            "spec": {"containers": [{"name": "c", "image": "x"}]},
-        }
-    )
+    other = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "other", "labels": {"app": "other"}}}
+    sa = next(o["metadata"]["name"] for o in s1 if o["kind"] == "ServiceAccount")
+    other["spec"] = {"serviceAccountName": sa, "containers": [{"name": "c", "image": "x"}]}
+    out.append((other, None))
     return out
 
 
-ROUTES = {
-    "pytorchjobs": ("kubeflow.org", "pytorchjobs"),
-    "pods": ("", "pods"),
-    "configmaps": ("", "configmaps"),
-    "jobs": ("batch", "jobs"),
-}
-
-
 @pytest.fixture
-def kubeconfig(fake_api) -> Path:
-    global NOW
-    NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)  # ages are asserted against it
-    return fake_api({ROUTES[k]: v for k, v in _cluster().items()})
+def kubeconfig(admin, namespace, cluster_kubeconfig) -> Path:
+    """The two stages created in a fresh namespace; KUBECONFIG is the admin's, in that namespace."""
+    for obj, state in _cluster(namespace):
+        admin.put(obj, namespace, state)
+    return cluster_kubeconfig(namespace)
 
 
-def test_status_json_through_the_kubernetes_client(kubeconfig, api_requests, capsys):
+def test_status_json_through_the_kubernetes_client(kubeconfig, control_plane, namespace, capsys):
+    began = len(control_plane.requests())
     assert cli.main(["status", "--json"]) == 0
     stages = {s["stage"]: s for s in json.loads(capsys.readouterr().out)}
     assert set(stages) == {"tiny-s1-depth", "s2-width"}
@@ -148,24 +148,26 @@ def test_status_json_through_the_kubernetes_client(kubeconfig, api_requests, cap
     assert s1["grow"] == "Complete" and s1["release"] == "motif-tiny-s1"
     assert s1["checkpoint_dir"] == "/workspace/checkpoints/tiny-s1-depth"
     assert s1["input"] == "/workspace/checkpoints/tiny-s0-base/final"
-    assert 95 * 60 <= s1["age_seconds"] < 96 * 60
+    assert 0 <= s1["age_seconds"] < 120  # created by this test (the server sets creationTimestamp)
     assert (s2["phase"], s2["replicas"], s2["succeeded"], s2["failed"], s2["restarts"]) == ("Succeeded", 16, 16, 0, 2)
     assert s2["output"] == "/checkpoints/s2-width/final"
     assert s2["replica_types"] == {
         "Master": {"active": 0, "succeeded": 1, "failed": 0},
         "Worker": {"active": 0, "succeeded": 15, "failed": 0},
     }
-    # The namespace came from the kubeconfig context; only motif's objects were asked for.
-    listed = [q for q in api_requests if "/namespaces/motif/" in q]
-    assert len(listed) == len(api_requests) == 5  # pytorchjobs, trainjobs, pods, configmaps, jobs
-    assert all("labelSelector=app.kubernetes.io%2Fpart-of%3Dmotif" in q for q in api_requests)
+    # The namespace came from the kubeconfig context; only motif's objects were asked for, only read.
+    asked = control_plane.requests()[began:]
+    assert len(asked) == 5, [e["requestURI"] for e in asked]  # pytorchjobs, trainjobs, pods, configmaps, jobs
+    assert all(e["verb"] == "list" and e["objectRef"]["namespace"] == namespace for e in asked)
+    assert all("labelSelector=app.kubernetes.io%2Fpart-of%3Dmotif" in e["requestURI"] for e in asked)
 
 
-# The fake cluster marks every Job of a stage Complete: the eval Job too, when the stage file has one.
+# Every Job of a stage is Complete: the eval Job too, when the stage file has one.
 S2_EVAL = "Complete" if r.load_values(r.ROOT / "jobs/llama3-motif-102b/stage2-width.yaml")["motif"].get("eval") else "-"
 
 
-def test_status_table_and_all_namespaces(kubeconfig, api_requests, capsys):
+def test_status_table_and_all_namespaces(kubeconfig, control_plane, namespace, capsys):
+    began = len(control_plane.requests())
     assert cli.main(["status", "-A"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == [
@@ -185,23 +187,12 @@ def test_status_table_and_all_namespaces(kubeconfig, api_requests, capsys):
         "SCORES",
         "CHECKPOINTS",
     ]
-    rows = {line.split()[1]: line.split() for line in lines[1:]}
-    assert rows["s2-width"][3:] == [
-        "PyTorchJob",
-        "Succeeded",
-        "0/16",
-        "0",
-        "16",
-        "0",
-        "2",
-        "2d3h",
-        "Complete",
-        S2_EVAL,
-        "-",  # no eval pod has reported scores
-        "/checkpoints/s2-width",
-    ]
+    rows = {line.split()[1]: line.split() for line in lines[1:] if line.split()[0] == namespace}
+    assert rows["s2-width"][3:10] == ["PyTorchJob", "Succeeded", "0/16", "0", "16", "0", "2"]
+    assert re.fullmatch(r"\d+s|\d+m(\d+s)?", rows["s2-width"][10])  # an age, kubectl style
+    assert rows["s2-width"][11:] == ["Complete", S2_EVAL, "-", "/checkpoints/s2-width"]  # no eval pod reported
     assert rows["tiny-s1-depth"][4:7] == ["Running", "1/1", "1"]
-    assert all("/namespaces/" not in q for q in api_requests)
+    assert all(e["objectRef"].get("namespace") is None for e in control_plane.requests()[began:])
 
 
 def test_status_in_an_empty_namespace(kubeconfig, capsys):
@@ -209,12 +200,12 @@ def test_status_in_an_empty_namespace(kubeconfig, capsys):
     assert capsys.readouterr().out.strip() == "No motif stages in namespace elsewhere."
 
 
-def test_kubectl_plugin_entry_point(kubeconfig):
+def test_kubectl_plugin_entry_point(kubeconfig, namespace):
     """`kubectl motif status` runs the kubectl-motif console script from PATH."""
     plugin = Path(sys.executable).parent / "kubectl-motif"
     assert plugin.exists(), "kubectl-motif console script not installed (pip install -e .)"
     result = subprocess.run(
-        [str(plugin), "status", "-n", "motif"], capture_output=True, text=True, check=False, timeout=120
+        [str(plugin), "status", "-n", namespace], capture_output=True, text=True, check=False, timeout=120
     )
     assert result.returncode == 0, result.stderr
     assert "tiny-s1-depth" in result.stdout and "s2-width" in result.stdout
@@ -273,36 +264,50 @@ def test_trainjob_counts_come_from_its_jobs_status():
     assert stage.checkpoint_dir == "/checkpoints/ci-trainjob"
 
 
-def test_the_eval_job_state_is_shown(fake_api, capsys):
-    """The eval Job of a stage (ci/08 renders one) is joined by release, like the growth Job."""
-    objs = r.objects(r.render(r.load_values(r.CHART / "ci" / "08-eval-katib-values.yaml"), "motif-ev"))
+EVAL_STAGE = r.CHART / "ci" / "08-eval-katib-values.yaml"
+
+
+def _eval_stage(namespace: str = "motif") -> tuple[list[dict], dict, dict, list[dict]]:
+    """All objects of ci/08 (a stage with an eval Job), its PyTorchJob, eval Job and stage ConfigMap."""
+    objs = r.objects(r.render(r.load_values(EVAL_STAGE), "motif-ev", namespace))
     (job,) = [o for o in objs if o["kind"] == "PyTorchJob"]
     (ev,) = [o for o in objs if o["kind"] == "Job" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "eval"]
-    job["status"] = {"conditions": [{"type": "Succeeded", "status": "True", "lastTransitionTime": _ts(dt.timedelta())}]}
-    ev["status"] = {"active": 1}
     cms = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "motif-ev-stage"]
-    fake_api(
-        {("kubeflow.org", "pytorchjobs"): [job], ("", "pods"): [], ("", "configmaps"): cms, ("batch", "jobs"): [ev]}
+    return objs, job, ev, cms
+
+
+SUCCEEDED = {"conditions": [{"type": "Succeeded", "status": "True", "lastTransitionTime": _ts(dt.timedelta())}]}
+
+
+def _install(admin, namespace: str, objs: list[dict], states: dict[str, dict]) -> None:
+    """Create `objs` (a cluster-scoped one another test made is reused), with the status of
+    `states` by (kind, name)."""
+    for obj in objs:
+        if not admin.resource(obj["apiVersion"], obj["kind"])["namespaced"] and admin.get(obj).status == 200:
+            continue
+        admin.put(obj, namespace, states.get((obj["kind"], obj["metadata"]["name"])))
+
+
+def test_the_eval_job_state_is_shown(admin, namespace, cluster_kubeconfig, capsys):
+    """The eval Job of a stage (ci/08 renders one) is joined by release, like the growth Job."""
+    objs, job, ev, _ = _eval_stage(namespace)
+    running = {"active": 1, "ready": 0, "startTime": _ts(dt.timedelta())}
+    _install(
+        admin,
+        namespace,
+        objs,
+        {("PyTorchJob", job["metadata"]["name"]): SUCCEEDED, ("Job", ev["metadata"]["name"]): running},
     )
+    cluster_kubeconfig(namespace)
     assert cli.main(["status", "--json"]) == 0
     (stage,) = json.loads(capsys.readouterr().out)
     assert (stage["phase"], stage["grow"], stage["eval"]) == ("Succeeded", "-", "Running")
 
 
-def _eval_stage() -> tuple[dict, dict, list[dict]]:
-    """The PyTorchJob, eval Job and stage ConfigMap of ci/08 (a stage with an eval Job), both done."""
-    objs = r.objects(r.render(r.load_values(r.CHART / "ci" / "08-eval-katib-values.yaml"), "motif-ev"))
-    (job,) = [o for o in objs if o["kind"] == "PyTorchJob"]
-    (ev,) = [o for o in objs if o["kind"] == "Job" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "eval"]
-    job["status"] = {"conditions": [{"type": "Succeeded", "status": "True", "lastTransitionTime": _ts(dt.timedelta())}]}
-    ev["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
-    cms = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "motif-ev-stage"]
-    return job, ev, cms
-
-
-def _eval_pod(ev: dict, suffix: str, exit_code: int, message: str | None, finished_ago: dt.timedelta) -> dict:
-    """A pod of the eval Job as the kubelet leaves it: the eval container terminated, with the
-    termination message it copied from terminationMessagePath (or the log tail, on an error)."""
+def _eval_pod(ev: dict, suffix: str, exit_code: int, message: str | None, finished_ago: dt.timedelta) -> tuple:
+    """A pod of the eval Job and the status the kubelet leaves on it: the eval container
+    terminated, with the termination message it copied from terminationMessagePath (or the log
+    tail, on an error)."""
     template = copy.deepcopy(ev["spec"]["template"])
     name = ev["metadata"]["name"]
     terminated = {
@@ -313,30 +318,23 @@ def _eval_pod(ev: dict, suffix: str, exit_code: int, message: str | None, finish
     }
     if message is not None:
         terminated["message"] = message
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": f"{name}-{suffix}",
-            "namespace": "motif",
-            "labels": {**template["metadata"]["labels"], "batch.kubernetes.io/job-name": name, "job-name": name},
-            "creationTimestamp": _ts(finished_ago + dt.timedelta(minutes=31)),
-        },
-        "spec": template["spec"],
-        "status": {
-            "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "containerStatuses": [
-                {
-                    "name": "eval",
-                    "ready": False,
-                    "restartCount": 0,
-                    "image": "motif",
-                    "imageID": "",
-                    "state": {"terminated": terminated},
-                }
-            ],
-        },
+    labels = {**template["metadata"]["labels"], "batch.kubernetes.io/job-name": name, "job-name": name}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-{suffix}", "labels": labels}}
+    pod["spec"] = template["spec"]
+    state = {
+        "phase": "Succeeded" if exit_code == 0 else "Failed",
+        "containerStatuses": [
+            {
+                "name": "eval",
+                "ready": False,
+                "restartCount": 0,
+                "image": "motif",
+                "imageID": "",
+                "state": {"terminated": terminated},
+            }
+        ],
     }
+    return pod, state
 
 
 def _report(tasks: dict, heldout: dict) -> str:
@@ -346,11 +344,19 @@ def _report(tasks: dict, heldout: dict) -> str:
     return termination_message({"stage": "ci-eval", "tasks": tasks, "heldout": heldout})
 
 
-def _status_of(fake_api, capsys, job: dict, ev: dict, cms: list[dict], pods: list[dict]) -> tuple[dict, list[str]]:
-    """(the stage of `motif status --json`, the table row of `motif status`) against the fake API."""
-    fake_api(
-        {("kubeflow.org", "pytorchjobs"): [job], ("", "pods"): pods, ("", "configmaps"): cms, ("batch", "jobs"): [ev]}
+def _status_of(admin, namespace, cluster_kubeconfig, capsys, pods: list[tuple]) -> tuple[dict, list[str]]:
+    """(the stage of `motif status --json`, the table row of `motif status`) with ci/08 installed,
+    training succeeded, eval Complete, and the eval pods `pods`."""
+    objs, job, ev, _ = _eval_stage(namespace)
+    _install(
+        admin,
+        namespace,
+        objs,
+        {("PyTorchJob", job["metadata"]["name"]): SUCCEEDED, ("Job", ev["metadata"]["name"]): _job_done()},
     )
+    for pod, state in pods:
+        admin.put(pod, namespace, state)
+    cluster_kubeconfig(namespace)
     assert cli.main(["status", "--json"]) == 0
     (stage,) = json.loads(capsys.readouterr().out)
     assert cli.main(["status"]) == 0
@@ -358,11 +364,16 @@ def _status_of(fake_api, capsys, job: dict, ev: dict, cms: list[dict], pods: lis
     return stage, dict(zip(header.split(), row.split(), strict=True))
 
 
-def test_the_scores_of_the_eval_pod_are_shown(fake_api, capsys):
+@pytest.fixture
+def status_of(admin, namespace, cluster_kubeconfig, capsys):
+    return lambda pods: _status_of(admin, namespace, cluster_kubeconfig, capsys, pods)
+
+
+def test_the_scores_of_the_eval_pod_are_shown(status_of, namespace):
     """The newest eval pod that exited 0 with a readable report wins; later failed attempts (one's
     message is the log tail, FallbackToLogsOnError; one reported, then its push failed) and an
     older success do not."""
-    job, ev, cms = _eval_stage()
+    _, _, ev, _ = _eval_stage(namespace)
     old = {"demo_kmmlu": {"acc": 0.25, "acc_stderr": 0.04}}
     new = {"demo_kmmlu": {"acc": 0.5, "acc_stderr": 0.05}, "demo_mmlu": {"acc": 0.375, "acc_stderr": 0.05}}
     pods = [
@@ -372,7 +383,7 @@ def test_the_scores_of_the_eval_pod_are_shown(fake_api, capsys):
         # Scores written, then the push refused (exit 1): not a finished evaluation.
         _eval_pod(ev, "push", 1, _report(old, {"ko": 3.0}), dt.timedelta(minutes=5)),
     ]
-    stage, row = _status_of(fake_api, capsys, job, ev, cms, pods)
+    stage, row = status_of(pods)
     assert stage["eval"] == "Complete"
     assert stage["scores"] == new and stage["heldout"] == {"ko": 0.6124, "en": 0.5506}
     assert stage["scores_truncated"] is False
@@ -380,13 +391,16 @@ def test_the_scores_of_the_eval_pod_are_shown(fake_api, capsys):
     assert row["CHECKPOINTS"] == stage["checkpoint_dir"]
 
 
-def test_a_cut_report_says_so_and_no_report_is_a_dash(fake_api, capsys):
-    job, ev, cms = _eval_stage()
+def test_a_cut_report_says_so(status_of, namespace):
+    _, _, ev, _ = _eval_stage(namespace)
     tasks = {f"kmmlu_subject_{i:03d}": {"acc": 0.25 + i / 1000, "acc_stderr": 0.0123456789} for i in range(200)}
-    stage, row = _status_of(fake_api, capsys, job, ev, cms, [_eval_pod(ev, "a", 0, _report(tasks, {}), dt.timedelta())])
+    stage, row = status_of([_eval_pod(ev, "a", 0, _report(tasks, {}), dt.timedelta())])
     assert stage["scores_truncated"] is True and 0 < len(stage["scores"]) < 200
     assert row["SCORES"] == f"tasks={len(stage['scores'])}+"
-    stage, row = _status_of(fake_api, capsys, job, ev, cms, [])
+
+
+def test_no_report_is_a_dash(status_of):
+    stage, row = status_of([])
     assert (stage["scores"], stage["heldout"], row["SCORES"]) == (None, None, "-")
 
 
@@ -406,16 +420,19 @@ GARBAGE_MESSAGES = {
 
 @pytest.mark.parametrize("message", GARBAGE_MESSAGES.values(), ids=GARBAGE_MESSAGES.keys())
 def test_a_garbage_termination_message_is_a_dash(message):
-    job, ev, cms = _eval_stage()
-    (stage,) = status.collect([job], [_eval_pod(ev, "a", 0, message, dt.timedelta())], cms, [], eval_jobs=[ev])
+    _, job, ev, cms = _eval_stage()
+    ev["status"] = _job_done()
+    pod, state = _eval_pod(ev, "a", 0, message, dt.timedelta())
+    pod["metadata"]["namespace"] = "motif"
+    (stage,) = status.collect([job], [{**pod, "status": state}], cms, [], eval_jobs=[ev])
     assert (stage.eval, stage.scores, stage.heldout) == ("Complete", None, None)
     assert status.format_table([stage]).splitlines()[1].split()[-2] == "-"
 
 
-def test_a_garbage_termination_message_through_the_api_is_a_dash(fake_api, capsys):
-    job, ev, cms = _eval_stage()
+def test_a_garbage_termination_message_through_the_api_is_a_dash(status_of, namespace):
+    _, _, ev, _ = _eval_stage(namespace)
     pods = [_eval_pod(ev, "a", 0, "{not json", dt.timedelta()), _eval_pod(ev, "b", 0, None, dt.timedelta())]
-    stage, row = _status_of(fake_api, capsys, job, ev, cms, pods)
+    stage, row = status_of(pods)
     assert (stage["scores"], stage["heldout"], row["SCORES"], row["EVAL"]) == (None, None, "-", "Complete")
 
 
@@ -440,7 +457,7 @@ def _silent_server() -> tuple[socket.socket, list[socket.socket]]:
 
 def test_a_server_that_never_answers_is_one_line(kubeconfig_for, monkeypatch, capsys):
     sock, held = _silent_server()
-    monkeypatch.setattr(status, "READ_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(kube, "READ_TIMEOUT_S", 1.0)
     kubeconfig_for(f"http://127.0.0.1:{sock.getsockname()[1]}")
     try:
         started = time.monotonic()
@@ -480,10 +497,13 @@ def test_a_garbage_kubeconfig_is_one_line_and_exit_2(tmp_path, monkeypatch, caps
     assert kc.read_bytes() == before
 
 
-def test_an_insecure_kubeconfig_warns_once_in_one_line(fake_https_api):
+def test_an_insecure_kubeconfig_warns_once_in_one_line(kubeconfig, control_plane, namespace):
     """With insecure-skip-tls-verify urllib3 warns on every request (five per run): motif says it
     once, in one line. A subprocess, so the warning filters are the interpreter's, as for a user."""
-    kubeconfig = fake_https_api({ROUTES[k]: v for k, v in _cluster().items()})
+    cfg = yaml.safe_load(kubeconfig.read_text())
+    del cfg["clusters"][0]["cluster"]["certificate-authority"]
+    cfg["clusters"][0]["cluster"]["insecure-skip-tls-verify"] = True
+    kubeconfig.write_text(yaml.safe_dump(cfg))
     result = subprocess.run(
         [sys.executable, "-m", "motif", "status"],
         capture_output=True,
@@ -497,3 +517,191 @@ def test_an_insecure_kubeconfig_warns_once_in_one_line(fake_https_api):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "TLS verification" in lines[0] and "insecure-skip-tls-verify" in lines[0], lines
     assert "InsecureRequestWarning" not in result.stderr
+
+
+# ---- RBAC: what status reads, as a ServiceAccount with exactly that ----------------------------
+
+# The reads of `motif status` in one namespace (docs/deployment.md lists them).
+STATUS_RULES = [
+    {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"], "verbs": ["list"]},
+    {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods", "configmaps"], "verbs": ["list"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list"]},
+]
+
+
+def _reader_token(admin, namespace: str, rules: list[dict]) -> str:
+    sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "status-reader"}}
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "status-reader"}}
+    role["rules"] = rules
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "status-reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "status-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "status-reader", "namespace": namespace}],
+    }
+    for obj in (sa, role, binding):
+        admin.put(obj, namespace)
+    return admin.token(namespace, "status-reader")
+
+
+def test_status_with_a_service_account_allowed_its_reads(kubeconfig, admin, namespace, cluster_kubeconfig, capsys):
+    cluster_kubeconfig(namespace, token=_reader_token(admin, namespace, STATUS_RULES))
+    assert cli.main(["status", "--json"]) == 0
+    assert {s["stage"] for s in json.loads(capsys.readouterr().out)} == {"tiny-s1-depth", "s2-width"}
+
+
+def test_a_refused_read_names_verb_resource_and_namespace(kubeconfig, admin, namespace, cluster_kubeconfig, capsys):
+    without_jobs = [rule for rule in STATUS_RULES if rule["apiGroups"] != ["batch"]]
+    cluster_kubeconfig(namespace, token=_reader_token(admin, namespace, without_jobs))
+    assert cli.main(["status"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"refused to list jobs.batch in namespace {namespace}: 403 Forbidden" in err, err
+    assert "system:serviceaccount" in err  # who was refused, from the server's message
+
+
+# ---- a stage whose training job CRD is not installed -------------------------------------------
+
+
+@pytest.fixture
+def without_trainjob_crd(admin):
+    """The TrainJob CRD removed for one test, installed again after it."""
+    from .conftest import crds, install_crds
+
+    (crd,) = [c for c in crds() if c["metadata"]["name"] == "trainjobs.trainer.kubeflow.org"]
+    assert admin.delete(crd).status == 200
+    deadline = time.monotonic() + 30
+    while admin.call("GET", "/apis/trainer.kubeflow.org/v1alpha1/trainjobs").status != 404:
+        assert time.monotonic() < deadline, "the TrainJob CRD was not removed"
+        time.sleep(0.2)
+    admin._resources.clear()
+    yield
+    install_crds(admin, [crd])
+    admin._resources.clear()
+
+
+def test_the_jobs_of_a_stage_show_when_its_job_crd_is_missing(
+    without_trainjob_crd, admin, namespace, cluster_kubeconfig, capsys
+):
+    objs = r.objects(r.render(r.load_values(r.CHART / "ci" / "05-trainjob-values.yaml"), "motif-tj", namespace))
+    assert any(o["kind"] == "TrainJob" for o in objs)
+    running = {"active": 1, "ready": 0, "startTime": _ts(dt.timedelta())}
+    for obj in objs:
+        if obj["kind"] == "TrainJob":  # refused: its CRD is gone
+            path = f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{namespace}/trainjobs"
+            assert admin.call("POST", path, obj).status == 404
+        else:
+            admin.put(obj, namespace, running if obj["kind"] == "Job" else None)
+    cluster_kubeconfig(namespace)
+    assert cli.main(["status", "--json"]) == 0
+    captured = capsys.readouterr()
+    (stage,) = json.loads(captured.out)
+    assert (stage["release"], stage["kind"], stage["phase"], stage["grow"]) == ("motif-tj", "-", "NoJob", "Running")
+    assert "trainjobs.trainer.kubeflow.org not installed" in stage["message"]
+    assert stage["checkpoint_dir"] == "/checkpoints/ci-trainjob"
+    assert "CRD trainjobs.trainer.kubeflow.org not installed" in captured.err
+    assert cli.main(["status"]) == 0
+    assert "NoJob" in capsys.readouterr().out
+
+
+# ---- what a real server does not do: trickle, answer garbage -----------------------------------
+
+
+def _serve(handler) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """Answers 200 with a long body, one byte every 0.2 s: never idle long enough for a read timeout."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        try:
+            for _ in range(100000):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            return
+
+
+class _Garbage(BaseHTTPRequestHandler):
+    """Answers 200 with a body that is not JSON (a proxy's error page, a cut answer)."""
+
+    body = b'{"kind": "PodList", "items": [{"metadata": '
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+
+def test_a_trickling_server_ends_at_the_overall_deadline(kubeconfig_for, capsys):
+    server = _serve(_Trickle)
+    kubeconfig_for(f"http://127.0.0.1:{server.server_port}")
+    try:
+        started = time.monotonic()
+        assert cli.main(["status", "--timeout", "2"]) == 2
+        elapsed = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "did not finish answering within 2s" in err and f"127.0.0.1:{server.server_port}" in err, err
+    assert elapsed < 6, elapsed
+
+
+@pytest.mark.parametrize("body", [b'{"kind": "PodList", "items": [{"metadata": ', b"<html>bad gateway</html>", b"[]"])
+def test_a_malformed_answer_is_one_line_and_exit_2(kubeconfig_for, capsys, body):
+    handler = type("Garbage", (_Garbage,), {"body": body})
+    server = _serve(handler)
+    kubeconfig_for(f"http://127.0.0.1:{server.server_port}")
+    try:
+        assert cli.main(["status"]) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "/apis/kubeflow.org/v1/namespaces/motif/pytorchjobs" in err and "JSON" in err, err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_a_bad_timeout_is_refused(value, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["status", "--timeout", value])
+    assert exit.value.code == 2
+    assert "--timeout" in capsys.readouterr().err
+
+
+def test_a_large_answer_is_joined_in_linear_time():
+    """3,000 stages with 30,000 pods: joining pods to jobs by scanning every pod per job takes
+    minutes; indexed, well under a second (the bound leaves room for a loaded machine)."""
+    jobs, pods = [], []
+    for i in range(3000):
+        meta = {"namespace": "m", "name": f"j{i}", "labels": {"app.kubernetes.io/instance": f"r{i}"}}
+        jobs.append({"kind": "PyTorchJob", "metadata": meta, "spec": {"pytorchReplicaSpecs": {}}})
+        for k in range(10):
+            labels = {"app.kubernetes.io/instance": f"r{i}", "app.kubernetes.io/component": "trainer"}
+            pods.append({"metadata": {"namespace": "m", "name": f"p{i}-{k}", "labels": labels}, "status": {}})
+    started = time.monotonic()
+    stages = status.collect(jobs, pods, [], [])
+    assert time.monotonic() - started < 10
+    assert len(stages) == 3000 and all(s.replicas == 0 for s in stages)

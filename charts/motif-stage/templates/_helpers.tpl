@@ -215,7 +215,8 @@ which the patch cannot express); NOTES.txt says so.
 Name of the growth Job: from the growth destination (the claim and the path on it), not from the
 release, so every release that grows into one destination names the same Job. Kubernetes holds
 one object per name in a namespace, and Helm refuses to take over an object of another release:
-a second grower on the same destination cannot be created.
+a second grower on the same destination cannot be created (with the same image; the image is part
+of the name, see below).
 */}}
 {{- define "motif-stage.growJobName" -}}
 {{- $dest := include "motif-stage.absPath" (list . .Values.motif.growth.output) -}}
@@ -226,7 +227,9 @@ a second grower on the same destination cannot be created.
 {{- $where = printf "pvc/%s/%s" (include "motif-stage.claimName" (list $ $name $v)) (trimPrefix (printf "%s/" $mount) $dest) -}}
 {{- end -}}
 {{- end -}}
-{{- printf "%s-grow-%s" (include "motif-stage.stageName" . | trunc 40 | trimSuffix "-") (sha256sum $where | trunc 10) -}}
+{{- /* The image too: a Job's pod template is immutable, so `helm upgrade` to a new image needs a
+new Job (which finds the output already grown, and reuses it). */ -}}
+{{- printf "%s-grow-%s-%s" (include "motif-stage.stageName" . | trunc 40 | trimSuffix "-") (sha256sum $where | trunc 10) (include "motif-stage.image" . | sha256sum | trunc 6) -}}
 {{- end -}}
 
 {{/* Seconds between SIGTERM and SIGKILL of a training pod: its last step and checkpoint. */}}

@@ -98,7 +98,7 @@ containers:
         {{- end }}
     securityContext:
       {{- $sc := deepCopy $v.securityContext }}
-      {{- if $v.rdma.enabled }}
+      {{- if and $v.rdma.enabled $v.rdma.ipcLock }}
       {{- $_ := set $sc "capabilities" (dict "drop" (list "ALL") "add" (list "IPC_LOCK")) }}
       {{- end }}
       {{- toYaml $sc | nindent 6 }}

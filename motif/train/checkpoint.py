@@ -18,9 +18,13 @@ Why it is built this way:
 - **A checkpoint proves itself.** `meta.json` records every file's size and checksum (each rank
   hashes its share of the files, so the cost is spread like the write); a resume verifies them the
   same way, and `--resume auto` falls back to the newest checkpoint that verifies, naming the one it
-  skipped.
+  skipped. Checkpoints of which none verifies stop the run (only `--resume none` starts over): a
+  silent restart from the stage's start would repeat weeks of work.
 - **A rollback keeps the abandoned branch.** `--resume PATH` renames the checkpoints after PATH to
-  `step_N.abandoned-<time>` (kept, never deleted), so a later `--resume auto` cannot jump back to them.
+  `step_N.abandoned-<time>` (kept, never deleted), so a later `--resume auto` cannot jump back to them;
+  so do a fallback past checkpoints that failed verification and `--resume none` (every checkpoint).
+  Pruning thus only ever sees this run's branch: it never deletes a checkpoint that verifies while
+  keeping one that does not.
 - **Nothing is pickled**: tensors are safetensors, the rest JSON, so a checkpoint from shared
   storage cannot run code.
 """
@@ -186,12 +190,21 @@ class CheckpointManager:
             if problem:
                 raise CheckpointError(f"{path}: not a usable training checkpoint: {problem}")
             return path
+        failed = []
         for path in self.candidates():
-            problem = check_complete(path) or self._verify(path)
+            # Every rank asks the same question: a rank seeing another answer must not skip the collective check.
+            problem = first_problem(self.world, check_complete(path)) or self._verify(path)
             if problem is None:
                 return path
+            failed.append(f"{path.name}: {problem}")
             if self.world.is_main:
                 log.warning("skipping checkpoint %s: %s", path, problem)
+        if failed:
+            # Restarting from the stage's start here would silently repeat all the work they hold.
+            raise CheckpointError(
+                f"motif.checkpoint.dir: {self.root} holds {len(failed)} checkpoint(s) and none verifies "
+                f"({'; '.join(failed)}): restore one, or start over with --resume none (which keeps them aside)"
+            )
         return None
 
     def _verify(self, path: Path) -> str | None:
@@ -201,14 +214,19 @@ class CheckpointManager:
         problem = integrity.verify(path, {n: recorded[n] for n in names})
         return first_problem(self.world, problem)
 
-    def rollback(self, path: Path) -> list[Path]:
-        """Rank 0: rename the checkpoints after `path` aside (kept), so that `--resume auto` never
-        returns to the abandoned branch. Returns their new names."""
+    def rollback(self, path: Path | None) -> list[Path]:
+        """Rank 0: rename the checkpoints after `path` (every one for None: a start over) aside (kept),
+        so that `--resume auto` never returns to the abandoned branch, and pruning never counts a
+        checkpoint of that branch (one that failed verification, say) against this run's. Returns
+        their new names."""
         if not self.world.is_main:
             return []
-        step = int(STEP_DIR.match(path.name).group(1)) if STEP_DIR.match(path.name) else None
-        if step is None or path.parent.resolve() != self.root.resolve():
-            return []
+        if path is None:
+            step = 0
+        else:
+            step = int(STEP_DIR.match(path.name).group(1)) if STEP_DIR.match(path.name) else None
+            if step is None or path.parent.resolve() != self.root.resolve():
+                return []
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         moved = []
         for later in self.candidates():
@@ -218,7 +236,11 @@ class CheckpointManager:
                 moved.append(aside)
         if moved:
             fsync_path(self.root)
-            log.warning("rolled back to %s: later checkpoints kept aside as %s", path, ", ".join(p.name for p in moved))
+            log.warning(
+                "rolled back to %s: later checkpoints kept aside as %s",
+                path or "the stage's start",
+                ", ".join(p.name for p in moved),
+            )
         return moved
 
     # ---- saving ------------------------------------------------------------------------------

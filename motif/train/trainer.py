@@ -157,10 +157,11 @@ class Trainer:
         )
         if resume is not None:
             self._resume(resume)
-            if self.options.resume not in ("auto", "none"):
-                self.checkpoints.rollback(resume)
         elif self.moments.path and self.world.is_main:
             log.info("optimizer: Adam moments carried from %s", self.moments.path)
+        # A rollback, a fallback past checkpoints that failed verification, a start over: the
+        # checkpoints after this run's start are another branch, kept aside (auto: usually none).
+        self.checkpoints.rollback(resume)
         self._check_output_space()
         self.flops_per_token = self.model.args.flops_per_token(s.data.seq_len)
         self.peak_flops = self._peak_flops()

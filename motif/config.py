@@ -401,6 +401,11 @@ def _check_parallel(s: StageConfig) -> None:
                 "(nodes x procs_per_node)"
             )
     _positive("motif.data.shards", s.data.shards)
+    if s.data.shards is not None and s.data.shards < p.world_size:
+        raise ConfigError(
+            f"motif.data.shards: {s.data.shards} is fewer than the {p.world_size} ranks of motif.parallel "
+            "(nodes x procs_per_node): every rank reads at least one shard"
+        )
 
 
 def _check_eval(s: StageConfig) -> None:

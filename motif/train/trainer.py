@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from motif.config import StageConfig, check_input_shape
 from motif.data.mixture import Batch
-from motif.data.shards import ShardedData
+from motif.data.shards import ShardedData, owned_shards
 from motif.errors import CheckpointError, GrowthError, MotifError
 from motif.eval.heldout import HeldoutSet
 from motif.metrics import names
@@ -208,6 +208,9 @@ class Trainer:
     def _build_data(self, num_shards: int) -> ShardedData:
         from motif.data.tokenizer import Tokenizer
 
+        # Every rank refuses too few shards before the barrier below: a rank left waiting in it would
+        # die of the collective timeout (exit 3, or 143 under motif-torchrun) instead of saying why.
+        owned_shards(num_shards, self.world.rank, self.world.world_size)
         # Rank 0 first: `datasets` builds its Arrow cache once, the others then read it.
         if not self.world.is_main:
             dist.barrier(self.world)

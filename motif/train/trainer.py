@@ -136,6 +136,7 @@ class Trainer:
         num_shards = self._num_shards(resume)
         self.weights, self.moments, frozen = self._start_sources()
         self._verify_start()
+        self.data_files = guards.data_identity(s, self.world)  # what a checkpoint's data position means
         self.data = self._build_data(num_shards)
         self.heldout = HeldoutSet.from_stage(s, self.tokenizer, rank=self.world.rank, world=self.world.world_size)
         self.languages = sorted(set(self.data.languages))
@@ -270,6 +271,7 @@ class Trainer:
             raise MotifError(f"{path}: a checkpoint of stage {meta['stage']!r}, not {self.stage.name!r}")
         where = self.stage.source_file or self.stage.name
         guards.compare_settings(meta.get("settings", {}), guards.settings(self.stage, self.world), path, where)
+        guards.compare_data(meta.get("data_files"), self.data_files, path, self.stage)
         # The architecture at that step: masks already removed if the ramp was done.
         growth.apply_mask(self.model, int(meta["step"]), self.ramp_steps)
         t0 = time.perf_counter()
@@ -519,6 +521,7 @@ class Trainer:
             "mask": self.model.growth_mask,
             "data_shards": self.data.num_shards,
             "settings": guards.settings(self.stage, self.world),
+            "data_files": self.data_files,
         }
         path = self.checkpoints.save(self.state.step, extra)
         seconds = time.perf_counter() - t0

@@ -73,6 +73,21 @@ class TensorState(Protocol):
     def load(self, directory: Path) -> None: ...
 
 
+def write_cause(err: BaseException) -> BaseException | None:
+    """The write error behind `err`, or None for any other failure. torch.distributed.checkpoint
+    (the fsdp engine's writer) wraps every rank's error in one CheckpointException, which is not
+    even an Exception: it is unwrapped here so a full disk is one line on every engine."""
+    if isinstance(err, WRITE_ERRORS):
+        return err
+    failures = getattr(err, "failures", None)
+    if type(err).__name__ == "CheckpointException" and isinstance(failures, dict):
+        for wrapped in failures.values():
+            inner = wrapped[0] if isinstance(wrapped, tuple) else wrapped
+            if isinstance(inner, WRITE_ERRORS):
+                return inner
+    return None
+
+
 def step_dir(root: Path, step: int) -> Path:
     return root / f"step_{step:08d}"
 
@@ -277,8 +292,11 @@ class CheckpointManager:
         barrier(self.world)
         try:
             write(tmp)
-        except WRITE_ERRORS as e:
-            raise self._write_failed(final, tmp, e) from None
+        except BaseException as e:
+            cause = write_cause(e)
+            if cause is None:
+                raise
+            raise self._write_failed(final, tmp, cause) from None
         barrier(self.world)
         sums = gather_dicts(self.world, self._hash_share(tmp))
         if self.world.is_main:

@@ -9,6 +9,9 @@ A malformed tokenizer file or config is one DataError naming the file and the ke
 from __future__ import annotations
 
 import json
+import os
+import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,10 @@ def _token_text(config: dict[str, Any], key: str, file: Path) -> str | None:
     if value is not None and not isinstance(value, str):
         raise DataError(f'{file}: {key}: expected a token string or {{"content": string}}, got {config[key]!r}')
     return value or None
+
+
+# Long runs of each kind of character: where a regex that backtracks without bound gives up.
+PROBE = [c * 256 for c in ("a", "A", "1", " ", "\n", "!", "가", "é", "\t")] + ["ab1 !" * 64, "가a 1" * 64]
 
 
 class Tokenizer:
@@ -59,6 +66,32 @@ class Tokenizer:
         # Llama 3's base tokenizer adds BOS in its post-processor; we frame documents ourselves.
         self._tok.no_padding()
         self._tok.no_truncation()
+        self._probe(file)
+
+    def _probe(self, file: Path) -> None:
+        """Encode long runs of each kind of character once, now: a pre-tokenizer regex that
+        backtracks without bound makes the Rust tokenizer panic ("retry-limit-in-match over") on
+        such a run, and that must be one line before the model is built, not a backtrace mid-run.
+        The panic's own report (a backtrace under RUST_BACKTRACE=1) is kept off stderr."""
+        problem = None
+        with tempfile.TemporaryFile() as sink:
+            saved = os.dup(2)
+            sys.stderr.flush()
+            os.dup2(sink.fileno(), 2)
+            try:
+                self._tok.encode_batch_fast(PROBE, add_special_tokens=False)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:  # a Rust panic is a BaseException (pyo3's PanicException)
+                problem = " ".join(str(e).split())[:300]
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+        if problem is not None:
+            raise DataError(
+                f"{file}: the tokenizer fails on plain text ({problem}): a pre_tokenizer or normalizer regex that "
+                "backtracks without bound? (fix the tokenizer)"
+            )
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self._tok.token_to_id(token)

@@ -103,7 +103,7 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, framed with BOS (if the tokenizer has one) and EOS."""
         # encode_batch_fast skips character offsets (unused here): about 2x faster.
-        encodings = self._tok.encode_batch_fast(texts, add_special_tokens=False)
+        encodings = self._encode(texts)
         head = [] if self.bos_id is None else [self.bos_id]
         return [head + e.ids + [self.eos_id] for e in encodings]
 
@@ -115,7 +115,7 @@ class Tokenizer:
         first = True
         while current is not None:
             following = next(it, None)
-            ids = self._tok.encode_batch_fast([current], add_special_tokens=False)[0].ids
+            ids = self._encode([current])[0].ids
             if first and self.bos_id is not None:
                 ids = [self.bos_id, *ids]
             last = following is None
@@ -123,6 +123,16 @@ class Tokenizer:
                 ids.append(self.eos_id)
             yield ids, last
             current, first = following, False
+
+    def _encode(self, texts: list[str]):
+        try:
+            return self._tok.encode_batch_fast(texts, add_special_tokens=False)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # a Rust panic on text the load-time probe did not cover: one line
+            raise DataError(
+                f"{self.path}: the tokenizer fails on a document: {' '.join(str(e).split())[:300]}"
+            ) from None
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 import urllib.parse
@@ -383,6 +384,21 @@ def _show(value: Any) -> str:
     return "null" if value is None else f"{value!r} ({type(value).__name__})"
 
 
+# The stage name becomes a Kubernetes label value and the stem of release, Job and proxy names, and
+# a directory or file name under --out: an RFC 1123 label, as the chart's values.schema.json has it,
+# can neither escape a directory (`/`, `..`) nor be refused by the API server after the work is done.
+NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+NAME_MAX = 63
+
+
+def _check_name(name: str) -> None:
+    if len(name) > NAME_MAX or not NAME.match(name):
+        raise ConfigError(
+            f"motif.name: expected a Kubernetes name (RFC 1123 label: lowercase letters, digits and '-', starting "
+            f"and ending with a letter or digit, at most {NAME_MAX} characters), got {name!r}"
+        )
+
+
 def _positive(where: str, value: int | float | None, allow_zero: bool = False) -> None:
     if value is None:
         return
@@ -416,6 +432,11 @@ def _check_parallel(s: StageConfig) -> None:
                 "(nodes x procs_per_node)"
             )
     _positive("motif.data.shards", s.data.shards)
+    if s.data.shards is not None and s.data.shards < p.world_size:
+        raise ConfigError(
+            f"motif.data.shards: {s.data.shards} is fewer than the {p.world_size} ranks of motif.parallel "
+            "(nodes x procs_per_node): every rank reads at least one shard"
+        )
 
 
 def _check_eval(s: StageConfig) -> None:
@@ -449,6 +470,7 @@ def _check_eval(s: StageConfig) -> None:
 
 def _check(s: StageConfig) -> None:
     """Cross-field rules the types alone cannot express."""
+    _check_name(s.name)
     if s.input is None and s.model is None:
         raise ConfigError("motif.input: missing; set `input` (a checkpoint) or `model` (a from-scratch shape)")
     _positive("motif.train.max_steps", s.train.max_steps)

@@ -15,6 +15,7 @@ one line naming the source, the field and what it holds.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import logging
 import os
@@ -121,6 +122,17 @@ class Documents:
         self._field = text_field
         self.name = name
         self._column = None
+        if len(self._ds) and not self._text_bytes():
+            # Every sample would be end-of-text tokens: the source's weight would train nothing.
+            raise DataError(
+                f"{where}source {name!r}: every document is empty ({len(self._ds)} records, none with text in "
+                f"field {text_field!r}; expected at least one non-empty document)"
+            )
+
+    def _text_bytes(self) -> int:
+        """Bytes of text in the whole column (from the Arrow offsets: no text is read)."""
+        chunks, _, offsets = self._chunks()
+        return int(sum(int(o[-1]) - int(o[0]) for o in offsets if len(o)))
 
     def __len__(self) -> int:
         return len(self._ds)
@@ -280,8 +292,10 @@ _NOT_AN_OBJECT = re.compile(rb"\n[ \t\r]*([^{\s])")  # a line whose first charac
 
 def _check_json_records(files: list[str]) -> None:
     """Refuse a JSON lines record that is not an object before pyarrow reads it: its JSON reader
-    kills the process (SIGSEGV) on a `null` first record. One pass in 16 MB chunks, before the
-    one-time conversion to Arrow (which reads the bytes anyway)."""
+    kills the process (SIGSEGV) on a `null` first record; and bytes that are not UTF-8, which it
+    keeps inside strings (a run would fail at the first batch holding one, and again at every
+    restart). One pass in 16 MB chunks, before the one-time conversion to Arrow (which reads the
+    bytes anyway)."""
     for name in files:
         with open(name, "rb") as f:
             head = f.read(16 << 20)
@@ -289,9 +303,12 @@ def _check_json_records(files: list[str]) -> None:
                 rest = (head.removeprefix(b"\xef\xbb\xbf") + f.read(4096)).lstrip()
                 if rest and rest[:1] not in b"{[":
                     raise DataError(f"{name}: not JSON records (expected an object or a list of objects)")
+                _check_utf8(name)
                 continue
+            utf8 = codecs.getincrementaldecoder("utf-8")()
             at_line_start, line, chunk = True, 1, head.removeprefix(b"\xef\xbb\xbf")
             while chunk or (chunk := f.read(16 << 20)):
+                _decode(utf8, chunk, name, line)
                 text = (b"\n" if at_line_start else b"-") + chunk  # "-": the chunk starts inside a line
                 bad = _NOT_AN_OBJECT.search(text)
                 if bad is not None:
@@ -304,6 +321,27 @@ def _check_json_records(files: list[str]) -> None:
                     tail is None and at_line_start and not chunk.strip()
                 )
                 chunk = b""
+            _decode(utf8, b"", name, line, final=True)
+
+
+def _decode(decoder, chunk: bytes, name: str, line: int, final: bool = False) -> None:
+    """Feed `chunk` (starting at line `line` of `name`) to a UTF-8 decoder; refuse a byte that is not UTF-8."""
+    try:
+        decoder.decode(chunk, final)
+    except UnicodeDecodeError as e:
+        at = line + chunk.count(b"\n", 0, max(0, e.start - (len(e.object) - len(chunk))))
+        raise DataError(
+            f"{name}: line {at}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); data must be UTF-8"
+        ) from None
+
+
+def _check_utf8(name: str) -> None:
+    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+    with open(name, "rb") as f:
+        while chunk := f.read(16 << 20):
+            _decode(decoder, chunk, name, line)
+            line += chunk.count(b"\n")
+    _decode(decoder, b"", name, line, final=True)
 
 
 def _root_cause(err: BaseException) -> BaseException:

@@ -9,6 +9,9 @@ A malformed tokenizer file or config is one DataError naming the file and the ke
 from __future__ import annotations
 
 import json
+import os
+import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,10 @@ def _token_text(config: dict[str, Any], key: str, file: Path) -> str | None:
     if value is not None and not isinstance(value, str):
         raise DataError(f'{file}: {key}: expected a token string or {{"content": string}}, got {config[key]!r}')
     return value or None
+
+
+# Long runs of each kind of character: where a regex that backtracks without bound gives up.
+PROBE = [c * 256 for c in ("a", "A", "1", " ", "\n", "!", "가", "é", "\t")] + ["ab1 !" * 64, "가a 1" * 64]
 
 
 class Tokenizer:
@@ -59,6 +66,32 @@ class Tokenizer:
         # Llama 3's base tokenizer adds BOS in its post-processor; we frame documents ourselves.
         self._tok.no_padding()
         self._tok.no_truncation()
+        self._probe(file)
+
+    def _probe(self, file: Path) -> None:
+        """Encode long runs of each kind of character once, now: a pre-tokenizer regex that
+        backtracks without bound makes the Rust tokenizer panic ("retry-limit-in-match over") on
+        such a run, and that must be one line before the model is built, not a backtrace mid-run.
+        The panic's own report (a backtrace under RUST_BACKTRACE=1) is kept off stderr."""
+        problem = None
+        with tempfile.TemporaryFile() as sink:
+            saved = os.dup(2)
+            sys.stderr.flush()
+            os.dup2(sink.fileno(), 2)
+            try:
+                self._tok.encode_batch_fast(PROBE, add_special_tokens=False)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:  # a Rust panic is a BaseException (pyo3's PanicException)
+                problem = " ".join(str(e).split())[:300]
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+        if problem is not None:
+            raise DataError(
+                f"{file}: the tokenizer fails on plain text ({problem}): a pre_tokenizer or normalizer regex that "
+                "backtracks without bound? (fix the tokenizer)"
+            )
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self._tok.token_to_id(token)
@@ -70,7 +103,7 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, framed with BOS (if the tokenizer has one) and EOS."""
         # encode_batch_fast skips character offsets (unused here): about 2x faster.
-        encodings = self._tok.encode_batch_fast(texts, add_special_tokens=False)
+        encodings = self._encode(texts)
         head = [] if self.bos_id is None else [self.bos_id]
         return [head + e.ids + [self.eos_id] for e in encodings]
 
@@ -82,7 +115,7 @@ class Tokenizer:
         first = True
         while current is not None:
             following = next(it, None)
-            ids = self._tok.encode_batch_fast([current], add_special_tokens=False)[0].ids
+            ids = self._encode([current])[0].ids
             if first and self.bos_id is not None:
                 ids = [self.bos_id, *ids]
             last = following is None
@@ -90,6 +123,16 @@ class Tokenizer:
                 ids.append(self.eos_id)
             yield ids, last
             current, first = following, False
+
+    def _encode(self, texts: list[str]):
+        try:
+            return self._tok.encode_batch_fast(texts, add_special_tokens=False)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # a Rust panic on text the load-time probe did not cover: one line
+            raise DataError(
+                f"{self.path}: the tokenizer fails on a document: {' '.join(str(e).split())[:300]}"
+            ) from None
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids)

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -48,6 +49,10 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
+# A heartbeat further ahead of this host's clock than this was written by a host whose clock is
+# wrong: its age is then judged by the file's modification time (stamped by the volume, rewritten by
+# every heartbeat), so a skewed holder is taken over after STALE_S like any other, not after the skew.
+FUTURE_S = 5.0
 FORMAT = "motif-lease/1"
 _SETTLE_S = 1.0  # a lease just created may be read before its holder wrote it: read again for this long
 
@@ -71,9 +76,10 @@ class Holder:
     stale_after: float
     format: str = FORMAT
 
-    def describe(self, now: float | None = None) -> str:
-        age = max(0.0, (now or time.time()) - self.heartbeat)
-        return f"{self.what} (host {self.host}, pid {self.pid}, last heartbeat {age:.0f}s ago)"
+    def describe(self, now: float | None = None, age: float | None = None, ahead: float = 0.0) -> str:
+        age = max(0.0, (now or time.time()) - self.heartbeat) if age is None else age
+        skew = f"; its heartbeat is {ahead:.0f}s ahead of this host's clock" if ahead > 0 else ""
+        return f"{self.what} (host {self.host}, pid {self.pid}, last heartbeat {age:.0f}s ago{skew})"
 
 
 INSIDE_NAME = ".motif.lease"
@@ -187,6 +193,11 @@ def acquire(
         if fd is not None:
             _HELD.add(str(path))
             return Lease(path, directory, holder, fd, heartbeat_s)
+        not_a_lease = _not_a_file(path)
+        if not_a_lease:  # a link or a directory: never ours to take over, and retrying would spin
+            raise LeaseError(
+                f"{directory}: {path} is {not_a_lease}, not a lease file (remove it if no process writes {directory})"
+            )
         current = _read_settled(path)
         if current is None:  # released between our create and our read: try again
             continue
@@ -201,7 +212,7 @@ def acquire(
         if time.monotonic() < until:
             time.sleep(min(heartbeat_s, max(0.1, until - time.monotonic())))
             continue
-        raise LeaseError(_busy_message(directory, path, current))
+        raise LeaseError(_busy_message(directory, path, current, stale_s))
 
 
 # ---- the lease file ---------------------------------------------------------------------------
@@ -220,6 +231,22 @@ def _new_holder(what: str, stale_s: float) -> Holder:
         heartbeat=now,
         stale_after=stale_s,
     )
+
+
+def _not_a_file(path: Path) -> str | None:
+    """What stands at `path` if it is not a regular file (a lease is only ever one), else None."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(path)
+        return f"a symbolic link to {target}" + ("" if os.path.exists(path) else " (which does not exist)")
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    return None
 
 
 def _create(path: Path, holder: Holder) -> int | None:
@@ -301,9 +328,21 @@ def _stale_reason(path: Path, current: Holder | str, stale_s: float) -> str | No
         if current.start and start != current.start:
             return f"{current.describe(now)} is no longer running (its pid now names another process)"
     limit = max(stale_s, current.stale_after)
-    if now - current.heartbeat > limit:
-        return f"{current.describe(now)}: no heartbeat for more than {limit:.0f}s"
+    age, ahead = _heartbeat_age(path, current, now)
+    if age > limit:
+        return f"{current.describe(now, age, ahead)}: no heartbeat for more than {limit:.0f}s"
     return None
+
+
+def _heartbeat_age(path: Path, holder: Holder, now: float) -> tuple[float, float]:
+    """Seconds since the holder's last heartbeat, and how far its clock is ahead of ours (0 if not)."""
+    ahead = holder.heartbeat - now
+    if ahead <= FUTURE_S:
+        return max(0.0, now - holder.heartbeat), 0.0
+    try:  # a clock ahead of ours: every heartbeat rewrites the file, so its mtime tells the age
+        return max(0.0, now - os.stat(path).st_mtime), ahead
+    except OSError:
+        return 0.0, ahead
 
 
 def _take_over(path: Path, judged: Holder | str) -> bool:
@@ -326,12 +365,15 @@ def _take_over(path: Path, judged: Holder | str) -> bool:
     return True
 
 
-def _busy_message(directory: Path, path: Path, current: Holder | str) -> str:
+def _busy_message(directory: Path, path: Path, current: Holder | str, stale_s: float) -> str:
     if isinstance(current, str):
         return f"{directory}: in use: {path} is {current} (remove it if no process writes {directory})"
+    now = time.time()
+    age, ahead = _heartbeat_age(path, current, now)
     return (
-        f"{directory}: in use by {current.describe()}; one writer per directory: wait for it to finish "
-        f"(a dead holder's lease is taken over after {current.stale_after:.0f}s without a heartbeat)"
+        f"{directory}: in use by {current.describe(now, age, ahead)}; one writer per directory: wait for it to "
+        f"finish (a dead holder's lease is taken over after {max(stale_s, current.stale_after):.0f}s without a "
+        "heartbeat)"
     )
 
 

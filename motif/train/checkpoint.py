@@ -18,9 +18,13 @@ Why it is built this way:
 - **A checkpoint proves itself.** `meta.json` records every file's size and checksum (each rank
   hashes its share of the files, so the cost is spread like the write); a resume verifies them the
   same way, and `--resume auto` falls back to the newest checkpoint that verifies, naming the one it
-  skipped.
+  skipped. Checkpoints of which none verifies stop the run (only `--resume none` starts over): a
+  silent restart from the stage's start would repeat weeks of work.
 - **A rollback keeps the abandoned branch.** `--resume PATH` renames the checkpoints after PATH to
-  `step_N.abandoned-<time>` (kept, never deleted), so a later `--resume auto` cannot jump back to them.
+  `step_N.abandoned-<time>` (kept, never deleted), so a later `--resume auto` cannot jump back to them;
+  so do a fallback past checkpoints that failed verification and `--resume none` (every checkpoint).
+  Pruning thus only ever sees this run's branch: it never deletes a checkpoint that verifies while
+  keeping one that does not.
 - **Nothing is pickled**: tensors are safetensors, the rest JSON, so a checkpoint from shared
   storage cannot run code.
 """
@@ -67,6 +71,21 @@ class TensorState(Protocol):
     def save(self, directory: Path) -> None: ...
 
     def load(self, directory: Path) -> None: ...
+
+
+def write_cause(err: BaseException) -> BaseException | None:
+    """The write error behind `err`, or None for any other failure. torch.distributed.checkpoint
+    (the fsdp engine's writer) wraps every rank's error in one CheckpointException, which is not
+    even an Exception: it is unwrapped here so a full disk is one line on every engine."""
+    if isinstance(err, WRITE_ERRORS):
+        return err
+    failures = getattr(err, "failures", None)
+    if type(err).__name__ == "CheckpointException" and isinstance(failures, dict):
+        for wrapped in failures.values():
+            inner = wrapped[0] if isinstance(wrapped, tuple) else wrapped
+            if isinstance(inner, WRITE_ERRORS):
+                return inner
+    return None
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -186,12 +205,21 @@ class CheckpointManager:
             if problem:
                 raise CheckpointError(f"{path}: not a usable training checkpoint: {problem}")
             return path
+        failed = []
         for path in self.candidates():
-            problem = check_complete(path) or self._verify(path)
+            # Every rank asks the same question: a rank seeing another answer must not skip the collective check.
+            problem = first_problem(self.world, check_complete(path)) or self._verify(path)
             if problem is None:
                 return path
+            failed.append(f"{path.name}: {problem}")
             if self.world.is_main:
                 log.warning("skipping checkpoint %s: %s", path, problem)
+        if failed:
+            # Restarting from the stage's start here would silently repeat all the work they hold.
+            raise CheckpointError(
+                f"motif.checkpoint.dir: {self.root} holds {len(failed)} checkpoint(s) and none verifies "
+                f"({'; '.join(failed)}): restore one, or start over with --resume none (which keeps them aside)"
+            )
         return None
 
     def _verify(self, path: Path) -> str | None:
@@ -201,14 +229,19 @@ class CheckpointManager:
         problem = integrity.verify(path, {n: recorded[n] for n in names})
         return first_problem(self.world, problem)
 
-    def rollback(self, path: Path) -> list[Path]:
-        """Rank 0: rename the checkpoints after `path` aside (kept), so that `--resume auto` never
-        returns to the abandoned branch. Returns their new names."""
+    def rollback(self, path: Path | None) -> list[Path]:
+        """Rank 0: rename the checkpoints after `path` (every one for None: a start over) aside (kept),
+        so that `--resume auto` never returns to the abandoned branch, and pruning never counts a
+        checkpoint of that branch (one that failed verification, say) against this run's. Returns
+        their new names."""
         if not self.world.is_main:
             return []
-        step = int(STEP_DIR.match(path.name).group(1)) if STEP_DIR.match(path.name) else None
-        if step is None or path.parent.resolve() != self.root.resolve():
-            return []
+        if path is None:
+            step = 0
+        else:
+            step = int(STEP_DIR.match(path.name).group(1)) if STEP_DIR.match(path.name) else None
+            if step is None or path.parent.resolve() != self.root.resolve():
+                return []
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         moved = []
         for later in self.candidates():
@@ -218,7 +251,11 @@ class CheckpointManager:
                 moved.append(aside)
         if moved:
             fsync_path(self.root)
-            log.warning("rolled back to %s: later checkpoints kept aside as %s", path, ", ".join(p.name for p in moved))
+            log.warning(
+                "rolled back to %s: later checkpoints kept aside as %s",
+                path or "the stage's start",
+                ", ".join(p.name for p in moved),
+            )
         return moved
 
     # ---- saving ------------------------------------------------------------------------------
@@ -255,8 +292,11 @@ class CheckpointManager:
         barrier(self.world)
         try:
             write(tmp)
-        except WRITE_ERRORS as e:
-            raise self._write_failed(final, tmp, e) from None
+        except BaseException as e:
+            cause = write_cause(e)
+            if cause is None:
+                raise
+            raise self._write_failed(final, tmp, cause) from None
         barrier(self.world)
         sums = gather_dicts(self.world, self._hash_share(tmp))
         if self.world.is_main:

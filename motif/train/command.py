@@ -53,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume",
         default="auto",
         metavar="auto|PATH|none",
-        help="auto (default): newest complete checkpoint in motif.checkpoint.dir, if any; PATH: that "
-        "checkpoint; none: start from the stage's input",
+        help="auto (default): newest checkpoint in motif.checkpoint.dir that verifies (checkpoints of which "
+        "none verifies stop the run, exit 2); PATH: that checkpoint (later ones kept aside); none: start from the "
+        "stage's input (existing checkpoints kept aside as step_N.abandoned-<time>)",
     )
     parser.add_argument(
         "--linger-seconds",

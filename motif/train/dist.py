@@ -142,11 +142,13 @@ class Heartbeat:
         self.verdict: str | None = None
         self.store_lost = False
         self._store = store()
-        threading.Thread(target=self._run, daemon=True, name="motif-heartbeat").start()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="motif-heartbeat")
+        self._thread.start()
 
     def _run(self) -> None:
         beat = 0
-        while True:
+        while not self._stop.is_set():
             beat += 1
             try:
                 self._store.set(f"motif/heartbeat/{self.world.rank}", str(beat))
@@ -155,7 +157,15 @@ class Heartbeat:
             except Exception:  # the store's host is gone
                 self.store_lost = True
                 return
-            time.sleep(self.interval_s)
+            self._stop.wait(self.interval_s)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """End the thread before the process group and the interpreter go. A daemon thread still
+        inside a store call when the interpreter finalizes is ended by a forced unwind through C++
+        frames that cannot unwind: std::terminate ("terminate called without an active exception",
+        SIGABRT), and torchrun reports a finished run as failed."""
+        self._stop.set()
+        self._thread.join(timeout_s)
 
     def _counters(self) -> dict[int, bytes]:
         keys = [f"motif/heartbeat/{r}" for r in range(self.world.world_size)]
@@ -258,5 +268,9 @@ def all_reduce_sum(world: World, t: torch.Tensor) -> torch.Tensor:
 
 
 def close(world: World) -> None:
+    global _heartbeat
+    if _heartbeat is not None:  # first: it calls into the store the process group owns
+        _heartbeat.stop()
+        _heartbeat = None
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()

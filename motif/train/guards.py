@@ -150,6 +150,54 @@ def compare_settings(recorded: dict[str, Any], current: dict[str, Any], path: Pa
             )
 
 
+def data_identity(stage: StageConfig, world: World) -> dict[str, dict[str, Any]]:
+    """Collective: size and checksum of every local data file (`{path: {"size", "checksum"}}`), the
+    ranks sharing the reading. A resume compares them with its checkpoint's: a source appended to or
+    edited since reads its documents in another order (trained ones again, others never), and paths,
+    sizes and times are not content. Hub datasets are named by their id, config and split only."""
+    from motif.data.sources import local_files
+    from motif.storage import integrity
+
+    files = sorted({f for src in stage.data.sources if src.path is not None for f in local_files(src.path)[1]})
+    mine = integrity.checksums(".", files[world.rank :: world.world_size])
+    return dist.gather_dicts(world, mine)
+
+
+def compare_data(recorded: dict[str, Any] | None, current: dict[str, Any], path: Path, stage: StageConfig) -> None:
+    """Refuse a resume whose data files are not the ones its checkpoint was trained on."""
+    if recorded is None:  # a checkpoint written before data files were recorded
+        return
+    where = stage.source_file or stage.name
+    for name in sorted(set(recorded) | set(current)):
+        was, now = recorded.get(name), current.get(name)
+        if was == now:
+            continue
+        if was is None:
+            what = "is a new file"
+        elif now is None:
+            what = "is gone"
+        elif now["size"] > was["size"]:
+            what = f"was appended to ({was['size']:,} -> {now['size']:,} bytes)"
+        elif now["size"] != was["size"]:
+            what = f"was cut ({was['size']:,} -> {now['size']:,} bytes)"
+        else:
+            what = f"has other content (same size, checksum {was['checksum']} -> {now['checksum']})"
+        source = next((s.name for s in stage.data.sources if s.path and _in_source(name, s.path)), "?")
+        raise CheckpointError(
+            f"{where}: motif.data.sources ({source!r}): {name} {what} since {path} was written; resuming would "
+            "read the documents in another order (restore the data, or start over with --resume none)"
+        )
+
+
+def _in_source(name: str, path: str) -> bool:
+    from motif.data.sources import local_files
+
+    try:
+        return name in local_files(path)[1]
+    except MotifError:
+        return False
+
+
 def _get(d: dict, key: str) -> Any:
     for part in key.split("."):
         d = d.get(part) if isinstance(d, dict) else None

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from motif.config import StageConfig, check_input_shape
 from motif.data.mixture import Batch
-from motif.data.shards import ShardedData
+from motif.data.shards import ShardedData, owned_shards
 from motif.errors import CheckpointError, GrowthError, MotifError
 from motif.eval.heldout import HeldoutSet
 from motif.metrics import names
@@ -136,6 +136,7 @@ class Trainer:
         num_shards = self._num_shards(resume)
         self.weights, self.moments, frozen = self._start_sources()
         self._verify_start()
+        self.data_files = guards.data_identity(s, self.world)  # what a checkpoint's data position means
         self.data = self._build_data(num_shards)
         self.heldout = HeldoutSet.from_stage(s, self.tokenizer, rank=self.world.rank, world=self.world.world_size)
         self.languages = sorted(set(self.data.languages))
@@ -157,10 +158,11 @@ class Trainer:
         )
         if resume is not None:
             self._resume(resume)
-            if self.options.resume not in ("auto", "none"):
-                self.checkpoints.rollback(resume)
         elif self.moments.path and self.world.is_main:
             log.info("optimizer: Adam moments carried from %s", self.moments.path)
+        # A rollback, a fallback past checkpoints that failed verification, a start over: the
+        # checkpoints after this run's start are another branch, kept aside (auto: usually none).
+        self.checkpoints.rollback(resume)
         self._check_output_space()
         self.flops_per_token = self.model.args.flops_per_token(s.data.seq_len)
         self.peak_flops = self._peak_flops()
@@ -207,6 +209,9 @@ class Trainer:
     def _build_data(self, num_shards: int) -> ShardedData:
         from motif.data.tokenizer import Tokenizer
 
+        # Every rank refuses too few shards before the barrier below: a rank left waiting in it would
+        # die of the collective timeout (exit 3, or 143 under motif-torchrun) instead of saying why.
+        owned_shards(num_shards, self.world.rank, self.world.world_size)
         # Rank 0 first: `datasets` builds its Arrow cache once, the others then read it.
         if not self.world.is_main:
             dist.barrier(self.world)
@@ -266,6 +271,7 @@ class Trainer:
             raise MotifError(f"{path}: a checkpoint of stage {meta['stage']!r}, not {self.stage.name!r}")
         where = self.stage.source_file or self.stage.name
         guards.compare_settings(meta.get("settings", {}), guards.settings(self.stage, self.world), path, where)
+        guards.compare_data(meta.get("data_files"), self.data_files, path, self.stage)
         # The architecture at that step: masks already removed if the ramp was done.
         growth.apply_mask(self.model, int(meta["step"]), self.ramp_steps)
         t0 = time.perf_counter()
@@ -515,6 +521,7 @@ class Trainer:
             "mask": self.model.growth_mask,
             "data_shards": self.data.num_shards,
             "settings": guards.settings(self.stage, self.world),
+            "data_files": self.data_files,
         }
         path = self.checkpoints.save(self.state.step, extra)
         seconds = time.perf_counter() - t0

@@ -114,10 +114,11 @@ $(ENVTEST)/.unpacked: $(STAMPS)/venv
 envtest: $(ENVTEST)/.unpacked ## Unpack kube-apiserver, kube-controller-manager (and etcd) into .stamps/envtest
 
 # ---- the rest --------------------------------------------------------------------------------
-lint: install ## ruff + ruff format --check + import-linter (docs/architecture.md) + hadolint + helm lint
+lint: install ## ruff + ruff format --check + import-linter (docs/architecture.md) + mypy --strict + hadolint + helm lint
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile images/*/Dockerfile
 	$(PY) -m motif.deploy.render --lint
 

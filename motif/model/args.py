@@ -24,7 +24,7 @@ class GrowthState:
     """MSG masks still pending on a grown model: which parts are new, and the current mask value m.
 
     Old weights always sit in the top-left block of a grown matrix, so "new" is described by the old
-    sizes. Query heads are interleaved per KV group (see `motif.growth.layout`), so the new heads are
+    sizes. Query heads are interleaved per KV group (see `motif.growth.operators.head_positions`), so the new heads are
     derived from the old (heads, kv_heads) pair, not a prefix.
     """
 
@@ -50,6 +50,9 @@ class GrowthState:
         if not 0.0 <= mask <= 1.0:
             raise CheckpointError(f"motif_growth.mask: expected 0 <= m <= 1, got {mask}")
         sizes = {k: _positive_int(d, k, None, "motif_growth.") for k in ("hidden", "intermediate", "heads", "kv_heads")}
+        if (sizes["heads"] is None) != (sizes["kv_heads"] is None):
+            given, missing = ("heads", "kv_heads") if sizes["kv_heads"] is None else ("kv_heads", "heads")
+            raise CheckpointError(f"motif_growth.{missing}: missing (expected whenever {given} is given)")
         blend = d.get("blend_layers", [])
         if not isinstance(blend, list) or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in blend):
             raise CheckpointError(f"motif_growth.blend_layers: expected a list of layer indices, got {_show(blend)}")
@@ -75,7 +78,7 @@ class ModelArgs:
     num_hidden_layers: int
     num_attention_heads: int
     num_key_value_heads: int
-    head_dim: int | None = None  # None: hidden_size // num_attention_heads, as transformers does
+    head_dim: int = 0  # 0 (absent from config.json): hidden_size // num_attention_heads, as transformers does
     max_position_embeddings: int = 8192
     rope_theta: float = 500000.0
     # None, or Llama 3.1's {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
@@ -87,7 +90,7 @@ class ModelArgs:
     growth: GrowthState | None = None  # pending MSG masks; None for a plain Llama
 
     def __post_init__(self) -> None:
-        if self.head_dim is None:
+        if self.head_dim == 0:
             self.head_dim = self.hidden_size // self.num_attention_heads
         for name in (*SHAPE_FIELDS, "head_dim"):
             value = getattr(self, name)
@@ -143,7 +146,7 @@ class ModelArgs:
             num_hidden_layers=_positive_int(config, "num_hidden_layers"),
             num_attention_heads=heads,
             num_key_value_heads=_positive_int(config, "num_key_value_heads", heads),
-            head_dim=_positive_int(config, "head_dim", None),
+            head_dim=_positive_int(config, "head_dim", 0),
             max_position_embeddings=_positive_int(config, "max_position_embeddings", 8192),
             rope_theta=rope_theta,
             rope_scaling=rope_scaling,

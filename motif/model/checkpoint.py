@@ -160,9 +160,10 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     expected = args.tensor_shapes()
     entries: dict[str, TensorEntry] = {}
     for name, shape in expected.items():
-        file = files.get(name)
-        if file is None:
+        found = files.get(name)
+        if found is None:
             raise CheckpointError(f"{path}: tensor {name} missing from the weights (expected shape {list(shape)})")
+        file = found
         entry = headers[file].get(name)
         if entry is None:
             raise CheckpointError(f"{file}: tensor {name} missing (the index says it is in this file)")
@@ -227,11 +228,12 @@ def read_provenance(path: str | Path) -> dict[str, Any] | None:
     """The growth provenance (`growth.json`) of a grown checkpoint, or None if it was not grown."""
     file = Path(path) / PROVENANCE_NAME
     try:
-        return json.loads(file.read_text())
+        provenance: dict[str, Any] = json.loads(file.read_text())
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{file}: unreadable or not JSON: {e}") from None
+    return provenance
 
 
 # ---- writing ---------------------------------------------------------------------------------

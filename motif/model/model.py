@@ -128,7 +128,8 @@ class Attention(nn.Module):
         if head_mask is not None:
             # Masking the head output, not its query: a zero query still averages the shared V.
             out = out * head_mask.to(out.dtype).view(1, -1, 1, 1)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        return projected
 
 
 class MLP(nn.Module):
@@ -142,7 +143,8 @@ class MLP(nn.Module):
         a = F.silu(self.gate_proj(x)) * self.up_proj(x)
         if ffn_mask is not None:
             a = a * ffn_mask.to(a.dtype)
-        return self.down_proj(a)
+        out: torch.Tensor = self.down_proj(a)
+        return out
 
 
 class Block(nn.Module):
@@ -162,9 +164,11 @@ class Block(nn.Module):
         cache: tuple[KVCache, int] | None = None,
     ) -> torch.Tensor:
         mh = masks.hidden if masks is not None else None
-        attn = self.self_attn(self.input_layernorm(h, mh), cos, sin, masks.heads if masks else None, cache)
+        attn: torch.Tensor = self.self_attn(
+            self.input_layernorm(h, mh), cos, sin, masks.heads if masks else None, cache
+        )
         h = h + (attn if mh is None else attn * mh.to(attn.dtype))
-        mlp = self.mlp(self.post_attention_layernorm(h, mh), masks.ffn if masks else None)
+        mlp: torch.Tensor = self.mlp(self.post_attention_layernorm(h, mh), masks.ffn if masks else None)
         return h + (mlp if mh is None else mlp * mh.to(mlp.dtype))
 
 
@@ -180,6 +184,16 @@ class LlamaModel(nn.Module):
 
 class Llama(nn.Module):
     """Llama 3 causal LM: `forward(tokens[B, T]) -> logits[B, T, V]`."""
+
+    # Buffers made by init_buffers (declared for the type checker: nn.Module types attributes as Tensor | Module)
+    inv_freq: torch.Tensor
+    _new_hidden: torch.Tensor | None
+    _new_ffn: torch.Tensor | None
+    _new_heads: torch.Tensor | None
+    _mask_hidden: torch.Tensor | None
+    _mask_ffn: torch.Tensor | None
+    _mask_heads: torch.Tensor | None
+    _mask_blend: torch.Tensor | None
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -223,7 +237,7 @@ class Llama(nn.Module):
         new_hidden = _new_prefix(a.hidden_size, g.hidden if g else None)
         new_ffn = _new_prefix(a.intermediate_size, g.intermediate if g else None)
         new_heads = None
-        if g is not None and g.heads is not None:
+        if g is not None and g.heads is not None and g.kv_heads is not None:  # both or neither (GrowthState)
             new_heads = new_head_flags(g.heads, g.kv_heads, a.num_attention_heads, a.num_key_value_heads)
         for name, flags in (("hidden", new_hidden), ("ffn", new_ffn), ("heads", new_heads)):
             # `_new_*`: which entries are new (fixed); `_mask_*`: their current value (updated in place).
@@ -314,10 +328,11 @@ class Llama(nn.Module):
             else:
                 out = layer(h, cos, sin, masks, layer_cache)
             if i in self._blend_layers:  # MSG depth: identity at m = 0 whatever the block computes
+                assert masks is not None and masks.blend is not None  # blend layers exist only with a pending growth
                 out = h + masks.blend.to(h.dtype) * (out - h)
             h = out
         h = self.model.norm(h, masks.hidden if masks is not None else None)
-        logits = self.lm_head(h)
+        logits: torch.Tensor = self.lm_head(h)
         return logits if logits.dtype == torch.float64 else logits.float()
 
 

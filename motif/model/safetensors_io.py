@@ -106,14 +106,12 @@ def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
 def read_tensor(entry: TensorEntry, fd: int | None = None) -> torch.Tensor:
     """Read one tensor into fresh memory it owns (no mmap view shared with anything)."""
     buf = bytearray(entry.nbytes)
-    own = fd is None
-    if own:
-        fd = os.open(entry.path, os.O_RDONLY)
+    handle = os.open(entry.path, os.O_RDONLY) if fd is None else fd
     try:
-        read_into_buffer(entry, memoryview(buf), fd)
+        read_into_buffer(entry, memoryview(buf), handle)
     finally:
-        if own:
-            os.close(fd)
+        if fd is None:  # opened here
+            os.close(handle)
     if entry.nbytes == 0:
         return torch.empty(entry.shape, dtype=entry.dtype)
     return torch.frombuffer(buf, dtype=entry.dtype).reshape(entry.shape)
@@ -254,7 +252,7 @@ class _ReadThrough:
             self._ring = [bytearray(_HASH_CHUNK) for _ in range(self.DEPTH)]
         while len(self._workers) < len(consumers):
             self._workers.append(ThreadPoolExecutor(1))  # one worker each: chunks reach it in order
-        pending: list[list[Future]] = [[] for _ in self._ring]
+        pending: list[list[Future[None]]] = [[] for _ in self._ring]
         start, end, i = offset, offset + nbytes, 0
         try:
             while offset < end:

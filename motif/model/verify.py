@@ -18,7 +18,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,7 @@ def read_file(
 
 
 def read_weights(
-    files: dict[Path, set[str] | None],
+    files: Mapping[Path, set[str] | None],
     *,
     finite: bool = True,
     progress: Progress | None = None,

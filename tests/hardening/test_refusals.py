@@ -358,6 +358,11 @@ CATALOGUE: list[tuple[str, Setup, tuple[str, ...]]] = [
         prepared(_growth_of({"mask": "half"}), grow_single()),
         ("config.json", "motif_growth.mask: expected a finite number", "'half'"),
     ),
+    (
+        "config-growth-heads-without-kv-heads",
+        prepared(_growth_of({"mask": 0.0, "heads": 2}), grow_single()),
+        ("config.json", "motif_growth.kv_heads: missing (expected whenever heads is given)"),
+    ),
     # -- checkpoints that prove themselves (section 4)
     (
         "ckpt-bit-flip",

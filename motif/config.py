@@ -63,15 +63,29 @@ class GrowthTargets:
     def grows_width(self) -> bool:
         return any(v is not None for v in (self.hidden, self.intermediate, self.heads, self.kv_heads))
 
-    def resolve(self, args: ModelArgs) -> GrowthTargets:
+    def resolve(self, args: ModelArgs) -> GrowthShape:
         """Targets with every None replaced by the source's value."""
-        return GrowthTargets(
+        return GrowthShape(
             layers=self.layers or args.num_hidden_layers,
             hidden=self.hidden or args.hidden_size,
             intermediate=self.intermediate or args.intermediate_size,
             heads=self.heads or args.num_attention_heads,
             kv_heads=self.kv_heads or args.num_key_value_heads,
         )
+
+
+@dataclass(frozen=True)
+class GrowthShape:
+    """Growth targets resolved against a source: every dimension known."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+from typing import Any
 
 HELP = "grow a checkpoint: LlamaPro depth and MSG width growth, streamed tensor by tensor"
 DESCRIPTION = """\
@@ -109,7 +110,7 @@ def _targets_given(args: argparse.Namespace) -> bool:
     return any(v is not None for v in (args.layers, args.hidden, args.intermediate, args.heads, args.kv_heads))
 
 
-def _summary(prov: dict) -> str:
+def _summary(prov: dict[str, Any]) -> str:
     before, after = prov["shape_before"], prov["shape_after"]
     changed = ", ".join(f"{k} {before[k]} -> {after[k]}" for k in before if k != "params" and before[k] != after[k])
     return (

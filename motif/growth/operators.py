@@ -217,7 +217,7 @@ def head_positions(old_heads: int, old_kv: int, heads: int, kv_heads: int, head_
     when n_rep changes, so each old head keeps its group and its slot within the group.
     """
     old_rep, rep = old_heads // old_kv, heads // kv_heads
-    out = []
+    out: list[int] = []
     for h in range(old_heads):
         new_head = (h // old_rep) * rep + h % old_rep
         out.extend(range(new_head * head_dim, (new_head + 1) * head_dim))

@@ -62,7 +62,8 @@ def request_mismatch(
     prov: dict[str, Any], source: str, fingerprint: str, targets: dict[str, int], depth_method: str, seed: int
 ) -> str | None:
     """None if `prov` records this very request on this very input, else what differs."""
-    src = prov.get("source") if isinstance(prov.get("source"), dict) else {}
+    recorded = prov.get("source")
+    src: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     if prov.get("format") != FORMAT:
         return f"was grown from another request (growth.json format {prov.get('format')!r})"
     if src.get("path") != source:

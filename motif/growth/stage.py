@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from motif.config import StageConfig, check_input_shape
+from motif.config import GrowthConfig, StageConfig, check_input_shape
 from motif.errors import CheckpointError, GrowthError
 from motif.growth.provenance import request_mismatch
 from motif.growth.stream import grow_checkpoint, input_fingerprint
@@ -35,7 +35,7 @@ def grow_stage(
     if stage.input is None:
         raise GrowthError(f"{where}: motif.input: growth needs an input checkpoint")
     try:
-        return _grow_stage(stage, overwrite, progress, wait_s)
+        return _grow_stage(stage, stage.growth, Path(stage.input), overwrite, progress, wait_s)
     except GrowthError as e:  # a target the source cannot reach: name the stage file and its key
         key = str(e).split(":", 1)[0]
         prefix = "motif.growth." if key in _TARGET_KEYS else ""
@@ -45,19 +45,20 @@ def grow_stage(
 _TARGET_KEYS = ("layers", "hidden", "intermediate", "heads", "kv_heads", "depth_method", "seed")
 
 
-def _grow_stage(stage: StageConfig, overwrite: bool, progress: bool, wait_s: float) -> dict[str, Any]:
-    g = stage.growth
-    targets = g.targets()
-    src, dst = Path(stage.input), Path(g.output)
+def _grow_stage(
+    stage: StageConfig, g: GrowthConfig, src: Path, overwrite: bool, progress: bool, wait_s: float
+) -> dict[str, Any]:
+    dst = Path(g.output)
     check_input_shape(stage, read_args(src), str(src))
     source = open_checkpoint(src)
+    targets = g.targets()
     wanted = check_targets(source.args, targets, g.depth_method).to_dict()
     check_writable(dst, "motif.growth.output")
     with acquire(dst, "motif grow --stage", wait_s=wait_s) as lease:
         if (dst.exists() or dst.is_symlink()) and not overwrite:
             reason = _reuse_problem(dst)
             if reason is None:
-                prov = read_provenance(dst)
+                prov = read_provenance(dst) or {}  # _reuse_problem found growth.json; {} mismatches anyway
                 fingerprint = input_fingerprint(source, progress)
                 reason = request_mismatch(prov, str(src.resolve()), fingerprint, wanted, g.depth_method, g.seed)
                 if reason is None:

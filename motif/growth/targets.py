@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from motif.config import GrowthTargets  # the stage file's schema; re-exported for growth's callers
+from motif.config import GrowthShape, GrowthTargets  # the stage file's schema; re-exported for growth's callers
 from motif.errors import GrowthError
 from motif.model.args import ModelArgs
 
-__all__ = ["GrowthTargets", "check_seed", "check_targets", "grown_args", "shape_dict"]
+__all__ = ["GrowthShape", "GrowthTargets", "check_seed", "check_targets", "grown_args", "shape_dict"]
 
 DEPTH_METHODS = ("llamapro", "msg")
 SEED_LIMIT = 2**32  # seeds are mixed with tensor names into 64-bit generator seeds (tensors.generator_for)
 
 
-def check_targets(args: ModelArgs, targets: GrowthTargets, depth_method: str = "llamapro") -> GrowthTargets:
+def check_targets(args: ModelArgs, targets: GrowthTargets, depth_method: str = "llamapro") -> GrowthShape:
     """Validate `targets` against the source shape; return them resolved. Raises GrowthError."""
     if depth_method not in DEPTH_METHODS:
         raise GrowthError(f"depth_method: expected one of {', '.join(DEPTH_METHODS)}, got {depth_method!r}")
@@ -63,14 +63,15 @@ def check_seed(seed: int) -> None:
         raise GrowthError(f"seed: expected an integer 0 <= seed < 2**32, got {seed!r}")
 
 
-def grown_args(args: ModelArgs, targets: GrowthTargets) -> ModelArgs:
+def grown_args(args: ModelArgs, targets: GrowthTargets | GrowthShape) -> ModelArgs:
     """The shape after growth (no masks; the operators add the pending mask state)."""
+    shape = targets if isinstance(targets, GrowthShape) else targets.resolve(args)
     return args.replace(
-        num_hidden_layers=targets.layers or args.num_hidden_layers,
-        hidden_size=targets.hidden or args.hidden_size,
-        intermediate_size=targets.intermediate or args.intermediate_size,
-        num_attention_heads=targets.heads or args.num_attention_heads,
-        num_key_value_heads=targets.kv_heads or args.num_key_value_heads,
+        num_hidden_layers=shape.layers,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
         head_dim=args.head_dim,  # explicit: hidden / heads may no longer give it
         growth=None,
     )

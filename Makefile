@@ -78,8 +78,11 @@ lock: ## Re-pin requirements.lock from the current .venv
 demo: install ## The whole growth pipeline on a tiny model, on CPU (stage 0 -> LlamaPro -> MSG)
 	$(PY) -m motif demo --out out/demo
 
+# The CPU image is built before the tests, as the venv is: a build artifact the image tests run
+# (podman's layer cache makes it seconds when nothing changed; ~10 min the first time on 2 cores).
 test: install deps tools envtest $(STAMPS)/deepspeed-ops ## Every test: unit, integration (torchrun, Prometheus, Helm, podman, a real API server)
-	KUBEBUILDER_ASSETS=$(KUBEBUILDER_ASSETS) $(PY) -m pytest -q
+	$(PY) -m motif.deploy.images build
+	MOTIF_IMAGE_BUILT=1 KUBEBUILDER_ASSETS=$(KUBEBUILDER_ASSETS) $(PY) -m pytest -q
 
 test-fast: install envtest $(STAMPS)/deepspeed-ops ## Unit tests only (skips the slow integration tier)
 	KUBEBUILDER_ASSETS=$(KUBEBUILDER_ASSETS) $(PY) -m pytest -q -m "not slow"

@@ -168,6 +168,20 @@ class CheckpointManager:
         self.rank_parts = rank_parts or {}
         self.tensors = tensors
 
+    def register(
+        self,
+        *,
+        parts: dict[str, Stateful] | None = None,
+        rank_parts: dict[str, Stateful] | None = None,
+        tensors: TensorState | None = None,
+    ) -> None:
+        """Add the parts a checkpoint saves and restores, once they exist. A run finds the checkpoint
+        it resumes from before it builds them (the data's shards come from it), with this same manager."""
+        self.parts.update(parts or {})
+        self.rank_parts.update(rank_parts or {})
+        if tensors is not None:
+            self.tensors = tensors
+
     # ---- when --------------------------------------------------------------------------------
 
     def due(self, step: int, last_step: int) -> bool:

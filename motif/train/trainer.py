@@ -131,8 +131,14 @@ class Trainer:
         self.done = finished and self.options.resume == "auto"  # a rerun of a finished stage: nothing to do
         if self.done:
             return
-        checkpoints = CheckpointManager(s.checkpoint.dir, s.checkpoint.keep_last, self.world, lease=self.lease)
-        resume = checkpoints.find(self.options.resume)
+        self.checkpoints = CheckpointManager(
+            s.checkpoint.dir,
+            s.checkpoint.keep_last,
+            self.world,
+            every_steps=s.checkpoint.every_steps,
+            lease=self.lease,
+        )
+        resume = self.checkpoints.find(self.options.resume)
         num_shards = self._num_shards(resume)
         self.weights, self.moments, frozen = self._start_sources()
         self._verify_start()
@@ -146,15 +152,10 @@ class Trainer:
         if frozen and self.world.is_main:
             log.info("freeze: new_blocks: training layers %s only", growth.new_block_indices(s.start_checkpoint))
         self.schedule = Schedule.from_config(s.optim, self.max_steps, grows=s.growth is not None)
-        self.checkpoints = CheckpointManager(
-            s.checkpoint.dir,
-            s.checkpoint.keep_last,
-            self.world,
-            every_steps=s.checkpoint.every_steps,
+        self.checkpoints.register(
             parts={"train": self.state},
             rank_parts={"data": self.data, "rng": RngState(self.world)},
             tensors=self.engine,
-            lease=self.lease,
         )
         if resume is not None:
             self._resume(resume)

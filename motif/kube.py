@@ -10,6 +10,7 @@ going through the client's models: a list of 100k pods is read in one pass.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -105,6 +106,18 @@ def _configure_client(client) -> None:
 def timeout() -> tuple[float, float]:
     """(connect, read) seconds of every API call."""
     return (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--context and --timeout, as every command that talks to the API server takes them."""
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+    parser.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=DEADLINE_S,
+        metavar="SECONDS",
+        help=f"give up when the API server has not answered every {what} within SECONDS (default {DEADLINE_S:g})",
+    )
 
 
 def positive_seconds(text: str) -> float:

@@ -410,14 +410,7 @@ def check_all(prereqs: list[Prerequisite]) -> list[Prerequisite]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("stage_file", metavar="STAGE_FILE", help="stage file (Helm values) of the stage to install")
     parser.add_argument("-n", "--namespace", help="namespace the stage goes to (default: the context's namespace)")
-    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
-    parser.add_argument(
-        "--timeout",
-        type=kube.positive_seconds,
-        default=kube.DEADLINE_S,
-        metavar="SECONDS",
-        help=f"give up when the API server has not answered every check within SECONDS (default {kube.DEADLINE_S:g})",
-    )
+    kube.add_connection_arguments(parser, "check")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per prerequisite)")
 
 

@@ -433,14 +433,7 @@ def fetch(namespace: str | None) -> Fetched:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--namespace", help="namespace (default: the context's namespace)")
     parser.add_argument("-A", "--all-namespaces", action="store_true", help="stages in every namespace")
-    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
-    parser.add_argument(
-        "--timeout",
-        type=kube.positive_seconds,
-        default=kube.DEADLINE_S,
-        metavar="SECONDS",
-        help=f"give up when the API server has not answered every call within SECONDS (default {kube.DEADLINE_S:g})",
-    )
+    kube.add_connection_arguments(parser, "call")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per stage) instead of a table")
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +36,7 @@ from motif.model import verify
 from motif.model.args import ModelArgs
 from motif.model.model import Llama
 from motif.model.safetensors_io import FILE_MODE, SafetensorsWriter, TensorEntry, read_header
-from motif.storage import integrity
+from motif.storage import integrity, jsonfile
 from motif.storage.atomic import DIR_MODE, atomic_dir, fsync_path  # noqa: F401  (re-exported: callers import them here)
 from motif.storage.space import check_free_space
 
@@ -227,12 +226,7 @@ def verify_checkpoint(
 def read_provenance(path: str | Path) -> dict[str, Any] | None:
     """The growth provenance (`growth.json`) of a grown checkpoint, or None if it was not grown."""
     file = Path(path) / PROVENANCE_NAME
-    try:
-        provenance: dict[str, Any] = json.loads(file.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{file}: unreadable or not JSON: {e}") from None
+    provenance: dict[str, Any] | None = jsonfile.read_json(file, missing_ok=True)
     return provenance
 
 
@@ -240,12 +234,7 @@ def read_provenance(path: str | Path) -> dict[str, Any] | None:
 
 
 def write_text(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
+    jsonfile.write_text(path, text, FILE_MODE)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 import xxhash
 
 from motif.errors import CheckpointError
+from motif.storage import jsonfile
 
 ALGORITHM = "xxh3_128"
 RECORD_NAME = "checksums.json"
@@ -148,24 +149,16 @@ def write_record(directory: str | Path, files: dict[str, Any], mode: int = 0o644
     """Write `checksums.json` into `directory` (inside a temporary directory before its rename)."""
     path = Path(directory) / RECORD_NAME
     text = json.dumps({"format": RECORD_FORMAT, "files": files}, indent=1, sort_keys=True) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
+    jsonfile.write_text(path, text, mode)
 
 
 def read_record(directory: str | Path) -> dict[str, Any] | None:
     """The recorded files of `directory`, or None when it has no record (an HF download, say).
     A record that is not valid is a CheckpointError naming it: it is never silently ignored."""
     path = Path(directory) / RECORD_NAME
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
+    doc = jsonfile.read_json(path, missing_ok=True)
+    if doc is None:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable or not JSON: {_one_line(e)}") from None
     if not isinstance(doc, dict) or doc.get("format") != RECORD_FORMAT or not isinstance(doc.get("files"), dict):
         raise CheckpointError(f"{path}: format: expected {RECORD_FORMAT!r} with a files mapping")
     for name, want in doc["files"].items():

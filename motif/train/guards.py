@@ -19,6 +19,7 @@ from typing import Any
 
 from motif.config import StageConfig, to_dict
 from motif.errors import CheckpointError, MotifError
+from motif.storage import jsonfile
 from motif.train import dist
 from motif.train.dist import World
 
@@ -215,12 +216,9 @@ def _show(value: Any) -> str:
 def finished(stage: StageConfig) -> dict | None:
     """What `trained.json` in the stage's output says (stage, steps), or None if it has none."""
     file = Path(stage.output) / TRAINED_FILE
-    try:
-        record = json.loads(file.read_text())
-    except FileNotFoundError:
+    record = jsonfile.read_json(file, missing_ok=True)
+    if record is None:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{file}: unreadable or not JSON: {e}") from None
     if not isinstance(record, dict) or not isinstance(record.get("steps"), int) or "stage" not in record:
         raise CheckpointError(f"{file}: expected an object with stage and steps (written by motif train)")
     return record

@@ -2,16 +2,23 @@
 
 A metrics backend of rank 0: from the steps it is told of it keeps the progress percentage, the
 estimated remaining seconds, a few metrics (loss, tokens per second, step, total steps) and the
-time of the last update, and a background thread merge-patches them into the `status` subresource
-of the TrainJob the pod runs under, at most once every `every_s` seconds (and once more when the
-stage ends). The field names are those of the TrainJob CRD (`TrainJobTrainerStatus`, KEP-2779).
+time of the last update, and a background thread sends them for the TrainJob the pod runs under,
+at most once every `every_s` seconds (and once more when the stage ends). The field names are
+those of the TrainJob CRD (`TrainJobTrainerStatus`, KEP-2779).
 
-It is on only when the chart says which TrainJob the pod belongs to (MOTIF_TRAINJOB_NAME, and
-MOTIF_TRAINJOB_NAMESPACE or the service account's namespace) and uses what Kubernetes gives every
-pod: KUBERNETES_SERVICE_HOST/PORT and the service account's CA and projected token (re-read for
-each patch, as the kubelet rotates it). Training never waits for the API server and never fails
-because of it: `log()` only records, the patch runs on its own thread, and a refused or failed
-patch is one warning line (at most one every `warn_every_s`), training going on.
+Two routes, the first one the pod has:
+- Kubeflow Trainer's own (KEP-2779; the controller's TrainJobStatus feature gate): the controller
+  injects KUBEFLOW_TRAINER_STATUS_URL, _CA_CERT and _TOKEN (its status server, the CA that signs
+  it, a projected token for the audience trainer.kubeflow.org) and the reporter POSTs
+  `{"trainerStatus": ...}` there; the controller checks the token and writes the status.
+- The chart's (trainJob.progress.enabled), for a controller without that gate: the chart names the
+  TrainJob (MOTIF_TRAINJOB_NAME, and MOTIF_TRAINJOB_NAMESPACE or the service account's namespace),
+  mounts a projected ServiceAccount token and its CA, and grants a Role to patch that TrainJob's
+  status; the reporter merge-patches the `status` subresource at KUBERNETES_SERVICE_HOST/PORT.
+
+Tokens are re-read for each request, as the kubelet rotates them. Training never waits for a server
+and never fails because of one: `log()` only records, the request runs on its own thread, and a
+refused or failed one is one warning line (at most one every `warn_every_s`), training going on.
 
 Standard library only: no kubernetes client, no torch.
 """
@@ -22,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 import ssl
 import threading
 import time
@@ -38,34 +46,68 @@ log = logging.getLogger(__name__)
 ENV_NAME = "MOTIF_TRAINJOB_NAME"
 ENV_NAMESPACE = "MOTIF_TRAINJOB_NAMESPACE"
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-TIMEOUT_S = 5.0  # one patch; the training loop never waits for it
+# What Kubeflow Trainer's controller injects into a TrainJob's pods with its TrainJobStatus gate on.
+ENV_STATUS_URL = "KUBEFLOW_TRAINER_STATUS_URL"
+ENV_STATUS_CA_CERT = "KUBEFLOW_TRAINER_STATUS_CA_CERT"
+ENV_STATUS_TOKEN = "KUBEFLOW_TRAINER_STATUS_TOKEN"
+STATUS_PATH = re.compile(r"/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([^/]+)/trainjobs/([^/]+)/status$")
+TIMEOUT_S = 5.0  # one request; the training loop never waits for it
 WARN_EVERY_S = 600.0
 INT32_MAX = 2**31 - 1  # estimatedRemainingSeconds is an int32
+
+API_SERVER = "api-server"  # the chart's route: merge patch of the status subresource
+STATUS_SERVER = "status-server"  # Kubeflow Trainer's route: POST to its status server
 
 
 @dataclass(frozen=True)
 class Target:
     """Where the status goes and with which credentials."""
 
-    server: str  # https://host:port
+    url: str  # the status endpoint
     ca_file: str
     token_file: str
     namespace: str
     name: str
-
-    @property
-    def path(self) -> str:
-        return f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{self.namespace}/trainjobs/{self.name}/status"
+    route: str = API_SERVER
 
     @property
     def what(self) -> str:
-        return f"trainjobs/status {self.name} in namespace {self.namespace}"
+        via = " via Kubeflow Trainer's status server" if self.route == STATUS_SERVER else ""
+        return f"trainjobs/status {self.name} in namespace {self.namespace}{via}"
+
+
+def api_server_url(server: str, namespace: str, name: str) -> str:
+    return f"{server}/apis/trainer.kubeflow.org/v1alpha1/namespaces/{namespace}/trainjobs/{name}/status"
 
 
 def target_from_env(environ=None, sa_dir: Path = SERVICE_ACCOUNT_DIR) -> Target | None:
-    """The TrainJob of this pod, or None when the pod runs under none (the reporter is then off).
-    A pod that names a TrainJob but lacks the API server or the token says so in one warning."""
+    """The TrainJob of this pod and the route to it, or None when the pod runs under none (the
+    reporter is then off). Kubeflow Trainer's injected status server comes first."""
     env = os.environ if environ is None else environ
+    return status_server_target(env) or api_server_target(env, sa_dir)
+
+
+def status_server_target(env) -> Target | None:
+    """Kubeflow Trainer's status server (KEP-2779), when its controller injected one; a partial
+    injection says what is missing in one warning."""
+    url = env.get(ENV_STATUS_URL, "").strip()
+    if not url:
+        return None
+    ca, token = env.get(ENV_STATUS_CA_CERT, "").strip(), env.get(ENV_STATUS_TOKEN, "").strip()
+    missing = [what for what, path in ((ENV_STATUS_CA_CERT, ca), (ENV_STATUS_TOKEN, token)) if not Path(path).is_file()]
+    if missing:
+        log.warning(
+            "trainjob progress: %s is set but %s names no file in this pod", ENV_STATUS_URL, " or ".join(missing)
+        )
+        return None
+    found = STATUS_PATH.search(url.split("?")[0])
+    namespace, name = found.groups() if found else ("?", "?")
+    return Target(url, ca, token, namespace, name, STATUS_SERVER)
+
+
+def api_server_target(env, sa_dir: Path = SERVICE_ACCOUNT_DIR) -> Target | None:
+    """The API server and the TrainJob the chart names; a pod that names a TrainJob but lacks the
+    API server or the token says so in one warning."""
     name = env.get(ENV_NAME, "").strip()
     if not name:
         return None
@@ -86,7 +128,7 @@ def target_from_env(environ=None, sa_dir: Path = SERVICE_ACCOUNT_DIR) -> Target 
         log.warning("trainjob progress: off for TrainJob %s: no %s in this pod", name, ", ".join(missing))
         return None
     host = f"[{host}]" if ":" in host else host  # an IPv6 service address
-    return Target(f"https://{host}:{port}", str(ca), str(token), namespace, name)
+    return Target(api_server_url(f"https://{host}:{port}", namespace, name), str(ca), str(token), namespace, name)
 
 
 def _read(path: Path) -> str:
@@ -143,7 +185,7 @@ class TrainJobProgress:
     ):
         self.target, self.max_steps, self.every_s = target, max_steps, every_s
         self.timeout_s, self.warn_every_s = timeout_s, warn_every_s
-        self.sent = 0  # patches the server accepted
+        self.sent = 0  # reports the server accepted
         self.failed = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -153,6 +195,7 @@ class TrainJobProgress:
         self._first: tuple[float, int] | None = None  # (monotonic time, step) of the first step seen
         self._loss: float | None = None
         self._tokens_per_s: float | None = None
+        self._last_news: dict | None = None  # the last status recorded, less its time
         self._warned_at: float | None = None
         self._unwarned = 0  # failures since the last warning line
         self._thread = threading.Thread(target=self._run, name="trainjob-progress", daemon=True)
@@ -167,13 +210,21 @@ class TrainJobProgress:
             self._loss = loss.get("all", self._loss)
         if names.TOKENS_PER_SECOND.name in metrics:
             self._tokens_per_s = metrics[names.TOKENS_PER_SECOND.name]
-        if self._first is None:
+        if self._first is None and names.STEP.name in metrics:
+            # The rate is timed from the first step logged, so the start's held-out scoring and the
+            # first step's warm-up do not weigh on the estimate.
             self._first = (now, step)
-        t0, s0 = self._first
-        remaining = (now - t0) / (step - s0) * (self.max_steps - step) if step > s0 else None
+        remaining = None
+        if self._first is not None and step > self._first[1]:
+            t0, s0 = self._first
+            remaining = (now - t0) / (step - s0) * (self.max_steps - step)
         if step >= self.max_steps:
             remaining = 0.0
         status = trainer_status(step, self.max_steps, remaining, self._loss, self._tokens_per_s, time.time())
+        news = {k: v for k, v in status.items() if k != "lastUpdatedTime"}
+        if news == self._last_news:  # e.g. the held-out scores after the last step: nothing new to report
+            return
+        self._last_news = news
         final = step >= self.max_steps
         with self._lock:
             self._pending = status
@@ -183,7 +234,7 @@ class TrainJobProgress:
                 self._wake.set()
 
     def close(self) -> None:
-        """Send what is still pending (the stage's last step) within the patch timeout, then stop."""
+        """Send what is still pending (the stage's last step) within the request timeout, then stop."""
         with self._lock:
             self._closing = True
             self._wake.set()
@@ -205,28 +256,16 @@ class TrainJobProgress:
 
     def _send(self, status: dict) -> None:
         try:
-            self._patch({"status": {"trainerStatus": status}})
+            token = Path(self.target.token_file).read_text().strip()  # rotated by the kubelet
+            context = ssl.create_default_context(cafile=self.target.ca_file)
+            with urllib.request.urlopen(
+                request(self.target, status, token), timeout=self.timeout_s, context=context
+            ) as r:
+                r.read()
         except Exception as e:  # whatever the server or the network does, training goes on
             self._failed(_why(e))
         else:
             self.sent += 1
-
-    def _patch(self, body: dict) -> None:
-        token = Path(self.target.token_file).read_text().strip()  # rotated by the kubelet
-        context = ssl.create_default_context(cafile=self.target.ca_file)
-        request = urllib.request.Request(
-            self.target.server + self.target.path,
-            data=json.dumps(body).encode(),
-            method="PATCH",
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Content-Type": "application/merge-patch+json",
-                "Accept": "application/json",
-                "User-Agent": "motif-trainjob-progress",
-            },
-        )
-        with urllib.request.urlopen(request, timeout=self.timeout_s, context=context) as answer:
-            answer.read()
 
     def _failed(self, why: str) -> None:
         self.failed += 1
@@ -235,8 +274,31 @@ class TrainJobProgress:
             self._unwarned += 1
             return
         more = f" ({self._unwarned} more failures since the last warning)" if self._unwarned else ""
-        log.warning("trainjob progress: cannot patch %s: %s%s; training continues", self.target.what, why, more)
+        log.warning("trainjob progress: cannot update %s: %s%s; training continues", self.target.what, why, more)
         self._warned_at, self._unwarned = now, 0
+
+
+def request(target: Target, status: dict, token: str) -> urllib.request.Request:
+    """The request that reports `status` by the target's route. The status server takes the
+    trainerStatus alone (unknown fields left out) and applies it whole; the API server takes a merge
+    patch, in which an unknown field is null so that it removes what an earlier report said."""
+    if target.route == STATUS_SERVER:
+        method, content_type = "POST", "application/json"
+        body = {"trainerStatus": {k: v for k, v in status.items() if v is not None}}
+    else:
+        method, content_type = "PATCH", "application/merge-patch+json"
+        body = {"status": {"trainerStatus": status}}
+    return urllib.request.Request(
+        target.url,
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": content_type,
+            "Accept": "application/json",
+            "User-Agent": "motif-trainjob-progress",
+        },
+    )
 
 
 def _why(error: Exception) -> str:

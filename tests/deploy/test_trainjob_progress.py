@@ -3,19 +3,33 @@ server of tests/deploy/controlplane.py: the chart's TrainJob, ServiceAccount, Ro
 are rendered and created, the reporter runs with a bound token of that ServiceAccount, exactly as
 the pod would (KUBERNETES_SERVICE_HOST/PORT, the token, the CA and the namespace in a service
 account folder), and what the server holds afterwards is read back. A token without the Role's
-permission is refused: one warning line, and the steps go on."""
+permission is refused: one warning line, and the steps go on.
+
+Kubeflow Trainer's own route (KEP-2779) needs its controller's status server, which this plane does
+not run: `TrainerStatusServer` stands in for it, doing what that server does with a request (the
+bearer token reviewed by the API server for the audience trainer.kubeflow.org, the trainerStatus
+server-side applied to the TrainJob's status subresource as field manager trainer-status), so the
+reporter's requests meet the real API server's validation of the CRD."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import socket
+import ssl
+import subprocess
+import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import certifi
 import pytest
 
+from motif import config
 from motif.deploy import render
 from motif.metrics import names, trainjob
 
@@ -212,7 +226,9 @@ def test_a_server_that_never_answers_never_holds_a_step(tmp_path, caplog):
         sa.mkdir()
         (sa / "token").write_text("t")
         server = f"https://127.0.0.1:{silent.getsockname()[1]}"
-        target = trainjob.Target(server, certifi.where(), str(sa / "token"), "ns", "job")
+        target = trainjob.Target(
+            trainjob.api_server_url(server, "ns", "job"), certifi.where(), str(sa / "token"), "ns", "job"
+        )
         reporter = trainjob.TrainJobProgress(target, max_steps=3, every_s=0.01, timeout_s=0.5)
         with caplog.at_level(logging.WARNING, logger="motif.metrics.trainjob"):
             t0 = time.monotonic()
@@ -245,3 +261,213 @@ def test_trainer_status_fields_are_those_of_the_crd(step, max_steps, remaining, 
     assert status["estimatedRemainingSeconds"] == seconds
     assert status["lastUpdatedTime"] == "1970-01-01T00:00:00Z"
     assert [m["name"] for m in status["metrics"]] == ["step", "total_steps"]  # a NaN loss is left out
+
+
+# ---- Kubeflow Trainer's status server (KEP-2779) ------------------------------------------------------
+
+TRAINER_AUDIENCE = "trainer.kubeflow.org"
+
+
+class TrainerStatusServer:
+    """HTTPS on loopback (the plane's serving certificate) answering POST
+    /apis/trainer.kubeflow.org/v1alpha1/namespaces/{namespace}/trainjobs/{name}/status as Kubeflow
+    Trainer's status server does: 403 unless the token is the TrainJob's ServiceAccount's for the
+    audience trainer.kubeflow.org, else the API server's answer to the apply. `requests` keeps
+    (method, content type, body) of each request."""
+
+    def __init__(self, admin, control_plane, service_account: str):
+        self.admin, self.service_account = admin, service_account
+        self.requests: list[tuple[str, str, dict]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                outer.requests.append(("POST", self.headers.get("Content-Type", ""), body))
+                code, answer = outer.handle(self.path, self.headers.get("Authorization", ""), body)
+                data = json.dumps(answer).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):  # the test's output stays its own
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(control_plane.pki / "server.crt", control_plane.pki / "server.key")
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, namespace: str, name: str) -> str:
+        return trainjob.api_server_url(f"https://127.0.0.1:{self.httpd.server_address[1]}", namespace, name)
+
+    def handle(self, path: str, authorization: str, body: dict) -> tuple[int, dict]:
+        found = trainjob.STATUS_PATH.fullmatch(path)
+        if found is None:
+            return 404, {"kind": "Status", "code": 404, "message": "not found"}
+        namespace, name = found.groups()
+        review = self.admin.call(
+            "POST",
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview",
+                "spec": {"token": authorization.removeprefix("Bearer "), "audiences": [TRAINER_AUDIENCE]},
+            },
+        )
+        user = (review.body.get("status") or {}).get("user", {}).get("username")
+        if user != f"system:serviceaccount:{namespace}:{self.service_account}":
+            return 403, {"kind": "Status", "code": 403, "reason": "Forbidden", "message": "Forbidden"}
+        applied = self.admin.call(
+            "PATCH",
+            path + "?fieldManager=trainer-status&force=true",
+            {
+                "apiVersion": "trainer.kubeflow.org/v1alpha1",
+                "kind": "TrainJob",
+                "metadata": {"name": name, "namespace": namespace},
+                "status": {"trainerStatus": body.get("trainerStatus")},
+            },
+            content_type="application/apply-patch+yaml",
+        )
+        return applied.status, applied.body
+
+    def __enter__(self) -> TrainerStatusServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _audience_token(admin, namespace: str, service_account: str, audience: str) -> str:
+    """A projected token as Kubeflow Trainer mounts it: bound to the pod's ServiceAccount, for its audience."""
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"audiences": [audience]}}
+    made = admin.call("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token", request)
+    assert made.status == 201, made.body
+    return made.body["status"]["token"]
+
+
+def _trainer_injection(tmp_path: Path, control_plane, url: str, token: str) -> dict:
+    """The environment Kubeflow Trainer's controller injects, with its files."""
+    folder = tmp_path / "kubeflow-trainer"
+    folder.mkdir()
+    (folder / "token").write_text(token)
+    (folder / "ca.crt").write_bytes((control_plane.pki / "ca.crt").read_bytes())
+    return {
+        trainjob.ENV_STATUS_URL: url,
+        trainjob.ENV_STATUS_CA_CERT: str(folder / "ca.crt"),
+        trainjob.ENV_STATUS_TOKEN: str(folder / "token"),
+    }
+
+
+def test_progress_goes_through_kubeflow_trainers_status_server_when_it_is_injected(
+    admin, control_plane, namespace, tmp_path, caplog
+):
+    objects = _install(admin, namespace)
+    account = objects["ServiceAccount"]["metadata"]["name"]
+    with TrainerStatusServer(admin, control_plane, account) as status_server:
+        token = _audience_token(admin, namespace, account, TRAINER_AUDIENCE)
+        # the pod has both routes (chart and Trainer); the Trainer's is taken
+        env, sa = _pod_credentials(tmp_path, control_plane, admin.token(namespace, account), namespace)
+        env |= _trainer_injection(tmp_path, control_plane, status_server.url(namespace, RELEASE), token)
+        target = trainjob.target_from_env(env, sa)
+        assert target.route == trainjob.STATUS_SERVER and (target.namespace, target.name) == (namespace, RELEASE)
+        reporter = trainjob.TrainJobProgress(target, max_steps=4, every_s=3600)
+        with caplog.at_level(logging.WARNING, logger="motif.metrics.trainjob"):
+            _step(reporter, 0)
+            _wait(lambda: reporter.sent == 1)
+            _step(reporter, 4, loss=1.5)
+            reporter.close()
+    assert (reporter.sent, reporter.failed) == (2, 0) and caplog.records == []
+    # POSTed as the KEP has it: the trainerStatus alone, no null for what is not known yet
+    (method, content_type, first), _ = status_server.requests
+    assert (method, content_type) == ("POST", "application/json")
+    assert set(first) == {"trainerStatus"} and "estimatedRemainingSeconds" not in first["trainerStatus"]
+    got = admin.get(objects["TrainJob"], namespace).body
+    status = got["status"]["trainerStatus"]
+    assert (status["progressPercentage"], status["estimatedRemainingSeconds"]) == (100, 0)
+    assert {m["name"]: m["value"] for m in status["metrics"]}["loss"] == "1.5"
+    assert "trainer-status" in {f["manager"] for f in got["metadata"]["managedFields"]}
+
+
+def test_a_refusal_of_trainers_status_server_is_one_warning_and_training_goes_on(
+    admin, control_plane, namespace, tmp_path, caplog
+):
+    objects = _install(admin, namespace)
+    account = objects["ServiceAccount"]["metadata"]["name"]
+    with TrainerStatusServer(admin, control_plane, account) as status_server:
+        api_token = admin.token(namespace, account)  # for the API server, not trainer.kubeflow.org
+        env = _trainer_injection(tmp_path, control_plane, status_server.url(namespace, RELEASE), api_token)
+        reporter = trainjob.TrainJobProgress(trainjob.target_from_env(env, tmp_path), max_steps=3, every_s=0.01)
+        with caplog.at_level(logging.WARNING, logger="motif.metrics.trainjob"):
+            for step in range(4):
+                _step(reporter, step)
+                _wait(lambda n=step + 1: reporter.failed >= n)
+            reporter.close()
+    assert (reporter.sent, reporter.failed) == (0, 4)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "403 Forbidden" in line and "via Kubeflow Trainer's status server" in line and "training continues" in line
+    assert _trainer_status(admin, objects["TrainJob"], namespace) is None
+
+
+def test_a_partial_trainer_injection_falls_back_to_the_charts_route(tmp_path, caplog):
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    for name in ("token", "ca.crt"):
+        (sa / name).write_text("x")
+    env = {
+        trainjob.ENV_STATUS_URL: "https://trainer.kubeflow:8082/apis/trainer.kubeflow.org/v1alpha1/namespaces/ns/trainjobs/job/status",
+        trainjob.ENV_STATUS_CA_CERT: str(tmp_path / "absent.crt"),
+        trainjob.ENV_STATUS_TOKEN: str(sa / "token"),
+        trainjob.ENV_NAME: "job",
+        trainjob.ENV_NAMESPACE: "ns",
+        "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+    }
+    with caplog.at_level(logging.WARNING, logger="motif.metrics.trainjob"):
+        target = trainjob.target_from_env(env, sa)
+    assert target.route == trainjob.API_SERVER
+    assert target.url == "https://10.96.0.1:443/apis/trainer.kubeflow.org/v1alpha1/namespaces/ns/trainjobs/job/status"
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert trainjob.ENV_STATUS_CA_CERT in line
+
+
+@pytest.mark.slow
+def test_motif_train_on_two_ranks_reports_from_rank_0_only(admin, control_plane, namespace, tmp_path):
+    """`motif train` of the tiny recipe's first stage, two ranks under torchrun, with what Kubeflow
+    Trainer injects: the TrainJob ends at 100% with the run's last step, reported by rank 0 alone."""
+    from motif.data.corpus import write_corpus
+    from motif.demo import prepare_data
+    from motif.eval.demo import HELDOUT_DOCS, HELDOUT_SEED
+
+    objects = _install(admin, namespace)
+    account = objects["ServiceAccount"]["metadata"]["name"]
+    stage_file = render.ROOT / "jobs" / "tiny" / "stage0-base.yaml"
+    prepare_data(tmp_path, config.load_stage(stage_file))
+    write_corpus(tmp_path / "data" / "heldout", HELDOUT_DOCS, seed=HELDOUT_SEED)
+    with TrainerStatusServer(admin, control_plane, account) as status_server:
+        token = _audience_token(admin, namespace, account, TRAINER_AUDIENCE)
+        env = {
+            **os.environ,
+            **_trainer_injection(tmp_path, control_plane, status_server.url(namespace, RELEASE), token),
+            "PYTHONPATH": str(render.ROOT),
+            "OMP_NUM_THREADS": "1",
+            "DS_ACCELERATOR": "cpu",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        argv = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+        argv += ["-m", "motif", "train", str(stage_file), "--max-steps", "3", "--metrics-port", "0"]
+        done = subprocess.run([sys.executable, *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trainjob progress: reporting to trainjobs/status progress" in done.stderr
+    # the first report and the last step's, both from rank 0 (every_s is 30 s: none in between)
+    assert len(status_server.requests) == 2, status_server.requests
+    status = _trainer_status(admin, objects["TrainJob"], namespace)
+    assert (status["progressPercentage"], status["estimatedRemainingSeconds"]) == (100, 0)
+    metrics = {m["name"]: m["value"] for m in status["metrics"]}
+    assert (metrics["step"], metrics["total_steps"]) == ("3", "3")
+    assert float(metrics["loss"]) > 0 and float(metrics["tokens_per_second"]) > 0

@@ -471,3 +471,30 @@ def test_motif_train_on_two_ranks_reports_from_rank_0_only(admin, control_plane,
     metrics = {m["name"]: m["value"] for m in status["metrics"]}
     assert (metrics["step"], metrics["total_steps"]) == ("3", "3")
     assert float(metrics["loss"]) > 0 and float(metrics["tokens_per_second"]) > 0
+
+
+def test_the_trainer_pod_with_its_token_passes_restricted_pod_security(admin, namespace):
+    """The pod a TrainJob's runtime makes from the chart's patch (its token volume, the TrainJob's
+    name in its environment) is valid and admitted where `restricted` is enforced."""
+    restricted = f"{namespace}-rest"
+    labels = {"pod-security.kubernetes.io/enforce": "restricted"}
+    made = admin.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                     "metadata": {"name": restricted, "labels": labels}})  # fmt: skip
+    assert made.status == 201, made.body
+    objects = {o["kind"]: o for o in _chart_objects(restricted)}
+    assert admin.create(objects["ServiceAccount"], restricted).status == 201
+    trainer = objects["TrainJob"]["spec"]["trainer"]
+    (patch,) = objects["TrainJob"]["spec"]["runtimePatches"]
+    (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    spec = replicated["template"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    container |= {"image": trainer["image"], "command": trainer["command"], "args": trainer["args"]}
+    container["env"] = trainer["env"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{RELEASE}-node-0-0"}, "spec": spec}
+    answer = admin.create(pod, restricted, dry_run=True)
+    assert answer.status == 201, answer.body.get("message")
+    (token,) = [v for v in answer.body["spec"]["volumes"] if v["name"] == "trainjob-status-token"]
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["path"] == "token"
+    # the token is the chart's (automountServiceAccountToken stays off): one volume at the account's path
+    mounts = [m["mountPath"] for m in answer.body["spec"]["containers"][0]["volumeMounts"]]
+    assert mounts.count("/var/run/secrets/kubernetes.io/serviceaccount") == 1

@@ -197,6 +197,7 @@ class MetricsConfig:
     port: int = 9400 + 1  # Prometheus exporter port (DCGM exporter owns 9400)
     jsonl: str | None = None  # JSONL log of the same values; None: <checkpoint.dir>/metrics.jsonl
     peak_flops: float | None = None  # per device, for MFU; None: looked up from the device
+    trainjob_status_every_s: float = 30.0  # under a TrainJob: status.trainerStatus patched at most this often
 
 
 @dataclass
@@ -514,6 +515,7 @@ def _check(s: StageConfig) -> None:
     _check_paths(s)
     if not 1 <= s.metrics.port <= 65535:
         raise ConfigError(f"motif.metrics.port: expected 1-65535, got {s.metrics.port}")
+    _positive("motif.metrics.trainjob_status_every_s", s.metrics.trainjob_status_every_s)
     if not s.data.sources:
         raise ConfigError("motif.data.sources: expected at least one source")
     names = [src.name for src in s.data.sources]

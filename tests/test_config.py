@@ -36,6 +36,10 @@ def _tiny_section():
         (lambda m: m["data"]["sources"][0].update(weight=0.7), "weights must sum to 1, got 1.2"),
         (lambda m: m["train"].update(precision="fp8"), "motif.train.precision: expected one of 'fp32', 'bf16'"),
         (lambda m: m["parallel"].update(zero_stage=3), "needs motif.parallel.engine: deepspeed"),
+        (
+            lambda m: m.setdefault("metrics", {}).update(trainjob_status_every_s=0),
+            "motif.metrics.trainjob_status_every_s: expected > 0, got 0",
+        ),
     ],
 )
 def test_bad_values_name_their_key(edit, message):

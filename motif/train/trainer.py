@@ -30,7 +30,7 @@ from motif.data.mixture import Batch
 from motif.data.shards import ShardedData, owned_shards
 from motif.errors import CheckpointError, GrowthError, MotifError
 from motif.eval.heldout import HeldoutSet
-from motif.metrics import names
+from motif.metrics import names, trainjob
 from motif.metrics.logger import MetricLogger
 from motif.train import dist, growth, guards
 from motif.train.checkpoint import CheckpointManager, read_meta
@@ -303,6 +303,10 @@ class Trainer:
                 self.tokens_per_step,
                 self.data.num_shards,
             )
+        if self.world.is_main:  # under a TrainJob: its status.trainerStatus follows the steps
+            reporter = trainjob.from_env(self.max_steps, s.metrics.trainjob_status_every_s)
+            if reporter is not None:
+                self.metrics.backends.append(reporter)
         self._log_state()
         self.training = True
         if self.resumed_from is None:

@@ -6,7 +6,7 @@ Why it is built this way:
   `state_dict()` goes into `meta.json`; per-rank ones (data position, RNG) written one JSON file
   per rank; and the engine, which writes and reads its own tensor files (each rank its shard).
   File names are declared here and in the engines, nowhere else; when to save is decided here
-  (`due`); `resume()` is one call.
+  (`due`); a resume is `find()` then `load()`.
 - **Any world size reads a checkpoint.** Per-rank state is keyed by what it describes (a data
   shard, a rank of a world size), never by position, and a resume gives every part the union of
   all ranks' keys: each rank takes what it owns now. The engines reshard their tensors likewise.

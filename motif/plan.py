@@ -108,20 +108,49 @@ def memory_per_gpu(args: Any, trainable: int, stage: Any) -> Memory:
     )
 
 
-def plan_recipe(recipe: str | Path) -> list[dict[str, Any]]:
-    from motif.config import load_stage
+@dataclass
+class StageShape:
+    """A stage file with the shapes it trains: before growth, after it (masks pending), and what trains."""
+
+    file: Path
+    stage: Any  # StageConfig
+    before: Any  # ModelArgs
+    grown: Any  # ModelArgs as trained: an MSG stage's pending masks included
+    new_layers: list[int]
+    trainable: int
+
+    @property
+    def after(self) -> Any:
+        return self.grown.replace(growth=None)
+
+    def frozen(self) -> set[str]:
+        """Names of the weights `train.freeze` keeps fixed (LlamaPro: all but the new blocks)."""
+        if self.stage.train.freeze != "new_blocks":
+            return set()
+        keep = tuple(f"model.layers.{i}." for i in self.new_layers)
+        return {n for n in self.grown.tensor_shapes() if not n.startswith(keep)}
+
+
+def stage_files(recipe: str | Path) -> list[Path]:
     from motif.errors import MotifError
-    from motif.growth.operators import plan_growth
-    from motif.growth.targets import shape_dict
-    from motif.model.args import ModelArgs
-    from motif.model.checkpoint import read_args
 
     recipe = Path(recipe)
     files = sorted(p for p in recipe.glob("*.y*ml") if p.suffix in (".yaml", ".yml")) if recipe.is_dir() else []
     if not files:
         raise MotifError(f"{recipe}: no stage files (*.yaml) in this directory")
+    return files
+
+
+def resolve_stages(files: list[Path]) -> list[StageShape]:
+    """The shapes of stage files run in this order (see the module docstring: nothing reads a weight)."""
+    from motif.config import load_stage
+    from motif.errors import MotifError
+    from motif.growth.operators import plan_growth
+    from motif.model.args import ModelArgs
+    from motif.model.checkpoint import read_args
+
     produced: dict[str, ModelArgs] = {}
-    rows = []
+    out = []
     for file in files:
         stage = load_stage(file)
         if stage.model is not None:
@@ -136,22 +165,39 @@ def plan_recipe(recipe: str | Path) -> list[dict[str, Any]]:
                     f"{file}: motif.input: {stage.input} is neither an earlier stage's output nor a readable "
                     f"checkpoint ({e}); set motif.model to the shape it has"
                 ) from None
-        after, new_layers = args, []
+        grown, new_layers = args, []
         if stage.growth is not None:
             try:
                 plan = plan_growth(args, stage.growth.targets(), stage.growth.depth_method)
             except MotifError as e:
                 raise MotifError(f"{file}: motif.growth: {e}") from None
-            after, new_layers = plan.args.replace(growth=None), plan.new_layers
-        produced[stage.output] = after
-        trainable = after.num_params()
+            grown, new_layers = plan.args, plan.new_layers
+        produced[stage.output] = grown.replace(growth=None)
+        trainable = grown.num_params()
         if stage.train.freeze == "new_blocks":
-            shapes = after.tensor_shapes()
+            shapes = grown.tensor_shapes()
             trainable = sum(
                 math.prod(s)
                 for n, s in shapes.items()
                 if n.startswith("model.layers.") and int(n.split(".")[2]) in new_layers
             )
+        out.append(StageShape(Path(file), stage, args, grown, new_layers, trainable))
+    return out
+
+
+def plan_recipe(recipe: str | Path) -> list[dict[str, Any]]:
+    from motif.growth.targets import shape_dict
+
+    rows = []
+    for shape in resolve_stages(stage_files(recipe)):
+        file, stage, args, after, new_layers, trainable = (
+            shape.file,
+            shape.stage,
+            shape.before,
+            shape.after,
+            shape.new_layers,
+            shape.trainable,
+        )
         mem = memory_per_gpu(after, trainable, stage)
         capacity = int(stage.parallel.gpu_memory_gib * GIB)
         rows.append(

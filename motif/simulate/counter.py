@@ -36,6 +36,20 @@ ATTENTION = {
 }
 
 
+# Ops that move no data: allocations and views that the schema does not mark as views.
+NO_TRAFFIC = {
+    aten.empty,
+    aten.empty_strided,
+    aten.new_empty,
+    aten.new_empty_strided,
+    aten.empty_like,
+    aten._unsafe_view,
+    aten.lift_fresh,
+    aten.set_,
+    aten.resize_,
+}
+
+
 @dataclass
 class Event:
     kind: str  # "compute" | "all_gather" | "reduce_scatter" | "all_reduce"
@@ -92,7 +106,7 @@ class OpCounter(TorchDispatchMode):
         elif func._overloadpacket in flop_registry:
             flops = flop_registry[func._overloadpacket](*args, **kwargs, out_val=out)
             self.record.events.append(Event("compute", flops=int(flops), bytes=_moved(args, out)))
-        elif not func.is_view:
+        elif _tensors(out) and not func.is_view and func._overloadpacket not in NO_TRAFFIC:
             self.record.events.append(Event("compute", bytes=_moved(args, out)))
         return out
 

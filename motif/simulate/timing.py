@@ -4,11 +4,12 @@
 - **Collectives**: ring algorithms; an all-gather or reduce-scatter moves (n-1)/n of the whole
   buffer per rank, an all-reduce twice that, at the network's bandwidth per GPU: intra-node when
   the group fits in a node (a shard group is consecutive ranks), inter-node otherwise.
-- **Overlap**, as FSDP2 schedules it: collectives run one after another on their own stream. An
-  all-gather may start once the compute of the group before it has started (FSDP2 prefetches one
-  group ahead, forward and backward); the first compute after an all-gather waits for the oldest
-  gather not yet waited on. A reduce-scatter starts when the gradients it reduces are computed.
-  The step ends when both streams are done.
+- **Overlap**, as FSDP2 schedules it: all-gathers run one after another on their stream, reduce-
+  scatters (and all-reduces) on theirs. An all-gather may start once the compute of the group
+  before it has started (FSDP2 prefetches one group ahead, forward and backward); the first
+  compute after an all-gather waits for the oldest gather not yet waited on. A reduce-scatter
+  starts when the gradients it reduces are computed. Both streams share one link: the step is at
+  least the sum of every collective's time, and ends when compute and both streams are done.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def wire_bytes(kind: str, whole: int, group: int) -> float:
 
 def step_time(record: Record, dev: Device, net: Network, precision: str) -> StepTime:
     flops_per_s = dev.flops(precision)
-    compute_clock = comm_clock = 0.0
+    compute_clock = gather_clock = reduce_clock = 0.0
     compute_total = comm_total = 0.0
     wire_total = 0.0
     gathers: deque[float] = deque()  # end times of all-gathers not yet waited on
@@ -71,11 +72,12 @@ def step_time(record: Record, dev: Device, net: Network, precision: str) -> Step
         wire_total += wire
         comm_total += seconds
         if e.kind == "all_gather":
-            comm_clock = max(comm_clock, group_start) + seconds
-            gathers.append(comm_clock)
+            gather_clock = max(gather_clock, group_start) + seconds
+            gathers.append(gather_clock)
             waiting = True
         else:  # needs what was computed so far
-            comm_clock = max(comm_clock, compute_clock) + seconds
+            reduce_clock = max(reduce_clock, compute_clock) + seconds
             if e.kind == "all_reduce" and e.bytes < 1 << 20:
-                compute_clock = max(compute_clock, comm_clock)  # a small blocking reduction (the clip's norm)
-    return StepTime(max(compute_clock, comm_clock), compute_total, comm_total, int(wire_total))
+                compute_clock = max(compute_clock, reduce_clock)  # a small blocking reduction (the clip's norm)
+    end = max(compute_clock, gather_clock, reduce_clock, comm_total)
+    return StepTime(end, compute_total, comm_total, int(wire_total))

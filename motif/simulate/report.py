@@ -5,21 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 GIB = 2**30
-MIB = 2**20
-# What tensors do not show, per GPU: the CUDA context with cuBLAS/NCCL kernels loaded (~0.6 GiB on
-# an H100 with lazy loading), NCCL's channel buffers and proxies (~1.4 GiB at 128 ranks), and the
-# caching allocator's fragmentation (5% of the tensor peak: FSDP2's per-parameter sharding makes
-# same-sized blocks that the allocator reuses). On CPU: the host-side allowance bench/scale.py
-# measures beyond the tensors (the interpreter, gloo's buffers), as `motif plan` charges it.
-CUDA_FIXED_BYTES = 2 * GIB
-CUDA_FRAGMENTATION = 0.05
-CPU_FIXED_BYTES = 160 * MIB
 
 
 def allowance_bytes(device: str, peak: int) -> int:
-    if device == "cpu":
-        return CPU_FIXED_BYTES
-    return CUDA_FIXED_BYTES + int(CUDA_FRAGMENTATION * peak)
+    """What tensors do not show (CUDA context, NCCL, fragmentation): `motif plan`'s overhead."""
+    from motif.plan import overhead_bytes
+
+    return overhead_bytes(device, peak)
 
 
 def row(stage: Any, memory: Any, time: Any, args: Any, device: Any) -> dict[str, Any]:

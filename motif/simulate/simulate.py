@@ -46,9 +46,11 @@ def simulate_stage(
     micro_batches: int | None = None,
     micro_batch_size: int | None = None,
     device_kind: str | None = None,
+    device: Any = None,
     progress=lambda message: None,
     fake: bool = True,
 ) -> dict[str, Any]:
+    """The `--json` row of one stage; `device` (a `devices.Device`) replaces the --device-kind table entry."""
     from motif.simulate import devices, report
     from motif.simulate.step import layout, run_step
     from motif.simulate.timing import Network, step_time
@@ -57,8 +59,8 @@ def simulate_stage(
     if micro_batch_size is not None:
         stage = dataclasses.replace(stage, train=dataclasses.replace(stage.train, micro_batch_size=micro_batch_size))
     memory, record = run_step(shape, stage, progress, fake=fake)
-    kind = device_kind or ("h100" if stage.parallel.device == "cuda" else "cpu")
-    device = devices.device(kind)
+    if device is None:
+        device = devices.device(device_kind or ("h100" if stage.parallel.device == "cuda" else "cpu"))
     p = stage.parallel
     net = Network(p.network.intra_node_gb_s * 1e9, p.network.inter_node_gb_s * 1e9, p.procs_per_node, p.world_size)
     time = step_time(record, device, net, stage.train.precision)

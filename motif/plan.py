@@ -12,7 +12,8 @@ larger of two phases, never the sum of every maximum (they do not coincide):
 - **block backward**: the states, what the forward saved, the sharded engines' gathered working
   set, and one block's backward work (its recomputed activations under checkpointing and the
   gradients of its MLP's [tokens x intermediate] tensors, ~3 live at once);
-- **loss**: the states, what the forward saved, and the loss's backward: log-softmax's fp32
+- **loss**: the states (the gradients only from the second micro-batch on: none exists before the
+  first loss's backward), what the forward saved, and the loss's backward: log-softmax's fp32
   output, the gradient arriving at it and the one it makes for the logits (12 B x tokens x
   vocabulary). The head is resharded by then: nothing is gathered.
 
@@ -85,6 +86,7 @@ class Memory:
     gathered: int  # sharded engines: two gathered groups and one reduce buffer
     overhead: int
     activation_checkpointing: bool
+    micro_batches: int
     block_temporaries: int  # one block's backward: its recomputed activations and their gradients
     loss: int  # the loss region: logits, their fp32 copy, log-softmax and its gradient
 
@@ -103,8 +105,11 @@ class Memory:
 
     @property
     def loss_phase(self) -> int:
-        """The loss and its gradient, after the head has been resharded: nothing gathered."""
-        return self.states + self.saved + self.loss
+        """The loss and its gradient, after the head has been resharded: nothing gathered. With one
+        micro-batch no gradient exists yet (the first is made after the loss); with more, the
+        previous micro-batches' are held."""
+        grads = self.grads if self.micro_batches > 1 else 0
+        return self.weights + grads + self.optimizer + self.saved + self.loss
 
     @property
     def peak_phase(self) -> str:
@@ -172,6 +177,7 @@ def memory_per_gpu(
         gathered,
         0,
         stage.train.activation_checkpointing,
+        stage.train.grad_accum_steps,
         block_temporaries,
         loss,
     )

@@ -90,3 +90,13 @@ def test_bad_input_exits_2_with_one_line(run_cli, capsys, tmp_path):
         assert run_cli(["simulate", *map(str, argv)]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and err.count("error:") == 1
+
+
+def test_compare_simulates_every_layout_of_the_global_batch(run_cli, capsys, tmp_path):
+    code, rows = _json(run_cli, capsys, small_stage(tmp_path), "--compare")
+    assert code == 0
+    layouts = [(r["micro_batch_size"], r["micro_batches"]) for r in rows]
+    assert layouts == [(1, 4), (2, 2), (4, 1)]  # 4 sequences per rank per step, kept
+    assert {r["tokens_per_step"] for r in rows} == {4 * 64 * 4}
+    # One gather per group per micro-batch: fewer micro-batches, less traffic.
+    assert rows[0]["comm_bytes_per_step"] > rows[1]["comm_bytes_per_step"] > rows[2]["comm_bytes_per_step"]

@@ -7,13 +7,13 @@ stage's `input`, else the input checkpoint's config.json. Nothing here reads a w
 Memory per device is a model of what the engines allocate, tensor class by tensor class, checked
 against `motif simulate` (the engine's own step on fake tensors at the real size) and against
 measured peak memory per rank at 1, 2 and 4 ranks (`make bench`, bench/scale.py). The peak is the
-larger of two phases, never the sum of every maximum (they do not coincide):
+larger of two phases, never the sum of every maximum (they do not coincide). Gradients count only
+from the second micro-batch on: a first micro-batch peaks early in its backward, before any exists.
 
 - **block backward**: the states, what the forward saved, the sharded engines' gathered working
   set, and one block's backward work (its recomputed activations under checkpointing and the
   gradients of its MLP's [tokens x intermediate] tensors, ~3 live at once);
-- **loss**: the states (the gradients only from the second micro-batch on: none exists before the
-  first loss's backward), what the forward saved, and the loss's backward: log-softmax's fp32
+- **loss**: the states, what the forward saved, and the loss's backward: log-softmax's fp32
   output, the gradient arriving at it and the one it makes for the logits (12 B x tokens x
   vocabulary). The head is resharded by then: nothing is gathered.
 
@@ -99,17 +99,20 @@ class Memory:
         return self.activations_checkpointed if self.activation_checkpointing else self.activations_full
 
     @property
+    def held_grads(self) -> int:
+        """Gradients held at the peak: a first micro-batch peaks early in its backward, before any
+        gradient is made; later ones hold the earlier micro-batches' gradients."""
+        return self.grads if self.micro_batches > 1 else 0
+
+    @property
     def block_phase(self) -> int:
         """A block's backward: states, what the forward saved, the gathered groups, the block's work."""
-        return self.states + self.saved + self.gathered + self.block_temporaries
+        return self.weights + self.held_grads + self.optimizer + self.saved + self.gathered + self.block_temporaries
 
     @property
     def loss_phase(self) -> int:
-        """The loss and its gradient, after the head has been resharded: nothing gathered. With one
-        micro-batch no gradient exists yet (the first is made after the loss); with more, the
-        previous micro-batches' are held."""
-        grads = self.grads if self.micro_batches > 1 else 0
-        return self.weights + grads + self.optimizer + self.saved + self.loss
+        """The loss and its gradient, after the head has been resharded: nothing gathered."""
+        return self.weights + self.held_grads + self.optimizer + self.saved + self.loss
 
     @property
     def peak_phase(self) -> str:

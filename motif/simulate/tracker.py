@@ -75,7 +75,9 @@ class StepMemTracker(FSDPMemTracker):
         where = "backward" if self._mod_tracker.is_bw else "forward"
         if self._in_opt or self.phase in ("clip", "optimizer step"):
             where = ""
-        return ", ".join(x for x in (self.phase, where, _innermost(self._mod_tracker.parents)) if x)
+        # Outside every module during a micro-batch is the loss (the cross-entropy runs on the logits).
+        module = _innermost(self._mod_tracker.parents) or ("loss" if self.phase.startswith("micro-batch") else "")
+        return ", ".join(x for x in (self.phase, where, module) if x)
 
 
 def _innermost(parents: set[str]) -> str:

@@ -54,6 +54,9 @@ def test_small_shape_at_4_and_16_ranks(run_cli, capsys, tmp_path):
     stage = small_stage(tmp_path)
     _, (w4,) = _json(run_cli, capsys, stage, "--world", 4)
     _, (w16,) = _json(run_cli, capsys, stage, "--world", 16)
+    for row in (w4, w16):
+        assert set(row) >= KEYS and row["fits"] and 0 < row["mfu"] < 1
+        assert row["total_bytes"] == row["peak_bytes"] + row["allowance_bytes"]
     c4, c16 = w4["by_category_bytes"], w16["by_category_bytes"]
     # Sharded state is 1/W of the model (rows padded up to a multiple of W).
     assert 3.5 < c4["sharded_params"] / c16["sharded_params"] <= 4.0

@@ -165,20 +165,23 @@ def _plan(work: Path, engine: str, world: int) -> int:
 def _simulate(work: Path, world: int) -> dict:
     """`motif simulate`'s prediction for the fsdp stage at W: memory per rank and step time.
 
-    The device is this machine, measured in the same run (fp32 GEMM rate and copy bandwidth with
-    all its threads); the W ranks share its cores, so each gets min(1, cores / W) of that rate.
+    The device is this machine, measured in the same run as a rank computes (one thread: fp32 GEMM
+    rate and copy bandwidth), and the network gloo's loopback (two ranks); the W ranks share its
+    cores, so each gets min(1, cores / W) of both rates.
     """
     import dataclasses
 
     from motif.plan import resolve_stages
     from motif.simulate.devices import measure_cpu
+    from motif.simulate.loopback import measure_loopback
     from motif.simulate.simulate import simulate_stage
+    from motif.simulate.timing import Network
 
     path = work / "plan" / f"simulate-{world}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"motif": stage_section("fsdp", world)}))
     (shape,) = resolve_stages([path])
-    cpu = measure_cpu()
+    cpu, loopback = measure_cpu(threads=1), measure_loopback()
     share = min(1.0, (os.cpu_count() or 1) / world)
     device = dataclasses.replace(
         cpu,
@@ -186,8 +189,15 @@ def _simulate(work: Path, world: int) -> dict:
         fp32_flops=cpu.fp32_flops * share,
         memory_bytes_per_s=cpu.memory_bytes_per_s * share,
     )
-    row = simulate_stage(shape, shape.stage, device=device)
-    return {"bytes": row["total_bytes"], "step_s": row["step_seconds"]}
+    network = Network(loopback * share, loopback * share, world, world)
+    row = simulate_stage(shape, shape.stage, device=device, network=network)
+    return {
+        "bytes": row["total_bytes"],
+        "step_s": row["step_seconds"],
+        "gemm_flops": cpu.fp32_flops,
+        "copy_bytes_per_s": cpu.memory_bytes_per_s,
+        "loopback_bytes_per_s": loopback,
+    }
 
 
 def _copy_baseline(path: Path) -> dict:
@@ -290,7 +300,9 @@ def _report_row(r: dict) -> None:
         time_error = f"{100 * (sim['step_s'] / r['step_s'] - 1):+.0f}%" if r["step_s"] else "-"
         print(
             f"  {'':<9}      motif simulate {sim['bytes'] / gib:5.2f} GiB ({100 * mem_error:+.0f}%, target 15%)   "
-            f"predicted {sim['step_s']:.2f} s/step beside measured {step} ({time_error}, target 30%)",
+            f"predicted {sim['step_s']:.2f} s/step beside measured {step} ({time_error}, target 30%; "
+            f"one thread: {sim['gemm_flops'] / 1e9:.1f} GFLOP/s fp32 GEMM, {sim['copy_bytes_per_s'] / 1e9:.1f} GB/s "
+            f"copy; gloo loopback {sim['loopback_bytes_per_s'] / 1e9:.2f} GB/s)",
             flush=True,
         )
 

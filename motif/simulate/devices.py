@@ -11,7 +11,8 @@ GPU figures are the vendors' datasheet peaks (dense, no sparsity):
 not a datasheet figure: cuBLAS reaches ~70-80% of the H100's dense bf16 peak at Llama-sized
 shapes; the same share is assumed for the others). fp32 compute runs at the fp32 (non tensor core)
 peak on GPUs. `cpu` is measured on this machine, in the same run: the fp32 GEMM rate and the copy
-bandwidth, so its efficiency is 1.
+bandwidth, so its efficiency is 1 (and the network of a one-machine CPU world is gloo's loopback,
+measured too: `motif/simulate/loopback.py`).
 """
 
 from __future__ import annotations
@@ -53,10 +54,18 @@ def device(kind: str) -> Device:
     return DEVICES[kind] if kind in DEVICES else measure_cpu()
 
 
-def measure_cpu() -> Device:
-    """This machine's fp32 GEMM rate and copy bandwidth (best of a few runs, all its threads)."""
+def measure_cpu(threads: int | None = None) -> Device:
+    """This machine's fp32 GEMM rate and copy bandwidth (best of a few runs), with `threads` threads
+    (default: torch's, all cores); a rank of a CPU run under torchrun computes with one."""
     import torch
 
+    if threads is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return measure_cpu()
+        finally:
+            torch.set_num_threads(before)
     n = 1024
     a, b = torch.randn(n, n), torch.randn(n, n)
     gemm = _best(lambda: a @ b)

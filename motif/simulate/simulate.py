@@ -47,10 +47,13 @@ def simulate_stage(
     micro_batch_size: int | None = None,
     device_kind: str | None = None,
     device: Any = None,
+    network: Any = None,
     progress=lambda message: None,
     fake: bool = True,
 ) -> dict[str, Any]:
-    """The `--json` row of one stage; `device` (a `devices.Device`) replaces the --device-kind table entry."""
+    """The `--json` row of one stage; `device` (a `devices.Device`) replaces the --device-kind table entry,
+    `network` (a `timing.Network`) the stage's (default: `parallel.network`; gloo's loopback, measured,
+    for a CPU stage on one machine)."""
     from motif.simulate import devices, report
     from motif.simulate.step import layout, run_step
     from motif.simulate.timing import Network, step_time
@@ -62,6 +65,14 @@ def simulate_stage(
     if device is None:
         device = devices.device(device_kind or ("h100" if stage.parallel.device == "cuda" else "cpu"))
     p = stage.parallel
-    net = Network(p.network.intra_node_gb_s * 1e9, p.network.inter_node_gb_s * 1e9, p.procs_per_node, p.world_size)
-    time = step_time(record, device, net, stage.train.precision)
+    if network is None and p.device == "cpu" and p.nodes == 1:
+        from motif.simulate.loopback import measure_loopback
+
+        loopback = measure_loopback()
+        network = Network(loopback, loopback, p.procs_per_node, p.world_size)
+    if network is None:
+        network = Network(
+            p.network.intra_node_gb_s * 1e9, p.network.inter_node_gb_s * 1e9, p.procs_per_node, p.world_size
+        )
+    time = step_time(record, device, network, stage.train.precision)
     return report.row(stage, memory, time, shape.grown, device)

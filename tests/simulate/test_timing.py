@@ -44,3 +44,10 @@ def test_the_peak_table_has_its_sources():
 
     for name, device in DEVICES.items():
         assert name in devices.__doc__ and device.bf16_flops > device.fp32_flops > 0
+
+
+def test_a_one_machine_cpu_world_runs_over_measured_loopback():
+    from motif.simulate.loopback import measure_loopback
+
+    # gloo over TCP loopback on any machine: well above 10 MB/s, well below memory bandwidth.
+    assert 1e7 < measure_loopback(runs=2) < 1e12

@@ -7,15 +7,19 @@ stage's `input`, else the input checkpoint's config.json. Nothing here reads a w
 Memory per device is a model of what the engines allocate, tensor class by tensor class, checked
 against `motif simulate` (the engine's own step on fake tensors at the real size) and against
 measured peak memory per rank at 1, 2 and 4 ranks (`make bench`, bench/scale.py). The peak is the
-larger of two phases, never the sum of every maximum (they do not coincide). Gradients count only
-from the second micro-batch on: a first micro-batch peaks early in its backward, before any exists.
+largest of three phases, never the sum of every maximum (they do not coincide). In the first two,
+gradients count only from the second micro-batch on: a first micro-batch peaks early in its
+backward, before any exists.
 
 - **block backward**: the states, what the forward saved, the sharded engines' gathered working
   set, and one block's backward work (its recomputed activations under checkpointing and the
   gradients of its MLP's [tokens x intermediate] tensors, ~3 live at once);
 - **loss**: the states, what the forward saved, and the loss's backward: log-softmax's fp32
   output, the gradient arriving at it and the one it makes for the logits (12 B x tokens x
-  vocabulary). The head is resharded by then: nothing is gathered.
+  vocabulary). The head is resharded by then: nothing is gathered;
+- **optimizer step**: the end of the last backward, through the step: every state, the gradients
+  complete, with the last group's gathered weights and reduce buffer (what sets the peak when
+  activations are small: short sequences, a small vocabulary).
 
 Tensor classes:
 
@@ -115,13 +119,26 @@ class Memory:
         return self.weights + self.held_grads + self.optimizer + self.saved + self.loss
 
     @property
+    def step_phase(self) -> int:
+        """The end of the last backward and the optimizer step: every state, gradients complete, with
+        the last group's gathered weights and reduce buffer (it sets the peak of small-activation runs)."""
+        return self.states + self.gathered
+
+    @property
+    def phases(self) -> dict[str, int]:
+        return {"block backward": self.block_phase, "loss": self.loss_phase, "optimizer step": self.step_phase}
+
+    @property
+    def peak(self) -> int:
+        return max(self.phases.values())
+
+    @property
     def peak_phase(self) -> str:
-        return "loss" if self.loss_phase > self.block_phase else "block backward"
+        return max(self.phases, key=self.phases.__getitem__)
 
     @property
     def total(self) -> int:
-        peak = max(self.block_phase, self.loss_phase)
-        return peak + self.overhead
+        return self.peak + self.overhead
 
 
 def overhead_bytes(device: str, peak: int) -> int:
@@ -184,7 +201,7 @@ def memory_per_gpu(
         block_temporaries,
         loss,
     )
-    mem.overhead = overhead_bytes(p.device, max(mem.block_phase, mem.loss_phase))
+    mem.overhead = overhead_bytes(p.device, mem.peak)
     return mem
 
 
@@ -315,6 +332,7 @@ def plan_recipe(recipe: str | Path) -> list[dict[str, Any]]:
                     "loss": mem.loss,
                     "block_phase": mem.block_phase,
                     "loss_phase": mem.loss_phase,
+                    "step_phase": mem.step_phase,
                     "overhead": mem.overhead,
                     "total": mem.total,
                 },

@@ -62,3 +62,13 @@ def test_plan_agrees_on_a_llamapro_stage_with_frozen_blocks():
     simulated = simulate_stage(shape, stage, world_size=4)["peak_bytes"]
     planned = _planned_tensors(dataclasses.replace(shape, stage=stage), 4, stage.data.seq_len)
     assert 1 <= planned / simulated <= 1.15, (planned, simulated)
+
+
+def test_plan_agrees_where_the_optimizer_step_sets_the_peak(tmp_path):
+    """One micro-batch of short sequences: activations are small, the peak is every state at the step."""
+    path = small_stage(tmp_path, data__seq_len=16, train__micro_batch_size=1, train__grad_accum_steps=1)
+    (shape,) = resolve_stages([path])
+    m = memory_per_gpu(shape.grown, shape.trainable, shape.stage, shape.largest_trainable_group())
+    assert m.peak_phase == "optimizer step"
+    simulated = simulate_stage(shape, shape.stage)["peak_bytes"]
+    assert abs(m.peak / simulated - 1) <= 0.10, (m.peak, simulated)

@@ -165,12 +165,10 @@ def _plan(work: Path, engine: str, world: int) -> int:
 def _simulate(work: Path, world: int) -> dict:
     """`motif simulate`'s prediction for the fsdp stage at W: memory per rank and step time.
 
-    The device is this machine, measured in the same run as a rank computes (one thread: fp32 GEMM
-    rate and copy bandwidth), and the network gloo's loopback (two ranks); the W ranks share its
-    cores, so each gets min(1, cores / W) of both rates.
+    The device is this machine as W ranks see it, measured in the same run: W single-threaded
+    ranks (one thread each, as under torchrun here) time a fp32 GEMM and a copy at once, and W
+    gloo ranks an all-reduce over loopback (at least two); the slowest rank's rates are used.
     """
-    import dataclasses
-
     from motif.plan import resolve_stages
     from motif.simulate.devices import measure_cpu
     from motif.simulate.loopback import measure_loopback
@@ -181,21 +179,14 @@ def _simulate(work: Path, world: int) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"motif": stage_section("fsdp", world)}))
     (shape,) = resolve_stages([path])
-    cpu, loopback = measure_cpu(threads=1), measure_loopback()
-    share = min(1.0, (os.cpu_count() or 1) / world)
-    device = dataclasses.replace(
-        cpu,
-        bf16_flops=cpu.bf16_flops * share,
-        fp32_flops=cpu.fp32_flops * share,
-        memory_bytes_per_s=cpu.memory_bytes_per_s * share,
-    )
-    network = Network(loopback * share, loopback * share, world, world)
+    device, loopback = measure_cpu(threads=1, ranks=world), measure_loopback(ranks=max(2, world))
+    network = Network(loopback, loopback, world, world)
     row = simulate_stage(shape, shape.stage, device=device, network=network)
     return {
         "bytes": row["total_bytes"],
         "step_s": row["step_seconds"],
-        "gemm_flops": cpu.fp32_flops,
-        "copy_bytes_per_s": cpu.memory_bytes_per_s,
+        "gemm_flops": device.fp32_flops,
+        "copy_bytes_per_s": device.memory_bytes_per_s,
         "loopback_bytes_per_s": loopback,
     }
 
@@ -301,7 +292,7 @@ def _report_row(r: dict) -> None:
         print(
             f"  {'':<9}      motif simulate {sim['bytes'] / gib:5.2f} GiB ({100 * mem_error:+.0f}%, target 15%)   "
             f"predicted {sim['step_s']:.2f} s/step beside measured {step} ({time_error}, target 30%; "
-            f"one thread: {sim['gemm_flops'] / 1e9:.1f} GFLOP/s fp32 GEMM, {sim['copy_bytes_per_s'] / 1e9:.1f} GB/s "
+            f"a rank of W: {sim['gemm_flops'] / 1e9:.1f} GFLOP/s fp32 GEMM, {sim['copy_bytes_per_s'] / 1e9:.1f} GB/s "
             f"copy; gloo loopback {sim['loopback_bytes_per_s'] / 1e9:.2f} GB/s)",
             flush=True,
         )

@@ -1,8 +1,8 @@
 """gloo's bandwidth on this machine's loopback, measured: the network of a one-machine CPU world.
 
-Two gloo ranks, as threads of this process sharing a HashStore (gloo's TCP transport over
-loopback, as the W processes of a CPU run use it), time an all-reduce of 16 MiB; the best of a few
-runs, as bus bandwidth (a ring all-reduce sends 2 (n-1)/n of the buffer per rank).
+n gloo ranks (two by default), as threads of this process sharing a HashStore (gloo's TCP
+transport over loopback, as the W processes of a CPU run use it), time an all-reduce of 16 MiB;
+the best of a few runs, as bus bandwidth (a ring all-reduce sends 2 (n-1)/n of the buffer per rank).
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ import threading
 import time
 from datetime import timedelta
 
-RANKS = 2
 NBYTES = 16 * 2**20
 
 
-def measure_loopback(runs: int = 5) -> float:
+def measure_loopback(runs: int = 5, ranks: int = 2) -> float:
     """Bytes per second each rank sends, as the time model counts it (bus bandwidth)."""
     import torch
     import torch.distributed as dist
@@ -24,7 +23,7 @@ def measure_loopback(runs: int = 5) -> float:
     seconds: dict[int, float] = {}
 
     def rank(r: int) -> None:
-        group = dist.ProcessGroupGloo(store, r, RANKS, timedelta(seconds=60))
+        group = dist.ProcessGroupGloo(store, r, ranks, timedelta(seconds=60))
         buffer = torch.ones(NBYTES // 4)
         group.allreduce([buffer]).wait()  # connections made, buffers touched
         best = float("inf")
@@ -34,9 +33,9 @@ def measure_loopback(runs: int = 5) -> float:
             best = min(best, time.perf_counter() - t0)
         seconds[r] = best
 
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(RANKS)]
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(ranks)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return 2 * (RANKS - 1) / RANKS * NBYTES / max(seconds.values())
+    return 2 * (ranks - 1) / ranks * NBYTES / max(seconds.values())

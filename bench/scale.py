@@ -166,8 +166,9 @@ def _simulate(work: Path, world: int) -> dict:
     """`motif simulate`'s prediction for the fsdp stage at W: memory per rank and step time.
 
     The device is this machine as W ranks see it, measured in the same run: W single-threaded
-    ranks (one thread each, as under torchrun here) time a fp32 GEMM and a copy at once, and W
-    gloo ranks an all-reduce over loopback (at least two); the slowest rank's rates are used.
+    ranks (one thread each, as under torchrun here) time a fp32 GEMM of the step's MLP shape
+    ([tokens x hidden] @ [hidden x intermediate]) and a copy at once, and W gloo ranks an
+    all-reduce over loopback (at least two); the slowest rank's rates are used.
     """
     from motif.plan import resolve_stages
     from motif.simulate.devices import measure_cpu
@@ -179,7 +180,8 @@ def _simulate(work: Path, world: int) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"motif": stage_section("fsdp", world)}))
     (shape,) = resolve_stages([path])
-    device, loopback = measure_cpu(threads=1, ranks=world), measure_loopback(ranks=max(2, world))
+    mlp = (SEQ_LEN, MODEL["hidden_size"], MODEL["intermediate_size"])
+    device, loopback = measure_cpu(threads=1, ranks=world, gemm=mlp), measure_loopback(ranks=max(2, world))
     network = Network(loopback, loopback, world, world)
     row = simulate_stage(shape, shape.stage, device=device, network=network)
     return {

@@ -55,31 +55,32 @@ def device(kind: str) -> Device:
     return DEVICES[kind] if kind in DEVICES else measure_cpu()
 
 
-def measure_cpu(threads: int | None = None, ranks: int = 1) -> Device:
-    """This machine's fp32 GEMM rate and copy bandwidth (best of a few runs) as one of `ranks`
-    processes computing at once sees them, each with `threads` threads (default: torch's, all
-    cores; a rank of a CPU run under torchrun computes with one). The ranks run as Python threads
-    (torch releases the GIL in both operators); the slowest one's rates are returned, since a step
-    waits for it. Measured, not assumed: two ranks on two vCPUs can each get half of one."""
+def measure_cpu(threads: int | None = None, ranks: int = 1, gemm: tuple[int, int, int] = (1024, 1024, 1024)) -> Device:
+    """This machine's fp32 GEMM rate ([m x k] @ [k x n], `gemm`) and copy bandwidth (best of a few
+    runs) as one of `ranks` processes computing at once sees them, each with `threads` threads
+    (default: torch's, all cores; a rank of a CPU run under torchrun computes with one). The ranks
+    run as Python threads (torch releases the GIL in both operators); the slowest one's rates are
+    returned, since a step waits for it. Measured, not assumed: two ranks on two vCPUs can each get
+    half of one. A CPU's rate depends on the shape: pass the step's own matmul shape."""
     import torch
 
     if threads is not None:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return measure_cpu(ranks=ranks)
+            return measure_cpu(ranks=ranks, gemm=gemm)
         finally:
             torch.set_num_threads(before)
     results: list[tuple[float, float]] = [(0.0, 0.0)] * ranks
 
     def rank(i: int) -> None:
-        n = 1024
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        m, k, n = gemm
+        a, b = torch.randn(m, k), torch.randn(k, n)
         src = torch.empty(32 * 2**20 // 4)
         dst = torch.empty_like(src)
-        gemm = _best(lambda: a @ b)
+        seconds = _best(lambda: a @ b)
         copy = _best(lambda: dst.copy_(src))
-        results[i] = (2 * n**3 / gemm, 2 * src.numel() * 4 / copy)
+        results[i] = (2 * m * k * n / seconds, 2 * src.numel() * 4 / copy)
 
     workers = [threading.Thread(target=rank, args=(i,)) for i in range(ranks)]
     for w in workers:

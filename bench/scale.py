@@ -12,7 +12,9 @@ checkpoint, then for each engine and world size W, under torchrun with W process
 Every rank records its peak RSS (VmHWM) minus its RSS once torch, the engine and motif are imported
 (the interpreter baseline); the largest rank's figure of both phases is the engine's at W. Targets:
 at W = 4 at most 0.35x of W = 1, and `motif plan`'s estimate for the same stage file (device cpu,
-fp32) within 25% of the measurement. The same run times a step per engine and world size.
+fp32) within 25% of the measurement. The same run times a step per engine and world size, and for
+fsdp prints `motif simulate`'s prediction beside the measurement: memory (target 15%) and step time
+on this machine's measured peaks (target 30%).
 """
 
 from __future__ import annotations
@@ -160,6 +162,37 @@ def _plan(work: Path, engine: str, world: int) -> int:
     return row["memory_bytes"]["total"]
 
 
+def _simulate(work: Path, world: int) -> dict:
+    """`motif simulate`'s prediction for the fsdp stage at W: memory per rank and step time.
+
+    The device is this machine as W ranks see it, measured in the same run: W single-threaded
+    ranks (one thread each, as under torchrun here) time a fp32 GEMM of the step's MLP shape
+    ([tokens x hidden] @ [hidden x intermediate]) and a copy at once, and W gloo ranks an
+    all-reduce over loopback (at least two); the slowest rank's rates are used.
+    """
+    from motif.plan import resolve_stages
+    from motif.simulate.devices import measure_cpu
+    from motif.simulate.loopback import measure_loopback
+    from motif.simulate.simulate import simulate_stage
+    from motif.simulate.timing import Network
+
+    path = work / "plan" / f"simulate-{world}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"motif": stage_section("fsdp", world)}))
+    (shape,) = resolve_stages([path])
+    mlp = (SEQ_LEN, MODEL["hidden_size"], MODEL["intermediate_size"])
+    device, loopback = measure_cpu(threads=1, ranks=world, gemm=mlp), measure_loopback(ranks=max(2, world))
+    network = Network(loopback, loopback, world, world)
+    row = simulate_stage(shape, shape.stage, device=device, network=network)
+    return {
+        "bytes": row["total_bytes"],
+        "step_s": row["step_seconds"],
+        "gemm_flops": device.fp32_flops,
+        "copy_bytes_per_s": device.memory_bytes_per_s,
+        "loopback_bytes_per_s": loopback,
+    }
+
+
 def _copy_baseline(path: Path) -> dict:
     """The same bytes as the checkpoint, copied (`cp -r` + sync) and read (`cat`), for its save and load."""
     files = [str(f) for f in sorted(path.rglob("*")) if f.is_file()]
@@ -217,6 +250,7 @@ def main(argv: list[str]) -> int:
                     shutil.rmtree(work / d, ignore_errors=True)
                 measured = max(first["peak_over_baseline"], second["peak_over_baseline"])
                 planned = _plan(work, engine, world)
+                simulated = _simulate(work, world) if engine == "fsdp" else None
                 results["runs"][f"{engine}/{world}"] = {
                     "engine": engine,
                     "world": world,
@@ -227,6 +261,7 @@ def main(argv: list[str]) -> int:
                     "plan_bytes": planned,
                     "plan_error": planned / measured - 1,
                     "step_s": _step_seconds(first["log"], world),
+                    "simulated": simulated,
                     "checkpoint": io,
                 }
                 _report_row(results["runs"][f"{engine}/{world}"])
@@ -252,6 +287,17 @@ def _report_row(r: dict) -> None:
         f"checkpoint {io['bytes'] / 2**20:.0f} MiB in {io['files']} files: save {save}, load {load}",
         flush=True,
     )
+    sim = r.get("simulated")
+    if sim:
+        mem_error = sim["bytes"] / r["peak_over_baseline_bytes"] - 1
+        time_error = f"{100 * (sim['step_s'] / r['step_s'] - 1):+.0f}%" if r["step_s"] else "-"
+        print(
+            f"  {'':<9}      motif simulate {sim['bytes'] / gib:5.2f} GiB ({100 * mem_error:+.0f}%, target 15%)   "
+            f"predicted {sim['step_s']:.2f} s/step beside measured {step} ({time_error}, target 30%; "
+            f"a rank of W: {sim['gemm_flops'] / 1e9:.1f} GFLOP/s fp32 GEMM, {sim['copy_bytes_per_s'] / 1e9:.1f} GB/s "
+            f"copy; gloo loopback {sim['loopback_bytes_per_s'] / 1e9:.2f} GB/s)",
+            flush=True,
+        )
 
 
 def _report(results: dict) -> None:

@@ -19,6 +19,7 @@ from motif.errors import MotifError
 COMMANDS: dict[str, str] = {
     "grow": "motif.growth.command",
     "plan": "motif.plan",
+    "simulate": "motif.simulate.command",
     "train": "motif.train.command",
     "eval": "motif.eval.command",
     "status": "motif.status",

@@ -162,6 +162,19 @@ class TrainConfig:
 
 
 @dataclass
+class NetworkConfig:
+    """Bandwidth per GPU, one direction, as NCCL's bus bandwidth sees it; read by `motif simulate` only.
+
+    Defaults: 8x H100 SXM nodes. Intra-node: NVLink 4 is 450 GB/s per direction per GPU, of which
+    NCCL's all-gather/reduce-scatter reach ~80% (360). Inter-node: one 400 Gb/s NIC per GPU is
+    50 GB/s line rate, ~90% of it as bus bandwidth (45).
+    """
+
+    intra_node_gb_s: float = 360.0
+    inter_node_gb_s: float = 45.0
+
+
+@dataclass
 class ParallelConfig:
     """How the stage is laid out. The chart reads nodes/procs_per_node for the PyTorchJob too."""
 
@@ -179,6 +192,7 @@ class ParallelConfig:
     device: Literal["cuda", "cpu"] = "cuda"
     gpu_memory_gib: float = 80.0  # per device; `motif plan` checks the stage fits in it
     collective_timeout_s: int = 600  # a lost rank fails the others after this, instead of a hang
+    network: NetworkConfig = field(default_factory=NetworkConfig)  # `motif simulate`'s time model
 
     @property
     def world_size(self) -> int:
@@ -438,6 +452,8 @@ def _check_parallel(s: StageConfig) -> None:
             # DeepSpeed's ZeRO-3 parameter hooks fetch weights inside forward: torch.compile breaks there.
             raise ConfigError("motif.train.compile: true needs motif.parallel.engine: fsdp or ddp (not deepspeed)")
     _positive("motif.parallel.replicate", p.replicate)
+    _positive("motif.parallel.network.intra_node_gb_s", p.network.intra_node_gb_s)
+    _positive("motif.parallel.network.inter_node_gb_s", p.network.inter_node_gb_s)
     if p.replicate > 1:
         if p.engine != "fsdp":
             raise ConfigError(f"motif.parallel.replicate: {p.replicate} (HSDP) needs motif.parallel.engine: fsdp")

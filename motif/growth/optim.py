@@ -54,18 +54,22 @@ def new_element_flags(name: str, args: ModelArgs) -> tuple[torch.Tensor | None, 
     k = kind(name)
     flags: list[torch.Tensor | None] = [None, None]
 
-    def mark(dim: int | None, new: torch.Tensor) -> None:
-        if dim is not None and bool(new.any()):
+    # Whether a dimension has new elements is decided from the shapes (plain Python), never read
+    # back from a tensor: the flags are then also made on fake tensors (`motif simulate`).
+    def mark(dim: int | None, grew: bool, new: torch.Tensor) -> None:
+        if dim is not None and grew:
             flags[dim] = new if flags[dim] is None else flags[dim] | new
 
     if g.hidden is not None:
-        mark(HIDDEN_DIM.get(k), torch.arange(args.hidden_size) >= g.hidden)
+        mark(HIDDEN_DIM.get(k), g.hidden < args.hidden_size, torch.arange(args.hidden_size) >= g.hidden)
     if g.intermediate is not None:
-        mark(FFN_DIM.get(k), torch.arange(args.intermediate_size) >= g.intermediate)
+        grew = g.intermediate < args.intermediate_size
+        mark(FFN_DIM.get(k), grew, torch.arange(args.intermediate_size) >= g.intermediate)
     if g.heads is not None:
         heads = new_head_flags(g.heads, g.kv_heads, args.num_attention_heads, args.num_key_value_heads)
-        mark(HEAD_DIM.get(k), heads.repeat_interleave(args.head_dim))
-        mark(KV_DIM.get(k), torch.arange(args.num_key_value_heads * args.head_dim) >= g.kv_heads * args.head_dim)
+        mark(HEAD_DIM.get(k), g.heads < args.num_attention_heads, heads.repeat_interleave(args.head_dim))
+        kv = args.num_key_value_heads * args.head_dim
+        mark(KV_DIM.get(k), g.kv_heads < args.num_key_value_heads, torch.arange(kv) >= g.kv_heads * args.head_dim)
     if flags == [None, None]:
         return False
     return flags[0], flags[1]

@@ -55,24 +55,36 @@ def _file_of(state: dict[str, torch.Tensor], layers: int) -> dict[str, int]:
 
 
 def device_mesh(stage: StageConfig, world: World):
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
     from torch.distributed.device_mesh import init_device_mesh
 
     replicate = stage.parallel.replicate
-    if replicate > 1:
-        return init_device_mesh(
-            world.device.type, (replicate, world.world_size // replicate), mesh_dim_names=("replicate", "shard")
-        )
-    return init_device_mesh(world.device.type, (world.world_size,), mesh_dim_names=("shard",))
+    # The mesh's rank table is bookkeeping read back as Python ints: it is made of real tensors even
+    # when the step runs on fake ones (`motif simulate`), where reading a fake tensor's values fails.
+    with unset_fake_temporarily():
+        if replicate > 1:
+            return init_device_mesh(
+                world.device.type, (replicate, world.world_size // replicate), mesh_dim_names=("replicate", "shard")
+            )
+        return init_device_mesh(world.device.type, (world.world_size,), mesh_dim_names=("shard",))
 
 
 def local_rows(p: DTensor) -> tuple[int, int]:
-    """The rows [start, stop) of the full tensor that this rank's shard of `p` holds."""
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    """The rows [start, stop) of the full tensor that this rank's shard of `p` holds.
 
-    shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
-    if len(shape) == 0:
+    Plain arithmetic on the mesh coordinate (torch.chunk's split: ceil(rows / n) per rank, the last
+    ones shorter or empty), so it also holds for fake tensors, whose values cannot be read.
+    """
+    if len(p.shape) == 0:
         return 0, 1
-    return offset[0], offset[0] + shape[0]
+    mesh, coordinate = p.device_mesh, p.device_mesh.get_coordinate()
+    start, stop = 0, p.shape[0]
+    for dim, placement in enumerate(p.placements):
+        if placement.is_shard(0):
+            rows, n = stop - start, mesh.size(dim)
+            chunk = -(-rows // n)
+            start, stop = start + min(coordinate[dim] * chunk, rows), start + min((coordinate[dim] + 1) * chunk, rows)
+    return start, stop
 
 
 def sharded_llama(args: ModelArgs, stage: StageConfig, world: World, mesh, weights: WeightSource, frozen: set[str]):

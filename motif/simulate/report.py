@@ -1,0 +1,74 @@
+"""A simulated stage as the command prints it: the `--json` object and the table row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+GIB = 2**30
+
+
+def allowance_bytes(device: str, peak: int) -> int:
+    """What tensors do not show (CUDA context, NCCL, fragmentation): `motif plan`'s overhead."""
+    from motif.plan import overhead_bytes
+
+    return overhead_bytes(device, peak)
+
+
+def row(stage: Any, memory: Any, time: Any, args: Any, device: Any) -> dict[str, Any]:
+    """The `--json` object of one stage (the keys are a contract)."""
+    t, p = stage.train, stage.parallel
+    allowance = allowance_bytes(p.device, memory.peak_bytes)
+    total = memory.peak_bytes + allowance
+    capacity = int(p.gpu_memory_gib * GIB)
+    tokens_per_step = t.micro_batch_size * t.grad_accum_steps * stage.data.seq_len  # per GPU
+    tokens_per_s = tokens_per_step / time.seconds
+    mfu = args.flops_per_token(stage.data.seq_len) * tokens_per_s / device.flops_peak(t.precision)
+    return {
+        "stage": stage.name,
+        "engine": p.engine,
+        "world_size": p.world_size,
+        "seq_len": stage.data.seq_len,
+        "micro_batch_size": t.micro_batch_size,
+        "micro_batches": t.grad_accum_steps,
+        "tokens_per_step": tokens_per_step * p.world_size,
+        "peak_bytes": memory.peak_bytes,
+        "allowance_bytes": allowance,
+        "total_bytes": total,
+        "gpu_memory_bytes": capacity,
+        "fits": total <= capacity,
+        "peak_at": memory.peak_at,
+        "by_category_bytes": memory.by_category_bytes,
+        "device_kind": device.name,
+        "step_seconds": time.seconds,
+        "compute_seconds": time.compute_seconds,
+        "comm_seconds": time.comm_seconds,
+        "tokens_per_second_per_gpu": tokens_per_s,
+        "mfu": mfu,
+        "comm_bytes_per_step": time.wire_bytes,
+        "max_steps": t.max_steps,
+        "gpu_hours": time.seconds * t.max_steps * p.world_size / 3600,
+        "days": time.seconds * t.max_steps / 86400,
+    }
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'stage':<14} {'GPUs':>5} {'seq':>6} {'mbs x n':>8} {'peak':>7} {'+allow':>7} {'total':>7} {'GPU':>5} "
+        f"{'fits':>4}  {'step s':>7} {'tok/s/GPU':>9} {'MFU':>6} {'comm/step':>9} {'GPU-h':>9} {'days':>6}  peak at"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['stage']:<14} {r['world_size']:>5} {r['seq_len']:>6} "
+            f"{str(r['micro_batch_size']) + ' x ' + str(r['micro_batches']):>8} "
+            f"{r['peak_bytes'] / GIB:>6.1f}G {r['allowance_bytes'] / GIB:>6.1f}G {r['total_bytes'] / GIB:>6.1f}G "
+            f"{r['gpu_memory_bytes'] / GIB:>4.0f}G {'yes' if r['fits'] else 'NO':>4}  {r['step_seconds']:>7.2f} "
+            f"{r['tokens_per_second_per_gpu']:>9,.0f} {100 * r['mfu']:>5.1f}% {r['comm_bytes_per_step'] / 1e9:>8.1f}G "
+            f"{r['gpu_hours']:>9,.0f} {r['days']:>6.1f}  {r['peak_at']}"
+        )
+    lines.append(
+        "Memory per rank in GiB (peak of the tensors, + the allowance for what tensors do not show). Step time, "
+        "tokens/s, MFU and GPU-hours are estimates (device: " + (rows[0]["device_kind"] if rows else "-") + "); "
+        "comm/step: GB each rank sends."
+    )
+    return "\n".join(lines)

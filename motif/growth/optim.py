@@ -58,14 +58,15 @@ def new_element_flags(name: str, args: ModelArgs) -> tuple[torch.Tensor | None, 
     # back from a tensor: the flags are then also made on fake tensors (`motif simulate`).
     def mark(dim: int | None, grew: bool, new: torch.Tensor) -> None:
         if dim is not None and grew:
-            flags[dim] = new if flags[dim] is None else flags[dim] | new
+            old = flags[dim]
+            flags[dim] = new if old is None else old | new
 
     if g.hidden is not None:
         mark(HIDDEN_DIM.get(k), g.hidden < args.hidden_size, torch.arange(args.hidden_size) >= g.hidden)
     if g.intermediate is not None:
         grew = g.intermediate < args.intermediate_size
         mark(FFN_DIM.get(k), grew, torch.arange(args.intermediate_size) >= g.intermediate)
-    if g.heads is not None:
+    if g.heads is not None and g.kv_heads is not None:  # both or neither (GrowthState)
         heads = new_head_flags(g.heads, g.kv_heads, args.num_attention_heads, args.num_key_value_heads)
         mark(HEAD_DIM.get(k), g.heads < args.num_attention_heads, heads.repeat_interleave(args.head_dim))
         kv = args.num_key_value_heads * args.head_dim
@@ -100,9 +101,9 @@ def masked_weight_decay_(model: Llama, lr: float, weight_decay: float) -> None:
             saved_rows = p[rows].clone() if rows is not None else None
             saved_cols = p[:, cols].clone() if cols is not None else None
             p.mul_(factor)
-            if cols is not None:
+            if saved_cols is not None:
                 p[:, cols] = saved_cols * new_factor
-            if rows is not None:
+            if saved_rows is not None:
                 p[rows] = saved_rows * new_factor
 
 

@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +222,7 @@ def _write_weights(
     return known, source_sums
 
 
-def _checked(hashed: SequentialHash, entry: TensorEntry):
+def _checked(hashed: SequentialHash, entry: TensorEntry) -> Callable[[int, memoryview], None]:
     """What a copy does with the source bytes it reads: count them in the source's checksum, and
     refuse NaN/inf (chunks are whole elements: 16 MB from the tensor's start)."""
 

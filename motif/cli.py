@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "plan": "motif.plan",
     "train": "motif.train.command",
     "eval": "motif.eval.command",
+    "generate": "motif.eval.generate",
     "status": "motif.status",
     "preflight": "motif.preflight",
     "mix": "motif.mix.command",

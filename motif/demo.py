@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     print_table(rows)
     plot = plot_loss(out, stages, rows)
     print(f"\nloss plot: {plot}")
+    eval_demo.print_continuations(out, stages)  # one Korean, one English continuation per checkpoint
     check_transformers(out / stages[-1][1].output, out / stages[0][1].data.tokenizer)
     mix_demo.run_sweep_demo(out, stages[-1][0], args.max_steps, args.keep)  # 3 proxies: a fitted Korean share
     eval_demo.report(out, [path for path, _ in stages])  # motif eval --stage per stage: the demo ends with its table

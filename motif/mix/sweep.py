@@ -43,6 +43,7 @@ class Proxy:
     ko_share: float
     status: str = "pending"  # pending | running | done | failed | submitted
     exit_code: int | None = None
+    data_seed: int | None = None  # a repeat of a mixture (--repeats): its motif.data.seed; None: the stage's
 
     @property
     def file(self) -> str:
@@ -124,12 +125,20 @@ def share_tag(share: float) -> str:
     return "ko" + f"{share * 100:.4g}".replace(".", "-")
 
 
-def plan_grid(stage: StageConfig, shares: list[float], where: str) -> list[Proxy]:
+def plan_grid(stage: StageConfig, shares: list[float], where: str, repeats: int = 1) -> list[Proxy]:
+    """One proxy per share; with `repeats` > 1, that many per share, each with its own data seed
+    (the stage's motif.data.seed + 0, 1, ...), named ...-ko30-s1, -s2, ..."""
     proxies = []
     for share in shares:
         w = mixtures.weights_for_share(stage.data.sources, share, where)
         weights = dict(zip((s.name for s in stage.data.sources), w, strict=True))
-        proxies.append(Proxy(name=f"{stage.name}-mix-{share_tag(share)}", weights=weights, ko_share=share))
+        name = f"{stage.name}-mix-{share_tag(share)}"
+        if repeats == 1:
+            proxies.append(Proxy(name=name, weights=weights, ko_share=share))
+            continue
+        for r in range(repeats):
+            seed = stage.data.seed + r
+            proxies.append(Proxy(name=f"{name}-s{r + 1}", weights=dict(weights), ko_share=share, data_seed=seed))
     return proxies
 
 
@@ -200,6 +209,8 @@ def proxy_document(
     m["name"] = proxy.name
     for src in m["data"]["sources"]:
         src["weight"] = proxy.weights[src["name"]]
+    if proxy.data_seed is not None:
+        m["data"]["seed"] = proxy.data_seed
     train = m["train"]
     max_steps = stage.train.max_steps
     train["max_steps"] = steps

@@ -155,6 +155,10 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise MotifError("--stage evaluates the stage's motif.output; give no CHECKPOINT with it")
     if not args.stage and not args.checkpoint:
         raise MotifError("give CHECKPOINT (or --stage STAGE_FILE)")
+    if args.pushgateway is not None:
+        from motif.eval.push import check_gateway
+
+        check_gateway(args.pushgateway)
 
 
 def resolve_job(args: argparse.Namespace) -> Job:

@@ -257,6 +257,13 @@ def run_sweep(args: argparse.Namespace) -> int:
     sweep_dir = Path(out)
     if (sweep_dir / sw.MANIFEST).is_file():
         old = sw.read_manifest(sweep_dir)
+        if old.start_checkpoint != sweep.start_checkpoint and sw.same_sweep(
+            old, sw.Sweep(**{**vars(sweep), "start_checkpoint": old.start_checkpoint})
+        ):
+            raise MotifError(
+                f"{sweep_dir}: holds this sweep's proxies trained from another start checkpoint "
+                f"({old.start_checkpoint}, not {sweep.start_checkpoint}); they cannot be reused: choose another --out"
+            )
         if not sw.same_sweep(old, sweep):
             raise MotifError(
                 f"{sweep_dir}: holds another sweep (of {old.stage_file}, {len(old.proxies)} proxies x {old.steps} "

@@ -19,8 +19,14 @@ Evaluate CHECKPOINT (plain Llama or mid-growth, MSG masks < 1) with EleutherAI's
 lm-evaluation-harness, or the final output of a stage file (--stage, its motif.eval section:
 tasks, few-shot, local data directory, held-out sets, Pushgateway).
 
+Log-likelihood tasks (multiple choice, perplexity) and generative ones (generate_until:
+kmmlu_direct, the Llama-3-Motif report's KMMLU metric, kmmlu_direct_hard, hrm8k) both run; a
+generative task is decoded greedily with the model's KV cache, one prompt at a time, until its
+stop strings, the end-of-text token or its max_gen_toks.
+
 Examples:
   motif eval /ckpt/s3-cpt/final --tasks kmmlu,kobest,mmlu --num-fewshot 5 --tokenizer /models/llama3-70b
+  motif eval /ckpt/s3-cpt/final --tasks kmmlu_direct --num-fewshot 5 --tokenizer /models/llama3-70b
   motif eval out/demo/checkpoints/tiny-s0-base/final --tasks demo_kmmlu,demo_mmlu \\
       --include-path out/demo/eval/tasks --tokenizer out/demo/data/tokenizer --json
   motif eval --stage jobs/llama3-motif-102b/stage3-cpt.yaml

@@ -53,7 +53,12 @@ Exit status: 0 done (or reused), 2 bad input (nothing written), 1 the Pushgatewa
 
 
 HELDOUT_LOGITS_BYTES = 10 * 2**30  # what one held-out batch's logits may take on the last device
-TERMINATION_LOG_ENV = "MOTIF_TERMINATION_LOG"  # the eval Job sets it to its container's terminationMessagePath
+TERMINATION_LOG_ENV = "MOTIF_TERMINATION_LOG"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)  # the eval Job sets it to its container's terminationMessagePath
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,8 +117,11 @@ class Job:
             "heldout_seq_len": self.heldout_seq_len,
             "tokenizer": str(self.tokenizer),
             "dtype": dtype,
-            # Edited task YAMLs or local data make a new request, not a reused result.
+            # Edited task YAMLs, local data, held-out text or tokenizer make a new request, not a
+            # reused result: identified by content, not by path, size or time.
             "task_files": files_id([*self.include_paths, *([self.data_dir] if self.data_dir else [])]),
+            "heldout_files": files_id([h.path for h in self.heldout]),
+            "tokenizer_files": files_id([self.tokenizer / name for name in TOKENIZER_FILES]),
         }
 
 
@@ -280,7 +288,12 @@ def summarize(job: Job, args: argparse.Namespace) -> dict:
         per_sequence = 2 * job.heldout_seq_len * ckpt.args.vocab_size * 4
         batch = max(1, min(args.batch_size, HELDOUT_LOGITS_BYTES // per_sequence))
         heldout = HeldoutSet.from_sources(job.heldout, job.tokenizer, job.heldout_seq_len, batch)
-    return _run_and_write(job, args, plan, heldout, devices, dtype, request, ckpt_id)
+    from motif.storage.lease import STALE_S, acquire
+
+    # One evaluation per result directory: a second one into the same --out fails at once, naming
+    # the first (this pod's own predecessor, recreated on another node, is waited for until stale).
+    with acquire(job.out, "motif eval", wait_s_same_host=STALE_S + 15, inside=True):
+        return _run_and_write(job, args, plan, heldout, devices, dtype, request, ckpt_id)
 
 
 def _run_and_write(job, args, plan, heldout, devices, dtype, request, ckpt_id) -> dict:

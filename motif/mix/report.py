@@ -58,7 +58,7 @@ def fit_lines(result: FitResult) -> list[str]:
             "held-out error: n/a (needs one proxy more than the law's parameters)"
             if loo is None
             else f"held-out (leave-one-out) error: mean |e| {np.mean(np.abs(loo)):.4f}, "
-            f"max {np.max(np.abs(loo)):.4f} bpb"
+            f"max {np.max(np.abs(loo)):.4f} bpb (skill {loo_skill(result, lang):+.2f}: 1 - loo mse / variance)"
         )
         model = f" [choice by {f.model}]" if f.regression is not None else ""
         lines.append(f"{what}, fit rmse {f.law.rmse:.4f} bpb; {err}{model}")
@@ -71,6 +71,18 @@ def fit_lines(result: FitResult) -> list[str]:
     return lines
 
 
+def loo_skill(result: FitResult, lang: str) -> float | None:
+    """1 - (leave-one-out mean squared error) / (variance of the measured losses): above 0, the law
+    predicts a mixture it did not see better than the mean of the others would; at or below 0, no
+    better than that (the proxies' noise swamps the effect of the mixture)."""
+    loo = result.fits[lang].loo
+    if loo is None:
+        return None
+    y = np.asarray([r.final[lang] for r in result.used])
+    var = float(np.var(y))
+    return 1.0 - float(np.mean(np.asarray(loo) ** 2)) / var if var > 0 else None
+
+
 def _over(result: FitResult) -> str:
     v = result.validation
     return f"bootstrap over {v.over}, {v.resamples} resamples"
@@ -80,9 +92,16 @@ def validation_line(result: FitResult) -> str:
     """One line: validated (how), or UNVALIDATED and why."""
     v = result.validation
     if v.validated:
+        weak = [lang for lang in result.languages if (loo_skill(result, lang) or 0.0) <= 0]
+        caveat = (
+            f"; but the {', '.join(weak)} law predicts left-out mixtures no better than their mean "
+            "(skill <= 0): the proxies' noise is as large as the mixture's effect, take the interval seriously"
+            if weak
+            else ""
+        )
         return (
             f"validated: {v.mixtures} mixtures for a {v.n_params}-parameter law, leave-one-out error above, "
-            f"no parameter at its bound"
+            f"no parameter at its bound{caveat}"
         )
     return "UNVALIDATED: " + "; ".join(v.reasons)
 
@@ -146,6 +165,7 @@ def as_json(result: FitResult, png: str | None) -> dict[str, Any]:
                 "model": f.model,
                 "loo_errors": None if f.loo is None else [float(v) for v in f.loo],
                 "loo_rmse": None if f.loo is None else float(np.sqrt(np.mean(np.asarray(f.loo) ** 2))),
+                "loo_skill": loo_skill(result, lang),
                 "intervals": result.validation.params.get(lang),
                 "at_bound": result.validation.at_bound.get(lang, []),
             }

@@ -120,3 +120,20 @@ def test_repeated_shares_are_bootstrapped_over_seeds_and_left_out_together(tmp_p
     assert len(result["proxies"]) == 10 and result["validated"]
     # Leave-one-out leaves both repeats of a share out: its error is a real prediction, not a neighbour's copy.
     assert len(result["fits"]["ko"]["loo_errors"]) == 10
+
+
+def test_a_law_no_better_than_the_mean_is_said_so_even_when_validated(tmp_path, motif_cli):
+    # Korean follows a clear law; English barely moves with the share (k = 0.002) under noise of 0.01 bpb.
+    sweep = tmp_path / "sweep"
+    make_sweep(sweep, {"ko": KO, "en": (1.3, 0.002, 2.5)}, noise=0.01, seed=0)
+    code, out, err = motif_cli("mix", "fit", str(sweep), "--baseline", BASELINE, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["validated"] is True
+    assert result["fits"]["ko"]["loo_skill"] > 0.9
+    assert result["fits"]["en"]["loo_skill"] <= 0
+    code, out, err = motif_cli("mix", "fit", str(sweep), "--baseline", BASELINE)
+    assert code == 0, err
+    verdict = next(line for line in out.splitlines() if line.startswith("validated: "))
+    assert "but the en law predicts left-out mixtures no better than their mean" in verdict
+    assert "ko law" not in verdict

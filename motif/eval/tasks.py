@@ -11,8 +11,10 @@ Why it is built this way:
   `data_files` under `<data_dir>/<task>/<split>.jsonl`. Groups (kmmlu, kobest, mmlu) pick up the
   shadows by name.
 * **Checked before anything runs.** Unknown names, output types the motif model cannot run and
-  missing data files are found from the YAMLs alone, each as one line. Log-likelihood tasks and
-  generative ones (`generate_until`: KMMLU direct, HRM8K) both run.
+  missing data files are found from the YAMLs alone; template syntax errors, malformed rows, empty
+  splits and too few few-shot rows from the templates and local files (`motif.eval.taskcheck`);
+  each as one line. Log-likelihood tasks and generative ones (`generate_until`: KMMLU direct,
+  HRM8K) both run.
 """
 
 from __future__ import annotations
@@ -131,7 +133,20 @@ def plan_tasks(
     else:
         for leaf in leaves.values():
             check_local_files(leaf)
+    check_contents(plan, num_fewshot)
     return plan
+
+
+def check_contents(plan: TaskPlan, num_fewshot: int | None) -> None:
+    """Each leaf's templates parse and its local data (the shadow's, or its YAML's own) is usable."""
+    from motif.eval.taskcheck import check_data, check_templates  # it imports this module
+
+    for leaf in plan.leaves.values():
+        check_templates(leaf)
+        source = plan.shadows.get(leaf.name) or leaf.config
+        kwargs = source.get("dataset_kwargs") or {}
+        if source.get("dataset_path") == "json" and isinstance(kwargs, dict) and kwargs.get("data_files"):
+            check_data(leaf, kwargs["data_files"], num_fewshot)
 
 
 def _index_for(names: list[str], paths: list[Path]) -> tuple[dict, bool]:

@@ -81,6 +81,15 @@ def test_a_masked_checkpoint_at_m0_generates_what_its_source_generates(
     assert grown["tasks"] == ours["tasks"]
 
 
+def test_a_checkpoint_split_across_two_devices_generates_what_it_generates_whole(
+    masked_ckpts, ours, tokenizer_dir, tasks_dir, tmp_path
+):
+    """Blocks on two 'devices' (both the CPU here), each holding its own part of the KV cache."""
+    split = motif_eval(masked_ckpts["depth"], tokenizer_dir, tasks_dir, tmp_path, "--device", "cpu,cpu")
+    assert split["samples"] == ours["samples"]
+    assert split["tasks"] == ours["tasks"]
+
+
 # ---- the decoder itself ------------------------------------------------------------------------------
 
 

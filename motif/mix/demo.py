@@ -85,13 +85,23 @@ def run_sweep_demo(out: Path, stage_file: Path, max_steps: int | None = None, ke
         f"   chosen Korean share {chosen['ko_share']:.2f}{span} ({weights}) in {time.perf_counter() - t:.0f}s; "
         f"plot: {png}"
     )
-    verdict = (
-        "validated (tested on mixtures it did not see: the leave-one-out errors above)"
-        if result["validated"]
-        else "UNVALIDATED: " + "; ".join(result["unvalidated_reasons"])
-    )
-    print(f"   fit: {verdict}")
+    print(f"   fit: {verdict(result)}")
     return result
+
+
+def verdict(result: dict) -> str:
+    """The fit's verdict from `motif mix fit --json`: validated or not, and, when validated, any law
+    that predicts left-out mixtures no better than their mean (a validated fit can still be noise)."""
+    if not result["validated"]:
+        return "UNVALIDATED: " + "; ".join(result["unvalidated_reasons"])
+    text = "validated (tested on mixtures it did not see: the leave-one-out errors above)"
+    weak = [lang for lang, fit in result["fits"].items() if fit.get("loo_skill") is not None and fit["loo_skill"] <= 0]
+    if weak:
+        text += (
+            f", but the {', '.join(weak)} law predicts them no better than their mean (skill <= 0): "
+            "the proxies' noise is as large as the mixture's effect, so the interval, not the point, is the answer"
+        )
+    return text
 
 
 def _loo(errors: list[float] | None, i: int, lang: str) -> str:

@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pytest
 
+from motif.mix.demo import verdict
 from motif.mix.law import T_BOUND, fit_law
 from motif.mix.validate import validate
 
@@ -78,7 +79,8 @@ def test_motif_mix_fit_marks_a_three_proxy_sweep_unvalidated(tmp_path, motif_cli
     assert code == 0, err
     result = json.loads(out)
     assert result["validated"] is False and "no degrees of freedom left" in result["unvalidated_reasons"][0]
-    assert result["fits"]["ko"]["loo_errors"] is None
+    assert result["fits"]["ko"]["loo_errors"] is None and result["fits"]["ko"]["loo_skill"] is None
+    assert verdict(result).startswith("UNVALIDATED: 3 mixtures for a 3-parameter law")
     code, out, err = motif_cli("mix", "fit", str(sweep), "--baseline", BASELINE)
     assert code == 0, err
     chosen = next(line for line in out.splitlines() if line.startswith("chosen: "))
@@ -108,6 +110,8 @@ def test_motif_mix_fit_validates_five_proxies_with_an_interval_around_the_choice
         assert fit["at_bound"] == [] and fit["loo_rmse"] < 0.05
         assert set(fit["intervals"]) == {"c", "k", "t"}
         assert fit["intervals"]["t"][0] <= truth[2] <= fit["intervals"]["t"][1]
+        assert fit["loo_skill"] > 0.9
+    assert verdict(result) == "validated (tested on mixtures it did not see: the leave-one-out errors above)"
 
 
 def test_repeated_shares_are_bootstrapped_over_seeds_and_left_out_together(tmp_path, motif_cli):
@@ -132,8 +136,9 @@ def test_a_law_no_better_than_the_mean_is_said_so_even_when_validated(tmp_path, 
     assert result["validated"] is True
     assert result["fits"]["ko"]["loo_skill"] > 0.9
     assert result["fits"]["en"]["loo_skill"] <= 0
+    assert verdict(result).startswith("validated (") and ", but the en law predicts them no better" in verdict(result)
     code, out, err = motif_cli("mix", "fit", str(sweep), "--baseline", BASELINE)
     assert code == 0, err
-    verdict = next(line for line in out.splitlines() if line.startswith("validated: "))
-    assert "but the en law predicts left-out mixtures no better than their mean" in verdict
-    assert "ko law" not in verdict
+    line = next(line for line in out.splitlines() if line.startswith("validated: "))
+    assert "but the en law predicts left-out mixtures no better than their mean" in line
+    assert "ko law" not in line

@@ -8,8 +8,9 @@ Why it is built this way:
   found here is one line naming the file, the key or line, and what was expected.
 * **The same rules lm-eval applies.** Templates are parsed by lm-eval's own Jinja2 environment
   (`lm_eval.utils.env`, which renders them later); the few-shot pool must hold `num_fewshot`
-  rows, one more when it is the evaluated split (lm-eval leaves the evaluated row out of its own
-  context); local data is what the `json` builder reads: JSON Lines of objects, or one JSON array.
+  rows, one more when the YAML names the test split as the few-shot split (lm-eval then leaves the
+  evaluated row out of its own context); local data is what the `json` builder reads: JSON Lines
+  of objects, or one JSON array.
 * **Only what can be checked without the hub.** A task whose data comes from the hub is checked
   for its templates only; its rows are lm-eval's to read. Rows are counted as stored: a task's
   `process_docs` may drop some later, which this check cannot know without running task code.
@@ -112,13 +113,22 @@ def check_data(leaf: Leaf, data_files: Any, num_fewshot: int | None) -> None:
     shots, pool = leaf.shots(num_fewshot), leaf.fewshot_split()
     if shots <= 0 or pool not in counts:
         return
-    needed = shots + 1 if pool == evaluated else shots  # lm-eval leaves the evaluated row out
+    leaves_one_out = _named_fewshot_split(leaf) == leaf.config.get("test_split")
+    needed = shots + 1 if leaves_one_out else shots
     if counts[pool] < needed:
-        extra = " plus the evaluated row it leaves out" if pool == evaluated else ""
+        extra = " plus the evaluated row it leaves out" if leaves_one_out else ""
         raise TaskError(
             f"{_file(files, pool)}: split {pool} of task {leaf.name} has {counts[pool]} rows, too few for "
             f"num_fewshot {shots}{extra} (expected at least {needed}; lower --num-fewshot or add rows)"
         )
+
+
+def _named_fewshot_split(leaf: Leaf) -> str | None:
+    """The few-shot split the YAML names. lm-eval leaves the evaluated row out of its context only
+    when this is the test split; a few-shot pool it falls back to (no split named) keeps every row."""
+    fewshot = leaf.config.get("fewshot_config")
+    named = fewshot.get("split") if isinstance(fewshot, dict) else None
+    return named or leaf.config.get("fewshot_split")  # fewshot_config's own split wins, as in lm-eval
 
 
 def _file(files: dict, split: str) -> str:

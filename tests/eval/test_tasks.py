@@ -122,7 +122,7 @@ def test_the_papers_generative_benchmarks_plan_offline(tmp_path):
     hrm8k = [n for n in plan.leaves if n.startswith("hrm8k_")]
     assert (len(direct), len(hard), len(hrm8k)) == (45, 45, 5)
     splits = {n: ["test", "dev"] for n in direct + hard} | {n: ["test"] for n in hrm8k}
-    volume = write_volume(tmp_path / "volume", splits)
+    volume = write_volume(tmp_path / "volume", splits, n=5)  # KMMLU's dev splits hold the 5 few-shot examples
     offline = plan_tasks(list(GENERATIVE), data_dir=volume, num_fewshot=5)
     assert offline.shadows["kmmlu_direct_accounting"]["dataset_kwargs"]["data_files"] == {
         "test": str(volume / "kmmlu_direct_accounting" / "test.jsonl"),

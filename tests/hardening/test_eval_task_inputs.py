@@ -155,3 +155,10 @@ def test_a_good_task_passes_the_check_and_evaluates(tmp_path, assets, capsys):
     assert main(argv) == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["tasks"][TASK]["exact_match"] <= 1.0
+
+
+def test_a_few_shot_pool_lm_eval_falls_back_to_keeps_every_row(tmp_path, assets, capsys, no_model_load):
+    # No few-shot split named: lm-eval draws from the test split without leaving the evaluated row out.
+    write_task(tmp_path, rows(2), rows(3, 100), fewshot_split=None)
+    line = refused(tmp_path, assets, capsys, "--num-fewshot", "3")
+    assert "split test of task" in line and "has 2 rows, too few for num_fewshot 3 (expected at least 3;" in line

@@ -110,10 +110,14 @@ def check_data(leaf: Leaf, data_files: Any, num_fewshot: int | None) -> None:
             f"{_file(files, evaluated)}: split {evaluated} of task {leaf.name} is empty "
             "(expected at least one row to evaluate)"
         )
-    shots, pool = leaf.shots(num_fewshot), leaf.fewshot_split()
+    shots, pool, named = leaf.shots(num_fewshot), leaf.fewshot_split(), _named_fewshot_split(leaf)
+    fewshot = leaf.config.get("fewshot_config")
+    if named is None and isinstance(fewshot, dict) and fewshot.get("samples") is not None:
+        return  # examples written in the YAML, not drawn from a split
     if shots <= 0 or pool not in counts:
         return
-    leaves_one_out = _named_fewshot_split(leaf) == leaf.config.get("test_split")
+    # lm-eval's own test: `fewshot split == test_split`, so a task with neither also leaves one out.
+    leaves_one_out = named == leaf.config.get("test_split")
     needed = shots + 1 if leaves_one_out else shots
     if counts[pool] < needed:
         extra = " plus the evaluated row it leaves out" if leaves_one_out else ""

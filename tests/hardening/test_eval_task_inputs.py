@@ -162,3 +162,13 @@ def test_a_few_shot_pool_lm_eval_falls_back_to_keeps_every_row(tmp_path, assets,
     write_task(tmp_path, rows(2), rows(3, 100), fewshot_split=None)
     line = refused(tmp_path, assets, capsys, "--num-fewshot", "3")
     assert "split test of task" in line and "has 2 rows, too few for num_fewshot 3 (expected at least 3;" in line
+
+
+def test_examples_written_in_the_yaml_are_not_counted_as_a_split(tmp_path):
+    # fewshot_config.samples: lm-eval takes the examples from the YAML; the data's splits are not the pool.
+    from motif.eval.tasks import plan_tasks
+
+    samples = [json.loads(line) for line in rows(3, 100).splitlines()]
+    tasks = write_task(tmp_path, rows(2), "", fewshot_split=None, fewshot_config={"samples": samples})
+    plan = plan_tasks([TASK], [tasks], num_fewshot=3)
+    assert list(plan.leaves) == [TASK]

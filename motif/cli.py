@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "motif.simulate.command",
     "train": "motif.train.command",
     "eval": "motif.eval.command",
+    "generate": "motif.eval.generate",
     "status": "motif.status",
     "preflight": "motif.preflight",
     "mix": "motif.mix.command",

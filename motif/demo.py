@@ -66,8 +66,11 @@ def run(args: argparse.Namespace) -> int:
     print_table(rows)
     plot = plot_loss(out, stages, rows)
     print(f"\nloss plot: {plot}")
+    eval_demo.print_continuations(out, stages)  # one Korean, one English continuation per checkpoint
     check_transformers(out / stages[-1][1].output, out / stages[0][1].data.tokenizer)
-    mix_demo.run_sweep_demo(out, stages[-1][0], args.max_steps, args.keep)  # 3 proxies: a fitted Korean share
+    mix_demo.run_sweep_demo(
+        out, stages[-1][0], args.max_steps, args.keep
+    )  # 5 proxies: a fitted, validated Korean share
     eval_demo.report(out, [path for path, _ in stages])  # motif eval --stage per stage: the demo ends with its table
     print(f"\ndemo done in {time.perf_counter() - t0:.0f}s; final checkpoint: {out / stages[-1][1].output}")
     return 0

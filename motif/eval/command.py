@@ -19,8 +19,14 @@ Evaluate CHECKPOINT (plain Llama or mid-growth, MSG masks < 1) with EleutherAI's
 lm-evaluation-harness, or the final output of a stage file (--stage, its motif.eval section:
 tasks, few-shot, local data directory, held-out sets, Pushgateway).
 
+Log-likelihood tasks (multiple choice, perplexity) and generative ones (generate_until:
+kmmlu_direct, the Llama-3-Motif report's KMMLU metric, kmmlu_direct_hard, hrm8k) both run; a
+generative task is decoded greedily with the model's KV cache, one prompt at a time, until its
+stop strings, the end-of-text token or its max_gen_toks.
+
 Examples:
   motif eval /ckpt/s3-cpt/final --tasks kmmlu,kobest,mmlu --num-fewshot 5 --tokenizer /models/llama3-70b
+  motif eval /ckpt/s3-cpt/final --tasks kmmlu_direct --num-fewshot 5 --tokenizer /models/llama3-70b
   motif eval out/demo/checkpoints/tiny-s0-base/final --tasks demo_kmmlu,demo_mmlu \\
       --include-path out/demo/eval/tasks --tokenizer out/demo/data/tokenizer --json
   motif eval --stage jobs/llama3-motif-102b/stage3-cpt.yaml
@@ -47,7 +53,12 @@ Exit status: 0 done (or reused), 2 bad input (nothing written), 1 the Pushgatewa
 
 
 HELDOUT_LOGITS_BYTES = 10 * 2**30  # what one held-out batch's logits may take on the last device
-TERMINATION_LOG_ENV = "MOTIF_TERMINATION_LOG"  # the eval Job sets it to its container's terminationMessagePath
+TERMINATION_LOG_ENV = "MOTIF_TERMINATION_LOG"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)  # the eval Job sets it to its container's terminationMessagePath
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,8 +117,11 @@ class Job:
             "heldout_seq_len": self.heldout_seq_len,
             "tokenizer": str(self.tokenizer),
             "dtype": dtype,
-            # Edited task YAMLs or local data make a new request, not a reused result.
+            # Edited task YAMLs, local data, held-out text or tokenizer make a new request, not a
+            # reused result: identified by content, not by path, size or time.
             "task_files": files_id([*self.include_paths, *([self.data_dir] if self.data_dir else [])]),
+            "heldout_files": files_id([h.path for h in self.heldout]),
+            "tokenizer_files": files_id([self.tokenizer / name for name in TOKENIZER_FILES]),
         }
 
 
@@ -155,6 +169,10 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise MotifError("--stage evaluates the stage's motif.output; give no CHECKPOINT with it")
     if not args.stage and not args.checkpoint:
         raise MotifError("give CHECKPOINT (or --stage STAGE_FILE)")
+    if args.pushgateway is not None:
+        from motif.eval.push import check_gateway
+
+        check_gateway(args.pushgateway)
 
 
 def resolve_job(args: argparse.Namespace) -> Job:
@@ -270,7 +288,12 @@ def summarize(job: Job, args: argparse.Namespace) -> dict:
         per_sequence = 2 * job.heldout_seq_len * ckpt.args.vocab_size * 4
         batch = max(1, min(args.batch_size, HELDOUT_LOGITS_BYTES // per_sequence))
         heldout = HeldoutSet.from_sources(job.heldout, job.tokenizer, job.heldout_seq_len, batch)
-    return _run_and_write(job, args, plan, heldout, devices, dtype, request, ckpt_id)
+    from motif.storage.lease import STALE_S, acquire
+
+    # One evaluation per result directory: a second one into the same --out fails at once, naming
+    # the first (this pod's own predecessor, recreated on another node, is waited for until stale).
+    with acquire(job.out, "motif eval", wait_s_same_host=STALE_S + 15, inside=True):
+        return _run_and_write(job, args, plan, heldout, devices, dtype, request, ckpt_id)
 
 
 def _run_and_write(job, args, plan, heldout, devices, dtype, request, ckpt_id) -> dict:

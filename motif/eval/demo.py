@@ -7,6 +7,10 @@ benchmarks' own; only the documents are made here, from the words of the demo co
 * `demo_kmmlu` (Korean) and `demo_mmlu` (English): KMMLU's and MMLU's 4-way format ("...\\nA. ...",
   the answer a letter). A tiny model trained on plain text has never seen the format and scores
   near chance (0.25): what a base model at this size would do on the real benchmarks.
+* `demo_kmmlu_direct` (Korean, generative): KMMLU direct's format, the Llama-3-Motif report's
+  KMMLU metric: after the same prompt the model *writes* the answer, scored by exact match with
+  the letter (lm-eval's stop strings; at most 16 new tokens). A model this size writes a sentence
+  of the corpus, not a letter: 0 is the expected score, and the generations are in the samples.
 * `demo_kobest_copa`: KoBEST COPA's format, the likelier of two continuations. The right one is how
   a pattern of the corpus goes on ("오늘 X는 Y를 봅니다. 그래서 Z는 행복합니다."), the wrong one a
   sentence of the same length that never follows 그래서: training moves this score.
@@ -25,7 +29,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-TASKS = ("demo_kmmlu", "demo_kobest_copa", "demo_mmlu")
+TASKS = ("demo_kmmlu", "demo_kobest_copa", "demo_mmlu", "demo_kmmlu_direct")
+DIRECT_MAX_GEN_TOKS = 16  # the answer is a letter; a model that never writes a stop string costs 16 steps, not 256
 HELDOUT_SEED = 7  # the training corpus uses seed 0: the same distribution, other documents
 HELDOUT_DOCS = 80  # ~25 KB per language: a stable score in about a second per scoring on CPU
 TEST_DOCS = 40
@@ -67,6 +72,11 @@ def write_tasks(root: Path) -> Path:
             {"test": mmlu_rows(rng, TEST_DOCS), "dev": mmlu_rows(rng, 5)},
             {"description": "The following are multiple choice questions (with answers) about sentences.\n\n"},
         ),
+        "demo_kmmlu_direct": (
+            packaged / "kmmlu/direct/_direct_kmmlu_yaml",
+            {"test": kmmlu_rows(rng, TEST_DOCS), "dev": kmmlu_rows(rng, 5)},
+            {"generation_kwargs": direct_generation_kwargs(packaged / "kmmlu/direct/_direct_kmmlu_yaml")},
+        ),
     }
     tasks = root / "tasks"
     tasks.mkdir(parents=True, exist_ok=True)
@@ -86,6 +96,14 @@ def write_tasks(root: Path) -> Path:
         }
         _write(tasks / f"{name}.yaml", json.dumps(config, ensure_ascii=False, indent=2) + "\n")
     return tasks
+
+
+def direct_generation_kwargs(packaged_yaml: Path) -> dict:
+    """KMMLU direct's own generation settings (stop strings, greedy), with a short `max_gen_toks`."""
+    import yaml
+
+    config = yaml.safe_load(packaged_yaml.read_text(encoding="utf-8"))
+    return {**config["generation_kwargs"], "max_gen_toks": DIRECT_MAX_GEN_TOKS}
 
 
 def kmmlu_rows(rng: random.Random, n: int) -> list[dict]:
@@ -162,6 +180,56 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+# ---- what each stage writes ---------------------------------------------------------------------
+
+PROMPTS = {"ko": "고양이는", "en": "The cat"}
+CONTINUATION_TOKENS = 20
+
+
+def stage_checkpoints(out: Path, stages) -> list[tuple[str, Path]]:
+    """(label, checkpoint) in order: each growth output (before training), then each stage's final output."""
+    found = []
+    for _, stage in stages:
+        if stage.growth and stage.growth.output and (out / stage.growth.output / "config.json").is_file():
+            found.append((f"{stage.name} grown", out / stage.growth.output))
+        if (out / stage.output / "config.json").is_file():
+            found.append((f"{stage.name} final", out / stage.output))
+    return found
+
+
+def continuations(out: Path, stages) -> list[dict]:
+    """Greedy continuations of one Korean and one English prompt by every checkpoint of the run
+    (what `motif generate` writes); each row marks whether it equals the row before."""
+    from motif.data.tokenizer import Tokenizer
+    from motif.eval.generate import continue_text
+    from motif.eval.model import load_eval_model
+
+    tokenizer = Tokenizer(out / stages[0][1].data.tokenizer)
+    rows, previous = [], None
+    for label, path in stage_checkpoints(out, stages):
+        model = load_eval_model(path, None, ["cpu"])
+        texts = {lang: continue_text(model, tokenizer, p, CONTINUATION_TOKENS).text for lang, p in PROMPTS.items()}
+        rows.append({"checkpoint": label, "texts": texts, "same_as_previous": texts == previous})
+        previous = texts
+    return rows
+
+
+def print_continuations(out: Path, stages) -> list[dict]:
+    rows = continuations(out, stages)
+    prompts = ", ".join(f"{lang} {p!r}" for lang, p in PROMPTS.items())
+    print(
+        f"\n== what each checkpoint writes: greedy, {CONTINUATION_TOKENS} new tokens after {prompts} (motif generate)"
+    )
+    width = max(len(r["checkpoint"]) for r in rows)
+    for r in rows:
+        note = "  (identical to the row above: growth preserved it)" if r["same_as_previous"] else ""
+        for i, (lang, text) in enumerate(r["texts"].items()):
+            label = r["checkpoint"] if i == 0 else ""
+            shown = " ".join(text.split())  # one line per continuation
+            print(f"   {label:<{width}}  {lang}: {PROMPTS[lang]} -> {shown}{note if i == 0 else ''}")
+    return rows
+
+
 # ---- the score table ---------------------------------------------------------------------------
 
 
@@ -217,10 +285,14 @@ def score_table(summaries: list[dict]) -> str:
 
     langs = sorted({lang for s in summaries for lang in s["heldout"]})
     tasks = [t for t in TASKS if any(t in s["tasks"] for s in summaries)]
-    rows = [["stage", *[f"held-out {lang} bits/byte" for lang in langs], *[f"{t} acc" for t in tasks]]]
+    metric = {
+        t: next(("acc" if "acc" in s["tasks"][t] else "exact_match") for s in summaries if t in s["tasks"])
+        for t in tasks
+    }
+    rows = [["stage", *[f"held-out {lang} bits/byte" for lang in langs], *[f"{t} {metric[t]}" for t in tasks]]]
     for s in summaries:
         cells = [f"{s['heldout'][lang]:.4f}" if lang in s["heldout"] else "-" for lang in langs]
-        cells += [f"{s['tasks'][t]['acc']:.3f}" if t in s["tasks"] else "-" for t in tasks]
+        cells += [f"{s['tasks'][t][metric[t]]:.3f}" if t in s["tasks"] else "-" for t in tasks]
         rows.append([s["stage"], *cells])
     return render(rows, left=1)
 
@@ -239,8 +311,9 @@ def report(out: Path, stage_files: list[Path]) -> list[dict]:
     print(score_table(summaries))
     print(
         "\ndemo_kmmlu, demo_mmlu: KMMLU's and MMLU's 4-way letter format (chance 0.25; a model this small does "
-        "not learn the format); demo_kobest_copa: KoBEST COPA's format (chance 0.5). Held-out: bits per byte, "
-        "lower is better.",
+        "not learn the format); demo_kobest_copa: KoBEST COPA's format (chance 0.5); demo_kmmlu_direct: KMMLU "
+        "direct, the answer letter written by the model (exact match; a model this small writes corpus text). "
+        "Held-out: bits per byte, lower is better.",
         flush=True,
     )
     return summaries

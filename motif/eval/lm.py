@@ -8,6 +8,10 @@ blocks across GPUs). Used by `motif eval`, or from Python:
     import motif.eval.lm  # registers the model name `motif`
     lm_eval.simple_evaluate(model="motif", model_args="pretrained=/ckpt/s2-width/final,tokenizer=/models/llama3")
 
+Generative tasks (`generate_until`, e.g. KMMLU direct, HRM8K) decode greedily with the model's
+KV cache, one prompt at a time, stopped by the task's `until` strings, the end-of-text token or
+`max_gen_toks` (`motif.eval.decode`).
+
 Model arguments beyond HFLM's: `devices=cuda:0,cuda:1,...` splits the blocks across those devices
 (`parallelize=True` splits across every visible GPU, as for lm-eval's `hf` model).
 """
@@ -20,6 +24,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from motif.eval.model import EvalModel, hf_config, load_eval_model
+from motif.eval.tasks import sampling_temperature
 from motif.model.checkpoint import read_args
 
 
@@ -70,11 +75,40 @@ class MotifLM(HFLM):
             pretrained, None if dtype in (None, "auto") else dtype, devices, progress=self._progress
         )
 
-    def _model_generate(self, *args, **kwargs):
-        raise NotImplementedError(
-            "the motif model scores log-likelihoods only (multiple-choice and perplexity tasks); "
-            "run generative tasks with lm-eval's hf model on a finished, plain-Llama checkpoint"
+    def _model_generate(
+        self,
+        context: torch.Tensor,
+        max_length: int,
+        stop: list[str],
+        attention_mask: torch.Tensor | None = None,
+        **generation_kwargs,
+    ) -> torch.Tensor:
+        """lm-eval's batch of left-padded prompts, continued: [B, max_length] ids (context, new, padding).
+
+        Each prompt is decoded alone with its own KV cache (`motif.eval.decode`); the result has
+        the layout transformers' `generate` returns, which `HFLM.generate_until` then cuts and decodes.
+        """
+        from motif.eval.decode import Stops, complete
+
+        temperature = sampling_temperature(generation_kwargs)
+        max_new = max_length - context.shape[1]
+        stops = Stops(
+            ids=frozenset(i for i in (self.tokenizer.eos_token_id,) if i is not None),
+            texts=tuple(s for s in stop or () if s),
+            decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False),
         )
+        pad = self.tokenizer.pad_token_id
+        rows = []
+        for i, row in enumerate(context.tolist()):
+            keep = attention_mask[i].tolist() if attention_mask is not None else [1] * len(row)
+            prompt = [t for t, k in zip(row, keep, strict=True) if k]
+            new = complete(
+                self._model.llama, prompt, max_new, device=self._model.device, temperature=temperature, stops=stops
+            )
+            rows.append(row + new)
+        width = max(len(r) for r in rows)
+        out = [r + [pad] * (width - len(r)) for r in rows]
+        return torch.tensor(out, dtype=torch.long, device=context.device)
 
     def get_model_info(self) -> dict:
         # HFLM's version asks the Hugging Face hub for a commit hash of `pretrained`: a local path has none.

@@ -20,6 +20,22 @@ class PushError(MotifError):
     """The Pushgateway did not take the scores (the results on disk are complete regardless)."""
 
 
+def check_gateway(gateway: str, where: str = "--pushgateway") -> None:
+    """host:port or an http(s) URL with a host and, if any, a valid port; refused before anything runs."""
+    import urllib.parse
+
+    problem = None
+    try:
+        url = urllib.parse.urlsplit(gateway if "://" in gateway else f"http://{gateway}")
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+        if url.scheme not in ("http", "https") or not url.hostname or any(c.isspace() for c in gateway):
+            problem = "no http(s) scheme or host"
+    except ValueError as e:
+        problem = str(e)
+    if problem:
+        raise MotifError(f"{where}: expected host:port or an http(s) URL, got {gateway!r} ({problem})")
+
+
 def score_registry(stage: str, tasks: dict[str, dict[str, float]]):
     """A registry holding one gauge sample per (task, metric); standard errors are left out."""
     from prometheus_client import CollectorRegistry, Gauge

@@ -45,23 +45,56 @@ def flatten(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+CHECKSUMS = "checksums.json"  # what motif's save records: every file's size and xxh3 checksum
+CHUNK = 8 << 20
+
+
 def checkpoint_id(path: str | Path) -> str:
-    """Identity of a checkpoint's contents as written: config.json's bytes plus each file's size and mtime."""
+    """Identity of a checkpoint's contents: config.json's bytes, then the content record motif
+    writes with every checkpoint (`checksums.json`: each file's xxh3), or, for a checkpoint without
+    one (downloaded, converted), every weight file's bytes hashed here."""
     path = Path(path)
     h = hashlib.sha256((path / CONFIG_NAME).read_bytes())
-    for file in sorted(path.glob("*.safetensors*")):
-        st = file.stat()
-        h.update(f"{file.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    record = path / CHECKSUMS
+    if record.is_file():
+        h.update(record.read_bytes())
+        for file in sorted(path.glob("*.safetensors*")):  # a file swapped without its record
+            h.update(f"{file.name}:{file.stat().st_size}".encode())
+    else:
+        for file in sorted(path.glob("*.safetensors*")):
+            h.update(f"{file.name}:{content_hash(file)}".encode())
     return h.hexdigest()[:16]
 
 
-def files_id(directories: list[Path]) -> str:
-    """Identity of the files under some directories (task YAMLs, local task data): names, sizes, mtimes."""
+def content_hash(file: Path) -> str:
+    """xxh3-64 of a file's bytes (several GB/s: the held-out and task files are small)."""
+    import xxhash
+
+    h = xxhash.xxh3_64()
+    with file.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def files_id(paths: list[Path | str]) -> str:
+    """Identity of the contents of files, directories (every file under them) or globs: each
+    file's name and bytes. Edited task YAMLs, local task data, held-out text or a tokenizer make a
+    new identity even when their sizes and times are kept."""
+    import glob
+
     h = hashlib.sha256()
-    for directory in directories:
-        for file in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
-            st = file.stat()
-            h.update(f"{file}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            files = [path]
+        else:
+            files = sorted(Path(p) for p in glob.glob(str(given), recursive=True) if Path(p).is_file())
+        h.update(f"{given}\0".encode())
+        for file in files:
+            h.update(f"{file}:{content_hash(file)}\0".encode())
     return h.hexdigest()[:16]
 
 

@@ -10,8 +10,11 @@ Why it is built this way:
   split and metric stay lm-eval's) and overrides only the data keys: `dataset_path: json` and
   `data_files` under `<data_dir>/<task>/<split>.jsonl`. Groups (kmmlu, kobest, mmlu) pick up the
   shadows by name.
-* **Checked before anything runs.** Unknown names, generative tasks (the motif model scores
-  log-likelihoods) and missing data files are found from the YAMLs alone, each as one line.
+* **Checked before anything runs.** Unknown names, output types the motif model cannot run and
+  missing data files are found from the YAMLs alone; template syntax errors, malformed rows, empty
+  splits and too few few-shot rows from the templates and local files (`motif.eval.taskcheck`);
+  each as one line. Log-likelihood tasks and generative ones (`generate_until`: KMMLU direct,
+  HRM8K) both run.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import yaml
 
 from motif.errors import MotifError
 
-SCORED_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling")
+SCORED_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling", "generate_until")
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
 SPLIT_KEYS = ("test_split", "validation_split", "training_split", "fewshot_split")
 
@@ -120,16 +123,30 @@ def plan_tasks(
         kind = leaf.config.get("output_type", "generate_until")
         if kind not in SCORED_TYPES:
             raise TaskError(
-                f"task {leaf.name!r} is generative (output_type {kind}); motif eval scores log-likelihood "
-                f"tasks ({', '.join(SCORED_TYPES)})"
+                f"task {leaf.name!r}: output_type {kind!r} is not one motif eval runs ({', '.join(SCORED_TYPES)})"
             )
+        if kind == "generate_until":
+            sampling_temperature(leaf.config.get("generation_kwargs") or {}, f"task {leaf.name}: ")
     plan = TaskPlan(list(names), leaves, index, defaults)
     if data_dir is not None:
         plan.shadows = {leaf.name: shadow_config(leaf, Path(data_dir), num_fewshot) for leaf in leaves.values()}
     else:
         for leaf in leaves.values():
             check_local_files(leaf)
+    check_contents(plan, num_fewshot)
     return plan
+
+
+def check_contents(plan: TaskPlan, num_fewshot: int | None) -> None:
+    """Each leaf's templates parse and its local data (the shadow's, or its YAML's own) is usable."""
+    from motif.eval.taskcheck import check_data, check_templates  # it imports this module
+
+    for leaf in plan.leaves.values():
+        check_templates(leaf)
+        source = plan.shadows.get(leaf.name) or leaf.config
+        kwargs = source.get("dataset_kwargs") or {}
+        if source.get("dataset_path") == "json" and isinstance(kwargs, dict) and kwargs.get("data_files"):
+            check_data(leaf, kwargs["data_files"], num_fewshot)
 
 
 def _index_for(names: list[str], paths: list[Path]) -> tuple[dict, bool]:
@@ -202,6 +219,37 @@ def _leaves(name: str, index: dict, seen: set[str]) -> Iterator[Leaf]:
         raise TaskError(f"task {name!r} is a Python task class; motif eval runs YAML tasks")
     else:
         yield Leaf(name, entry.yaml_path, entry.cfg or {})
+
+
+# Generation settings that leave greedy decoding or plain sampling as it is.
+NEUTRAL_GENERATION = {"top_p": (1.0, None), "top_k": (0, None), "num_beams": (1, None), "repetition_penalty": (1.0,)}
+
+
+def sampling_temperature(kwargs: dict, where: str = "") -> float:
+    """The temperature a task's `generation_kwargs` ask for: 0 (greedy) unless `do_sample` with T > 0.
+
+    Settings the motif decoder does not implement (beam search, top-p, ...) are refused by name
+    rather than silently ignored: the scores would not be the task's.
+    """
+    kwargs = dict(kwargs)
+    do_sample = kwargs.pop("do_sample", None)
+    try:
+        temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
+    except (TypeError, ValueError):
+        raise TaskError(f"{where}generation_kwargs.temperature: expected a number >= 0") from None
+    for key, neutral in NEUTRAL_GENERATION.items():
+        if key in kwargs and kwargs[key] in neutral:
+            kwargs.pop(key)
+    for key in ("until", "max_gen_toks"):  # lm-eval's own, applied by HFLM.generate_until
+        kwargs.pop(key, None)
+    if kwargs:
+        raise TaskError(
+            f"{where}generation_kwargs: {', '.join(sorted(kwargs))} not supported by the motif model "
+            "(it decodes greedily, or samples with do_sample and temperature)"
+        )
+    if do_sample is False or temperature <= 0:
+        return 0.0
+    return temperature
 
 
 # ---- local data ------------------------------------------------------------------------------------

@@ -12,14 +12,17 @@ HELP = "Tune a stage's data mix: proxy trainings at several mixtures, a fitted m
 DESCRIPTION = """\
 Tune the Korean:English ratio of a stage on cheap proxy trainings (docs/data-mix.md).
 
-  motif mix sweep STAGE_FILE --ko 0.1,0.3,0.5,0.7,0.9 [--steps N] [--out DIR] [--local | --helm]
+  motif mix sweep STAGE_FILE --ko 0.1,0.3,0.5,0.7,0.9 [--repeats R] [--steps N] [--out DIR] [--local | --helm]
       one proxy stage file per mixture, then runs them: parallel local processes, or one Helm
-      release per proxy queued through Kueue; --sources N samples N mixtures of all the stage's
-      sources from a Dirichlet instead (RegMix)
+      release per proxy queued through Kueue; --repeats R trains each share R times with other
+      data seeds (the noise the choice must beat); --sources N samples N mixtures of all the
+      stage's sources from a Dirichlet instead (RegMix)
   motif mix fit SWEEP_DIR [--rule constrained|weighted] [--write STAGE_FILE]
       fits the mixing law L(r) = c + k * exp(t . r) per language to the proxies' held-out bits
-      per byte, prints the table and the fit's leave-one-out error, writes a PNG, and picks the
-      mixture by the rule (--write sets it in a stage file, a diff printed, comments kept)
+      per byte, prints the table, the fit's leave-one-out error and 95% bootstrap intervals
+      (parameters, chosen share), writes a PNG, and picks the mixture by the rule (--write sets
+      it in a stage file, a diff printed, comments kept); a fit with no degrees of freedom left
+      (mixtures <= parameters + 1) or an exponent at its bound is marked UNVALIDATED
 
 exit status: 0 done; 1 a proxy failed (sweep) or no mixture meets the rule's bound (fit --write);
 2 bad input (one line naming the file, flag or key; nothing written).
@@ -55,6 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=4,
         metavar="N",
         help="held-out scoring points per proxy, the last at its end (default 4; the fit uses each)",
+    )
+    s.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        metavar="R",
+        help="--ko: train each share R times with different data seeds, to measure the noise (default 1)",
     )
     s.add_argument("--seed", type=int, default=0, help="seed of the Dirichlet sampler (default 0)")
     where = s.add_mutually_exclusive_group()
@@ -174,6 +184,10 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise MotifError("--jobs / --nproc: expected > 0")
     if args.points <= 0:
         raise MotifError(f"--points: expected > 0, got {args.points}")
+    if args.repeats <= 0:
+        raise MotifError(f"--repeats: expected > 0, got {args.repeats}")
+    if args.repeats > 1 and args.sources is not None:
+        raise MotifError("--repeats: only with a --ko grid (each --sources proxy is a mixture of its own)")
     stage_path = Path(args.stage_file)
     stage = load_stage(stage_path)
     doc = sw.load_document(stage_path)
@@ -193,7 +207,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             raise MotifError(
                 f"--ko: {len(shares)} shares; the mixing law has 3 parameters per language, so a sweep needs at least 3"
             )
-        proxies = sw.plan_grid(stage, shares, str(stage_path))
+        proxies = sw.plan_grid(stage, shares, str(stage_path), args.repeats)
         centre, centre_from, mode = None, None, "grid"
     sw.check_names(proxies, str(stage_path))
     queue = None
@@ -243,6 +257,13 @@ def run_sweep(args: argparse.Namespace) -> int:
     sweep_dir = Path(out)
     if (sweep_dir / sw.MANIFEST).is_file():
         old = sw.read_manifest(sweep_dir)
+        if old.start_checkpoint != sweep.start_checkpoint and sw.same_sweep(
+            old, sw.Sweep(**{**vars(sweep), "start_checkpoint": old.start_checkpoint})
+        ):
+            raise MotifError(
+                f"{sweep_dir}: holds this sweep's proxies trained from another start checkpoint "
+                f"({old.start_checkpoint}, not {sweep.start_checkpoint}); they cannot be reused: choose another --out"
+            )
         if not sw.same_sweep(old, sweep):
             raise MotifError(
                 f"{sweep_dir}: holds another sweep (of {old.stage_file}, {len(old.proxies)} proxies x {old.steps} "
@@ -288,11 +309,21 @@ def _print_plan(sweep, mode: str, centre_from: str | None, args) -> None:
     if args.json:
         return
     how = "Korean-share grid" if mode == "grid" else f"Dirichlet samples around {centre_from}"
+    if args.repeats > 1:
+        how += f", each share {args.repeats} times with other data seeds"
     where = "here" if sweep.runner == "local" else f"as Helm releases in namespace {args.namespace}"
     print(f"sweep of {sweep.stage}: {len(sweep.proxies)} proxies x {sweep.steps} steps ({how}), {where}")
     for p in sweep.proxies:
         weights = ", ".join(f"{s} {w:g}" for s, w in p.weights.items())
-        print(f"  {p.name}: ko share {p.ko_share:.3g} ({weights})")
+        seed = f", data seed {p.data_seed}" if p.data_seed is not None else ""
+        print(f"  {p.name}: ko share {p.ko_share:.3g} ({weights}{seed})")
+    mixtures_n = len({round(p.ko_share, 6) for p in sweep.proxies}) if mode == "grid" else len(sweep.proxies)
+    need = len(sweep.sources) + 3 if mode == "dirichlet" else 5  # the law's parameters + 2
+    if mixtures_n < need:
+        print(
+            f"note: {mixtures_n} mixtures; the fit of a law with {need - 2} parameters is validated (tested on "
+            f"mixtures it did not see) from {need} on: `motif mix fit` will mark this choice unvalidated"
+        )
 
 
 def _print_outcome(sweep, sweep_dir: Path, runner: str, args) -> None:
@@ -398,6 +429,7 @@ def run_fit(args: argparse.Namespace) -> int:
         print(report.step_line(result))
         print(f"rule: {rule.describe(result.languages)}")
         print(report.chosen_line(result))
+        print(report.validation_line(result))
         print(f"plot: {png}")
     if target is None:
         return 0

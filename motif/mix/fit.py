@@ -5,6 +5,10 @@ The law is fitted at every step that all proxies scored, not only the last: the 
 shows whether the proxies ran long enough for the ranking of mixtures to settle (if the chosen
 share still moves at the last points, run longer proxies). The choice is the one at the last step.
 
+Each fit is validated (`motif.mix.validate`): bootstrap intervals for every parameter and for
+the chosen Korean share, and a plain flag when the law has no degrees of freedom left or an
+exponent sits at its bound.
+
 Two sources (the Korean-share grid): the law in the Korean share x, candidates every 0.01 of x
 within the swept range (the choice never extrapolates past the sweep). More sources (Dirichlet
 proxies): the law over all shares and RegMix's regression, the one with the smaller
@@ -28,6 +32,7 @@ from motif.mix.regression import Regression, fit_regression
 from motif.mix.results import ProxyResult, read_results
 from motif.mix.rules import Choice, Rule, choose, top
 from motif.mix.sweep import Sweep, read_manifest
+from motif.mix.validate import Validation, validate
 
 SIMULATED = 100_000
 AVERAGE_TOP = 100
@@ -81,6 +86,7 @@ class FitResult:
     weights: dict[str, float]  # the chosen mixture, per source
     chosen_loss: dict[str, float]  # predicted at the chosen mixture
     by_step: list[StepChoice]
+    validation: Validation  # bootstrap intervals, and why the choice is unvalidated (if it is)
 
     @property
     def ko_share(self) -> float:
@@ -110,11 +116,12 @@ def usable(sweep_dir: Path, sweep: Sweep, allow_missing: bool) -> tuple[list[Pro
         )
     ok = [r for r in results if not r.problem]
     need = max(3, n_params(len(sweep.shares(sweep.proxies[0]))))
-    if len(ok) < need:
+    distinct = len({tuple(round(v, 6) for v in r.shares) for r in ok})
+    if distinct < need:
         left = f" ({len(bad)} unusable)" if bad else ""
         raise MotifError(
-            f"{sweep_dir}: {len(ok)} usable proxies{left}; the mixing law has {need} parameters per language, "
-            f"so the fit needs at least {need} mixtures"
+            f"{sweep_dir}: {len(ok)} usable proxies at {distinct} mixtures{left}; the mixing law has {need} "
+            f"parameters per language, so the fit needs at least {need} mixtures"
         )
     return ok, bad
 
@@ -222,6 +229,15 @@ def fit_sweep(
     weights = source_weights(sweep, shares, sources, where)
     by_step.append(StepChoice(step, _ko_share(sweep, shares), weights))
     chosen_loss = {lang: float(f.predict(shares[None, :])[0]) for lang, f in fits.items()}
+    losses = {lang: np.asarray([r.points[step][lang] for r in used]) for lang in languages}
+    validation = validate(
+        np.asarray([r.shares for r in used]),
+        losses,
+        {lang: f.law for lang, f in fits.items()},
+        rule,
+        cands if sweep.mode == "grid" else None,  # the chosen share's interval: grid sweeps
+        baseline,
+    )
     return FitResult(
         sweep=sweep,
         used=used,
@@ -238,6 +254,7 @@ def fit_sweep(
         weights=weights,
         chosen_loss=chosen_loss,
         by_step=by_step,
+        validation=validation,
     )
 
 

@@ -30,11 +30,19 @@ def plot_fit(result: FitResult, path: Path, title: str | None = None) -> Path:
     _curves(curves, result)
     _front(front, result)
     sweep = result.sweep
+    v = result.validation
+    verdict = (
+        f"validated (leave-one-out on {v.mixtures} mixtures)" if v.validated else "UNVALIDATED: " + "; ".join(v.reasons)
+    )
     fig.suptitle(
-        title
-        or f"mixture tuning of {sweep.stage}: {len(result.used)} proxies x {sweep.steps} steps, "
-        f"rule: {result.rule.describe(result.languages)}",
+        (
+            title
+            or f"mixture tuning of {sweep.stage}: {len(result.used)} proxies x {sweep.steps} steps, "
+            f"rule: {result.rule.describe(result.languages)}"
+        )
+        + f"\n{verdict}",
         fontsize=10,
+        color="black" if v.validated else "darkred",
     )
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -93,7 +101,11 @@ def _curves(ax, result: FitResult) -> None:
             label="breaks a bound",
             step="mid",
         )
-    ax.axvline(result.ko_share, color="black", ls="--", lw=1.0, label=f"chosen: ko share {result.ko_share:.3g}")
+    ratio = result.validation.ratio
+    span = f", 95% interval {ratio[0]:.2f}-{ratio[1]:.2f}" if ratio else ""
+    ax.axvline(result.ko_share, color="black", ls="--", lw=1.0, label=f"chosen: ko share {result.ko_share:.3g}{span}")
+    if ratio:
+        ax.axvspan(ratio[0], ratio[1], color="black", alpha=0.07, label="chosen share, 95% bootstrap interval")
     ax.set_xlabel("Korean share of the training mixture")
     ax.set_ylabel("held-out bits per byte")
     ax.set_title(f"proxies at step {result.step} (faint: earlier steps), fitted mixing laws", fontsize=9)

@@ -38,14 +38,30 @@ def metrics_path(sweep_dir: Path, proxy: Proxy) -> Path:
 
 
 def heldout_points(path: Path) -> dict[int, dict[str, float]]:
+    return _scan(path)[0]
+
+
+def diverged_steps(path: Path) -> dict[int, list[str]]:
+    """Steps whose held-out record holds a value that is not finite (NaN, inf): step -> languages."""
+    return _scan(path)[1]
+
+
+def _scan(path: Path) -> tuple[dict[int, dict[str, float]], dict[int, list[str]]]:
     points: dict[int, dict[str, float]] = {}
+    diverged: dict[int, list[str]] = {}
     for record in read(path):
         value = record.get(HELDOUT)
         if isinstance(value, dict) and isinstance(record.get("step"), int):
-            clean = {k: float(v) for k, v in value.items() if isinstance(v, int | float) and math.isfinite(v)}
+            numbers = {k: float(v) for k, v in value.items() if isinstance(v, int | float)}
+            clean = {k: v for k, v in numbers.items() if math.isfinite(v)}
+            bad = sorted(k for k, v in numbers.items() if not math.isfinite(v))
+            if bad:
+                diverged[record["step"]] = bad
+            else:
+                diverged.pop(record["step"], None)  # a resumed run scored this step again, finite
             if clean:
                 points[record["step"]] = clean
-    return points
+    return points, diverged
 
 
 def read_results(sweep_dir: Path, sweep: Sweep) -> list[ProxyResult]:
@@ -64,6 +80,13 @@ def _problem(sweep_dir: Path, sweep: Sweep, proxy: Proxy, path: Path, points: di
         return f"failed (exit status {proxy.exit_code}{see})"
     if not path.is_file():
         return f"has no metrics ({path} missing: not run yet, or failed before its first step{see})"
+    diverged = diverged_steps(path)
+    if diverged:
+        step = min(diverged)
+        return (
+            f"diverged: held-out bits per byte not finite ({', '.join(diverged[step])}) at step {step} in {path}"
+            f" (lower the learning rate or check the data{see})"
+        )
     if not points:
         return f"has no held-out records in {path} (motif.eval.heldout not scored{see})"
     last = max(points)

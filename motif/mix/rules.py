@@ -10,6 +10,7 @@ languages, so a flat objective picks a Pareto-optimal point rather than an arbit
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,7 +50,7 @@ def parse_weights(text: str, flag: str = "--weights") -> dict[str, float]:
             number = float(value)
         except ValueError:
             number = None
-        if not sep or not name.strip() or number is None or number < 0:
+        if not sep or not name.strip() or number is None or not math.isfinite(number) or number < 0:
             raise MotifError(
                 f"{flag}: {part.strip()!r}: expected LANGUAGE=WEIGHT with WEIGHT >= 0 (e.g. ko=0.7,en=0.3)"
             )

@@ -43,6 +43,7 @@ class Proxy:
     ko_share: float
     status: str = "pending"  # pending | running | done | failed | submitted
     exit_code: int | None = None
+    data_seed: int | None = None  # a repeat of a mixture (--repeats): its motif.data.seed; None: the stage's
 
     @property
     def file(self) -> str:
@@ -94,11 +95,19 @@ def read_manifest(sweep_dir: Path) -> Sweep:
     if not path.is_file():
         raise MotifError(f"{sweep_dir}: no {MANIFEST} (not a sweep directory written by `motif mix sweep`)")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         if data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
-        return Sweep.from_dict(data)
-    except (ValueError, TypeError, KeyError) as e:
+        if not isinstance(data.get("proxies"), list) or not all(isinstance(p, dict) for p in data["proxies"]):
+            raise ValueError("proxies: expected a list of objects")
+        sweep = Sweep.from_dict(data)
+        for p in sweep.proxies:
+            if not isinstance(p.name, str) or not isinstance(p.weights, dict):
+                raise ValueError(f"proxies: {p.name!r}: expected a name and a weights object")
+        return sweep
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
         raise MotifError(f"{path}: not a readable sweep manifest: {e}") from None
 
 
@@ -124,12 +133,28 @@ def share_tag(share: float) -> str:
     return "ko" + f"{share * 100:.4g}".replace(".", "-")
 
 
-def plan_grid(stage: StageConfig, shares: list[float], where: str) -> list[Proxy]:
+def plan_grid(stage: StageConfig, shares: list[float], where: str, repeats: int = 1) -> list[Proxy]:
+    """One proxy per share; with `repeats` > 1, that many per share, each with its own data seed
+    (the stage's motif.data.seed + 0, 1, ...), named ...-ko30-s1, -s2, ..."""
     proxies = []
     for share in shares:
         w = mixtures.weights_for_share(stage.data.sources, share, where)
         weights = dict(zip((s.name for s in stage.data.sources), w, strict=True))
-        proxies.append(Proxy(name=f"{stage.name}-mix-{share_tag(share)}", weights=weights, ko_share=share))
+        name = f"{stage.name}-mix-{share_tag(share)}"
+        if repeats == 1:
+            proxies.append(Proxy(name=name, weights=weights, ko_share=share))
+            continue
+        for r in range(repeats):
+            seed = stage.data.seed + r
+            proxies.append(Proxy(name=f"{name}-s{r + 1}", weights=dict(weights), ko_share=share, data_seed=seed))
+    names = [p.name for p in proxies]
+    for i, p in enumerate(proxies):
+        if p.name in names[:i]:
+            other = proxies[names.index(p.name)]
+            raise MotifError(
+                f"--ko: shares {other.ko_share:g} and {p.ko_share:g} both name proxy {p.name} "
+                "(shares are named to 4 significant digits); use shares that differ there"
+            )
     return proxies
 
 
@@ -200,6 +225,8 @@ def proxy_document(
     m["name"] = proxy.name
     for src in m["data"]["sources"]:
         src["weight"] = proxy.weights[src["name"]]
+    if proxy.data_seed is not None:
+        m["data"]["seed"] = proxy.data_seed
     train = m["train"]
     max_steps = stage.train.max_steps
     train["max_steps"] = steps
@@ -267,7 +294,7 @@ def load_document(path: Path) -> dict[str, Any]:
 
 def same_sweep(old: Sweep, new: Sweep) -> bool:
     """An earlier run of the same sweep (its finished proxies are kept, the others resumed)."""
-    keys = ("stage_file", "mode", "steps", "runner", "sources")
+    keys = ("stage_file", "mode", "steps", "runner", "sources", "start_checkpoint")
     return all(getattr(old, k) == getattr(new, k) for k in keys) and [(p.name, p.weights) for p in old.proxies] == [
         (p.name, p.weights) for p in new.proxies
     ]

@@ -60,9 +60,16 @@ def run(args: argparse.Namespace) -> int:
             f"{stage_path}: motif.eval.heldout: no held-out set in {lang}, a language of motif.data.sources "
             f"that the Katib Experiment reports as heldout_bpb_{lang}"
         )
-    (share,) = mixtures.parse_shares(args.ko)
+    shares = mixtures.parse_shares(args.ko)
+    if len(shares) != 1:
+        raise MotifError(f"--ko: {args.ko!r}: a trial trains one proxy, give one share (e.g. --ko 0.3)")
+    (share,) = shares
     if args.steps <= 0:
         raise MotifError(f"--steps: expected > 0, got {args.steps}")
+    if Path(args.dir).exists() and not Path(args.dir).is_dir():
+        raise MotifError(f"--dir: {args.dir} is not a directory (the proxy's directory: its checkpoints and outputs)")
+    if args.result and Path(args.result).is_dir():
+        raise MotifError(f"--result: {args.result} is a directory (expected the result file's path)")
     (proxy,) = sw.plan_grid(stage, [share], str(stage_path))
     home = Path(args.dir)
     d = sw.proxy_document(

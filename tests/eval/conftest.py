@@ -1,6 +1,7 @@
 """Fixtures of the evaluation tests: a tiny tokenizer and checkpoints, and tiny local lm-eval tasks.
 
-The tasks are in the formats of KMMLU, KoBEST (COPA, BoolQ) and MMLU: each YAML `include:`s the
+The tasks are in the formats of KMMLU (log-likelihood and direct, generative), KoBEST (COPA,
+BoolQ) and MMLU: each YAML `include:`s the
 task file lm-eval ships, so prompt, choices and metric are the benchmark's own, and only the data
 (a few documents written here) is local.
 """
@@ -32,6 +33,7 @@ SHAPE = {
     "max_position_embeddings": 512,
 }
 TASKS = ("tiny_kmmlu", "tiny_kobest_copa", "tiny_kobest_boolq", "tiny_mmlu")
+GENERATIVE_TASKS = ("tiny_kmmlu_direct", "tiny_kmmlu_direct_stops")
 
 
 def packaged(relative: str) -> Path:
@@ -132,6 +134,22 @@ def write_tasks(root: Path, docs: int = 8) -> Path:
                 "train": write_jsonl(data / "boolq/train.jsonl", boolq_rows(6)),
             },
             {"validation_split": None},
+        ),
+        "tiny_kmmlu_direct": (  # generative: the model writes the answer letter (the paper's KMMLU metric)
+            "kmmlu/direct/_direct_kmmlu_yaml",
+            {
+                "test": write_jsonl(data / "kmmlu/test.jsonl", kmmlu_rows(docs)),
+                "dev": write_jsonl(data / "kmmlu/dev.jsonl", kmmlu_rows(5, 100)),
+            },
+            {},
+        ),
+        "tiny_kmmlu_direct_stops": (  # the same, with stop strings that occur and a short max_gen_toks
+            "kmmlu/direct/_direct_kmmlu_yaml",
+            {
+                "test": write_jsonl(data / "kmmlu/test.jsonl", kmmlu_rows(docs)),
+                "dev": write_jsonl(data / "kmmlu/dev.jsonl", kmmlu_rows(5, 100)),
+            },
+            {"generation_kwargs": {"until": ["e", "지"], "max_gen_toks": 12, "do_sample": False, "temperature": 0.0}},
         ),
         "tiny_mmlu": (
             "mmlu/default/_default_template_yaml",

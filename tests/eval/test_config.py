@@ -112,3 +112,17 @@ def test_every_stage_file_of_the_recipes_parses(tmp_path):
         s = load_stage(file)
         assert s.eval is not None, f"{file}: no motif.eval section"
         assert s.eval.tasks and s.eval.heldout, file
+
+
+def test_the_102b_stages_evaluate_the_papers_kmmlu_direct_beside_kmmlu():
+    from pathlib import Path
+
+    from motif.config import load_stage
+
+    root = Path(__file__).resolve().parents[2]
+    files = sorted((root / "jobs" / "llama3-motif-102b").glob("*.yaml"))
+    assert len(files) == 3
+    for file in files:
+        tasks = load_stage(file).eval.tasks
+        assert "kmmlu_direct" in tasks and "kmmlu" in tasks, f"{file}: motif.eval.tasks {tasks}"
+        assert load_stage(file).eval.num_fewshot == 5, f"{file}: the paper's setting is 5-shot"

@@ -47,6 +47,7 @@ def test_heldout_sets_are_not_the_training_documents(tmp_path):
         assert not held & set(documents(lang, 3000)), "a held-out document is also a training document"
 
 
+@pytest.mark.slow  # three stages evaluated on five tasks: ~40 s on 2 cores
 def test_report_prints_a_score_table_per_stage(plain_ckpt, masked_ckpts, tokenizer_dir, tmp_path, capsys):
     out = tmp_path / "demo"
     stage_files = sorted((ROOT / "jobs" / "tiny").glob("*.yaml"))
@@ -65,6 +66,7 @@ def test_report_prints_a_score_table_per_stage(plain_ckpt, masked_ckpts, tokeniz
         "demo_kmmlu acc",
         "demo_kobest_copa acc",
         "demo_mmlu acc",
+        "demo_kmmlu_direct exact_match",
     ):
         assert column in header
     for s in summaries:
@@ -74,3 +76,38 @@ def test_report_prints_a_score_table_per_stage(plain_ckpt, masked_ckpts, tokeniz
     assert summaries[1]["heldout"] == pytest.approx(summaries[0]["heldout"], rel=1e-5)
     assert summaries[2]["tasks"]["demo_kobest_copa"] == summaries[0]["tasks"]["demo_kobest_copa"]
     assert (out / "checkpoints/tiny-s0-base/final/eval/summary.json").is_file()
+    # The generative task: the same generations from a checkpoint grown at m = 0 as from its source.
+    assert summaries[2]["tasks"]["demo_kmmlu_direct"] == summaries[0]["tasks"]["demo_kmmlu_direct"]
+
+
+def test_the_direct_task_is_kmmlu_directs_prompt_and_stops_with_a_short_max_gen_toks(tmp_path):
+    tasks = demo.write_tasks(tmp_path)
+    config = json.loads((tasks / "demo_kmmlu_direct.yaml").read_text())
+    assert config["include"].endswith("kmmlu/direct/_direct_kmmlu_yaml")
+    assert config["generation_kwargs"] == {
+        "until": ["Q:", "\n\n", "</s>", "."],
+        "do_sample": False,
+        "temperature": 0.0,
+        "max_gen_toks": demo.DIRECT_MAX_GEN_TOKS,
+    }
+
+
+def test_continuations_per_checkpoint_show_growth_preserving_and_training_changing_them(
+    plain_ckpt, masked_ckpts, make_ckpt, tokenizer_dir, tmp_path, capsys
+):
+    out = tmp_path / "demo"
+    stage_files = sorted((ROOT / "jobs" / "tiny").glob("*.yaml"))
+    stages = [(f, load_stage(f)) for f in stage_files]
+    s0, s1, s2 = (stage for _, stage in stages)
+    shutil.copytree(plain_ckpt, out / s0.output)
+    shutil.copytree(masked_ckpts["depth"], out / s1.growth.output)  # grown at m = 0: the same function
+    make_ckpt(out / s1.output, seed=11)  # "trained": another function
+    shutil.copytree(tokenizer_dir, out / "data" / "tokenizer")
+    rows = demo.print_continuations(out, stages)
+    printed = capsys.readouterr().out
+    assert [r["checkpoint"] for r in rows] == ["tiny-s0-base final", "tiny-s1-depth grown", "tiny-s1-depth final"]
+    assert [r["same_as_previous"] for r in rows] == [False, True, False]
+    assert rows[1]["texts"] == rows[0]["texts"] and rows[2]["texts"] != rows[1]["texts"]
+    assert set(rows[0]["texts"]) == {"ko", "en"} and all(rows[0]["texts"].values())
+    assert printed.count("growth preserved it") == 1
+    assert f"ko: {demo.PROMPTS['ko']} -> " in printed and f"en: {demo.PROMPTS['en']} -> " in printed

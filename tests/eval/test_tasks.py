@@ -20,6 +20,8 @@ pytestmark = pytest.mark.slow
 
 def rows_for(task: str, n: int) -> list[dict]:
     i = range(n)
+    if task.startswith("hrm8k_"):
+        return [{"question": f"{k} 더하기 {k}는 얼마입니까?", "answer": str(2 * k)} for k in i]
     if task.startswith("kmmlu_"):
         return [{"question": f"질문 {k}?", "A": "가", "B": "나", "C": "다", "D": "라", "answer": 1 + k % 4} for k in i]
     if task.startswith("mmlu_"):
@@ -109,6 +111,43 @@ def test_a_missing_split_of_a_group_member_is_named(tmp_path):
         plan_tasks(["kobest"], data_dir=volume, num_fewshot=5)  # few-shot examples come from train
 
 
-def test_generative_tasks_are_refused():
-    with pytest.raises(TaskError, match="'gsm8k' is generative"):
-        plan_tasks(["gsm8k"])
+GENERATIVE = ("kmmlu_direct", "kmmlu_direct_hard", "hrm8k")
+
+
+def test_the_papers_generative_benchmarks_plan_offline(tmp_path):
+    plan = plan_tasks(list(GENERATIVE))
+    assert all(leaf.config["output_type"] == "generate_until" for leaf in plan.leaves.values())
+    direct = [n for n in plan.leaves if n.startswith("kmmlu_direct_") and not n.startswith("kmmlu_direct_hard_")]
+    hard = [n for n in plan.leaves if n.startswith("kmmlu_direct_hard_")]
+    hrm8k = [n for n in plan.leaves if n.startswith("hrm8k_")]
+    assert (len(direct), len(hard), len(hrm8k)) == (45, 45, 5)
+    splits = {n: ["test", "dev"] for n in direct + hard} | {n: ["test"] for n in hrm8k}
+    volume = write_volume(tmp_path / "volume", splits, n=5)  # KMMLU's dev splits hold the 5 few-shot examples
+    offline = plan_tasks(list(GENERATIVE), data_dir=volume, num_fewshot=5)
+    assert offline.shadows["kmmlu_direct_accounting"]["dataset_kwargs"]["data_files"] == {
+        "test": str(volume / "kmmlu_direct_accounting" / "test.jsonl"),
+        "dev": str(volume / "kmmlu_direct_accounting" / "dev.jsonl"),
+    }
+    (volume / "hrm8k_ksm" / "test.jsonl").unlink()
+    with pytest.raises(TaskError, match=f"missing local data: {volume / 'hrm8k_ksm' / 'test.jsonl'}"):
+        plan_tasks(["hrm8k"], data_dir=volume)
+
+
+def test_generative_packaged_tasks_run_from_a_local_data_dir(make_ckpt, tokenizer_dir, tmp_path):
+    """KMMLU direct (5-shot from dev) and HRM8K (its own Python prompt and scorer, 2048 new tokens)."""
+    ckpt = make_ckpt(tmp_path / "ckpt", max_position_embeddings=4096)  # HRM8K: 2048 new tokens + the prompt
+    tasks = ("kmmlu_direct_accounting", "kmmlu_direct_hard_accounting", "hrm8k_gsm8k")
+    volume = write_volume(tmp_path / "volume", {t: ["test", "dev"] for t in tasks[:2]} | {tasks[2]: ["test"]}, n=2)
+    out = tmp_path / "out"
+    argv = ["eval", str(ckpt), "--tasks", ",".join(tasks), "--data-dir", str(volume), "--tokenizer", str(tokenizer_dir)]
+    assert main([*argv, "--out", str(out), "--device", "cpu", "--log-samples"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for task in tasks:
+        assert 0.0 <= summary["tasks"][task]["exact_match"] <= 1.0
+        rows = [json.loads(line) for line in (out / f"samples_{task}.jsonl").read_text().splitlines()]
+        assert len(rows) == 2 and all(isinstance(r["resps"][0][0], str) for r in rows)
+    kmmlu = json.loads((out / "samples_kmmlu_direct_accounting.jsonl").read_text().splitlines()[0])
+    args = kmmlu["arguments"]
+    prompt = args["gen_args_0"]["arg_0"] if isinstance(args, dict) else args[0][0]
+    assert prompt.endswith("D. 라\n정답：") and prompt.count("정답：") == 1, "KMMLU direct's own zero-shot prompt"
+    assert kmmlu["target"] in "ABCD"

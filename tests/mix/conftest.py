@@ -37,17 +37,21 @@ def make_sweep(
     failed: dict[str, int] | None = None,
     unfinished: tuple[str, ...] = (),
     start_record: dict[str, float] | None = None,
+    repeats: int = 1,
 ) -> Sweep:
     """A grid sweep of stage `t-s1` whose proxies' final held-out bits per byte are `laws` at their
     Korean share (plus Gaussian noise); earlier steps sit higher, as in a real run. `failed`
     marks proxies (by share tag) failed with that exit status; `unfinished` ones stop halfway;
-    `start_record` is the held-out record at step 0 (the start checkpoint, the same in every proxy)."""
+    `start_record` is the held-out record at step 0 (the start checkpoint, the same in every proxy);
+    `repeats` > 1 trains every share that many times (other data seeds, other noise)."""
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
     proxies = []
-    for x in shares:
-        name = f"t-s1-mix-{share_tag(x)}"
+    for x, r in ((x, r) for x in shares for r in range(repeats)):
+        name = f"t-s1-mix-{share_tag(x)}" + (f"-s{r + 1}" if repeats > 1 else "")
         p = Proxy(name=name, weights={"ko": round(x, 6), "en": round(1 - x, 6)}, ko_share=x, status="done", exit_code=0)
+        if repeats > 1:
+            p.data_seed = r
         if failed and share_tag(x) in failed:
             p.status, p.exit_code = "failed", failed[share_tag(x)]
         proxies.append(p)

@@ -107,7 +107,10 @@ def test_no_feasible_mixture_is_reported_not_written(tmp_path, motif_cli):
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("two-proxies", "2 usable proxies; the mixing law has 3 parameters per language, so the fit needs at least 3"),
+        (
+            "two-proxies",
+            "2 usable proxies at 2 mixtures; the mixing law has 3 parameters per language, so the fit needs at least 3",
+        ),
         ("failed", "proxy t-s1-mix-ko50 failed (exit status 4"),
         ("unfinished", "proxy t-s1-mix-ko30 did not finish: last held-out record at step 20 of 40"),
         ("no-baseline", "--rule constrained: no start-checkpoint loss for en"),

@@ -38,6 +38,29 @@ def test_grid_proxies_are_the_stage_at_each_share_shortened(tmp_path, motif_cli,
     assert not (tmp_path / "m" / "t-mix-mix-ko20").exists()  # nothing trained
 
 
+def test_repeats_train_each_share_with_other_data_seeds(tmp_path, motif_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_doc(tmp_path / "stage.yaml", tiny_stage())
+    code, out, err = _sweep(motif_cli, "stage.yaml", "--ko", "0.2,0.5,0.8", "--repeats", "2", "--dry-run", "--out", "m")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "m" / "sweep.json").read_text())
+    names = [p["name"] for p in manifest["proxies"]]
+    assert names == [f"t-mix-mix-ko{s}-s{r}" for s in (20, 50, 80) for r in (1, 2)]
+    assert [p["data_seed"] for p in manifest["proxies"]] == [0, 1] * 3
+    for p in manifest["proxies"]:
+        assert load_stage(tmp_path / "m" / f"{p['name']}.yaml").data.seed == p["data_seed"]
+    assert "each share 2 times with other data seeds" in out
+    assert "note: 3 mixtures; the fit of a law with 3 parameters is validated" in out  # 5 needed
+
+
+def test_the_default_grid_has_enough_mixtures_to_validate_the_law(tmp_path, motif_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_doc(tmp_path / "stage.yaml", tiny_stage())
+    code, out, err = _sweep(motif_cli, "stage.yaml", "--dry-run", "--json")
+    assert code == 0, err
+    assert len(json.loads(out)["proxies"]) == 5  # the law's 3 parameters + 2
+
+
 def test_dirichlet_proxies_over_more_sources(tmp_path, motif_cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
     doc = tiny_stage()
@@ -105,6 +128,8 @@ def _case(tmp_path, case):
         "no-korean": "motif.data.sources: no source with language: ko",
         "no-queue": "--helm: no Kueue LocalQueue (pass --queue NAME or set kueue.queueName in the stage file)",
         "steps": "--steps: expected > 0, got 0",
+        "repeats": "--repeats: expected > 0, got 0",
+        "repeats-sources": "--repeats: only with a --ko grid",
         "other-sweep": "holds another sweep",
     }[case]
     if case == "share-above-1":
@@ -124,6 +149,11 @@ def _case(tmp_path, case):
         args.append("--helm")
     elif case == "steps":
         args[4] = "0"
+    elif case == "repeats":
+        args += ["--repeats", "0"]
+    elif case == "repeats-sources":
+        args[1:3] = ["--sources", "4"]
+        args += ["--repeats", "2"]
     write_doc(tmp_path / "stage.yaml", doc)
     return args, expected
 
@@ -139,6 +169,8 @@ def _case(tmp_path, case):
         "no-korean",
         "no-queue",
         "steps",
+        "repeats",
+        "repeats-sources",
         "other-sweep",
     ],
 )

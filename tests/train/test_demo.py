@@ -1,6 +1,6 @@
 """`motif demo`, shortened (--max-steps): corpus, tokenizer, the three tiny stages through the real
-`motif train` command, the table, the plot, the transformers check, the evaluation table and the
-data-mix sweep."""
+`motif train` command, the table, the plot, the continuations per checkpoint, the transformers
+check, the evaluation table (with a generative task) and the validated data-mix sweep."""
 
 import json
 import subprocess
@@ -35,5 +35,12 @@ def test_demo_runs_the_three_stages_end_to_end(tmp_path):
     assert (out / "checkpoints/tiny-s2-width/final/optimizer.safetensors").exists()
     # The evaluation table (held-out bits per byte, the tiny KMMLU/KoBEST/MMLU-format tasks) and the mix sweep.
     assert "held-out ko bits/byte" in r.stdout and "demo_kobest_copa" in r.stdout
-    assert "chosen Korean share" in r.stdout
+    assert "demo_kmmlu_direct exact_match" in r.stdout  # the generative task, KMMLU direct's format
+    # One Korean and one English continuation per checkpoint; the LlamaPro growth output writes its source's.
+    assert r.stdout.count("ko: 고양이는 -> ") == r.stdout.count("en: The cat -> ") == 5
+    assert "tiny-s1-depth grown" in r.stdout and "growth preserved it" in r.stdout
+    assert "chosen Korean share" in r.stdout and "leave-one-out rmse" in r.stdout
+    assert r.stdout.count("leave-one-out error ko ") == 5  # five proxies, each predicted from the other four
+    fit = json.loads((out / "mix" / "fit.json").read_text())
+    assert fit["bootstrap"]["mixtures"] == 5 and fit["chosen"]["ko_share_interval"] is not None
     assert (out / "mix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

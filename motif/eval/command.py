@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from motif.errors import MotifError
@@ -87,6 +87,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @dataclass
+class EvalRequest:
+    """What `motif eval` is asked, as its flags say it (`add_arguments`); the demo builds one directly."""
+
+    checkpoint: str | None = None
+    stage: str | None = None
+    tasks: str | None = None  # comma-separated
+    include_path: str | None = None
+    data_dir: str | None = None
+    num_fewshot: int | None = None
+    limit: int | None = None
+    tokenizer: str | None = None
+    out: str | None = None
+    json: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 8
+    pushgateway: str | None = None
+    stage_name: str | None = None
+    log_samples: bool = False
+    force: bool = False
+    download_data: bool = False
+    verbose: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EvalRequest:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+@dataclass
 class Job:
     """One evaluation, every path resolved: what `motif eval` was asked to do."""
 
@@ -125,7 +154,8 @@ class Job:
         }
 
 
-def run(args: argparse.Namespace) -> int:
+def run(namespace: argparse.Namespace) -> int:
+    args = EvalRequest.from_args(namespace)
     _check_flags(args)
     job = resolve_job(args)
     if args.download_data:
@@ -158,7 +188,7 @@ def download_data(job: Job) -> int:
     return 0
 
 
-def _check_flags(args: argparse.Namespace) -> None:
+def _check_flags(args: EvalRequest) -> None:
     if args.num_fewshot is not None and args.num_fewshot < 0:
         raise MotifError(f"--num-fewshot: expected >= 0, got {args.num_fewshot}")
     if args.limit is not None and args.limit <= 0:
@@ -175,7 +205,7 @@ def _check_flags(args: argparse.Namespace) -> None:
         check_gateway(args.pushgateway)
 
 
-def resolve_job(args: argparse.Namespace) -> Job:
+def resolve_job(args: EvalRequest) -> Job:
     """The evaluation asked for, from the flags and (with --stage) the stage file; flags win."""
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
     if args.stage:
@@ -240,7 +270,7 @@ def check_tokenizer(tokenizer: Path, vocab_size: int, checkpoint: Path) -> None:
         )
 
 
-def evaluate(job: Job, args: argparse.Namespace) -> int:
+def evaluate(job: Job, args: EvalRequest) -> int:
     summary = summarize(job, args)
     write_termination_message(summary)
     report(summary, as_json=args.json)
@@ -256,7 +286,7 @@ def evaluate(job: Job, args: argparse.Namespace) -> int:
     return 0
 
 
-def summarize(job: Job, args: argparse.Namespace) -> dict:
+def summarize(job: Job, args: EvalRequest) -> dict:
     """Reuse a finished result for the same request, or check the whole request and evaluate.
 
     Returns summary.json's content. The reuse check comes first: it reads only the checkpoint's
@@ -296,7 +326,7 @@ def summarize(job: Job, args: argparse.Namespace) -> dict:
         return _run_and_write(job, args, plan, heldout, devices, dtype, request, ckpt_id)
 
 
-def _run_and_write(job, args, plan, heldout, devices, dtype, request, ckpt_id) -> dict:
+def _run_and_write(job: Job, args: EvalRequest, plan, heldout, devices, dtype, request, ckpt_id) -> dict:
     from motif.eval import results
     from motif.eval.model import load_eval_model
 
@@ -338,7 +368,7 @@ def write_termination_message(summary: dict) -> None:
         print(f"motif eval: warning: scores not written to {path} ({type(e).__name__}: {detail})", file=sys.stderr)
 
 
-def run_harness(job: Job, args, plan, model) -> dict:
+def run_harness(job: Job, args: EvalRequest, plan, model) -> dict:
     """lm-eval's simple_evaluate with the motif model class on the already loaded model."""
     import lm_eval
 

@@ -238,7 +238,6 @@ def evaluate_stages(out: Path, stage_files: list[Path]) -> list[dict]:
 
     What lm-eval prints (progress bars, notices) goes to `out/eval/<stage>.log`, one line per stage here.
     """
-    from motif.cli import build_parser
     from motif.config import load_stage
     from motif.eval import command
 
@@ -250,9 +249,9 @@ def evaluate_stages(out: Path, stage_files: list[Path]) -> list[dict]:
             name = load_stage(path).name
             log = out / "eval" / f"{name}.log"
             t = time.perf_counter()
-            args = build_parser().parse_args(["eval", "--stage", str(path), "--device", "cpu"])
+            request = command.EvalRequest(stage=str(path), device="cpu")
             with _output_to(log):
-                summaries.append(command.summarize(command.resolve_job(args), args))
+                summaries.append(command.summarize(command.resolve_job(request), request))
             print(f"   {name}: evaluated in {time.perf_counter() - t:.0f}s (lm-eval's output: {log})", flush=True)
     return summaries
 

@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Each module exposes main(argv: list[str]) -> int.
-BENCHMARKS = ["bench.grow", "bench.train", "bench.scale", "bench.gpu"]
+BENCHMARKS = ["bench.grow", "bench.copy", "bench.train", "bench.scale", "bench.gpu"]
 
 
 def main(argv: list[str]) -> int:

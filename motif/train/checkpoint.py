@@ -11,18 +11,18 @@ Why it is built this way:
   shard, a rank of a world size), never by position, and a resume gives every part the union of
   all ranks' keys: each rank takes what it owns now. The engines reshard their tensors likewise.
 - **A checkpoint appears only complete.** Every rank writes into `.step_NNNNNNNN.tmp`, then
-  fsyncs its share of the files, all of them at once on threads (one fsync per file, at the end:
-  the volume gets every file's writeback together); rank 0 waits for all, writes `meta.json` last
-  (listing every file with its size) and renames the directory. A kill at any moment leaves the
-  previous checkpoints untouched or a stale `.tmp` that the next save removes; `latest()`
-  re-checks the sizes, so a directory damaged later (a copy cut short, a truncated file) is
-  skipped with a warning instead of failing a resume.
-- **A checkpoint proves itself.** `meta.json` records every file's size and checksum (an engine
-  that writes its files itself hashes the bytes as it writes them; DCP's files are read back, each
-  rank hashing its share, so the cost is spread like the write); a resume verifies them the
-  same way, and `--resume auto` falls back to the newest checkpoint that verifies, naming the one it
-  skipped. Checkpoints of which none verifies stop the run (only `--resume none` starts over): a
-  silent restart from the stage's start would repeat weeks of work.
+  fsyncs its share of the files (those it wrote, and a slice of DCP's), all at once on threads
+  (one fsync per file, at the end: the volume gets every file's writeback together); rank 0 waits
+  for all, writes `meta.json` last (listing every file with its size) and renames the directory.
+  A kill at any moment leaves the previous checkpoints untouched or a stale `.tmp` that the next
+  save removes; `latest()` re-checks the sizes, so a directory damaged later (a copy cut short, a
+  truncated file) is skipped with a warning instead of failing a resume.
+- **A checkpoint proves itself.** `meta.json` records every file's size and checksum (a rank's own
+  files, its state and the ddp and deepspeed engines' tensors, are hashed as they are written;
+  DCP's files are read back, each rank hashing a slice, so the cost is spread like the write); a
+  resume verifies them the same way, and `--resume auto` falls back to the newest checkpoint that
+  verifies, naming the one it skipped. Checkpoints of which none verifies stop the run (only
+  `--resume none` starts over): a silent restart from the stage's start would repeat weeks of work.
 - **A rollback keeps the abandoned branch.** `--resume PATH` renames the checkpoints after PATH to
   `step_N.abandoned-<time>` (kept, never deleted), so a later `--resume auto` cannot jump back to them;
   so do a fallback past checkpoints that failed verification and `--resume none` (every checkpoint).
@@ -268,10 +268,11 @@ class CheckpointManager:
     def save(self, step: int, extra: dict[str, Any] | None = None) -> Path:
         """Collective: write every part's state as the checkpoint of `step`."""
 
-        def write(directory: Path) -> dict[str, str] | None:
-            state = {name: part.state_dict() for name, part in self.rank_parts.items()}
-            (directory / RANK_STATE.format(rank=self.world.rank)).write_text(json.dumps(state))
-            return self.tensors.save(directory) if self.tensors is not None else None
+        def write(directory: Path) -> dict[str, str]:
+            sums = self._write_rank_state(directory)
+            if self.tensors is not None:
+                sums.update(self.tensors.save(directory) or {})
+            return sums
 
         meta = {
             "world_size": self.world.world_size,
@@ -280,6 +281,15 @@ class CheckpointManager:
             **(extra or {}),
         }
         return self.publish(step, write, meta)
+
+    def _write_rank_state(self, directory: Path) -> dict[str, str]:
+        """This rank's per-rank state as JSON; returns {file name: checksum of the bytes written}."""
+        data = json.dumps({name: part.state_dict() for name, part in self.rank_parts.items()}).encode()
+        name = RANK_STATE.format(rank=self.world.rank)
+        (directory / name).write_bytes(data)
+        hasher = integrity.Hasher()
+        hasher.update(data)
+        return {name: hasher.text()}
 
     def publish(self, step: int, write: Callable[[Path], dict[str, str] | None], meta: dict) -> Path:
         """Collective: every rank calls it; `write(tmp_dir)` writes this rank's files and may return
@@ -303,7 +313,8 @@ class CheckpointManager:
                 raise
             raise self._write_failed(final, tmp, cause) from None
         # Collective: every rank has written. Anything but a mapping means no checksum was taken.
-        known = gather_dicts(self.world, written if isinstance(written, dict) else {})
+        mine = written if isinstance(written, dict) else {}
+        known = gather_dicts(self.world, {name: [self.world.rank, checksum] for name, checksum in mine.items()})
         share, failed = {}, None
         try:
             share = self._seal_share(tmp, known)
@@ -321,15 +332,19 @@ class CheckpointManager:
         barrier(self.world)
         return final
 
-    def _seal_share(self, tmp: Path, known: dict[str, str]) -> dict:
+    def _seal_share(self, tmp: Path, known: dict[str, list]) -> dict:
         """Make this rank's share of the checkpoint's files durable, all at once (one fsync per file,
         on threads: the disk sees every file's writeback together, not one after the other), and
-        return their sizes and checksums: those computed while writing (`known`) are not read again."""
-        names = [str(f.relative_to(tmp)) for f in _files(tmp)][self.world.rank :: self.world.world_size]
+        return their sizes and checksums. The share is the files this rank wrote and hashed while
+        writing (`known`: {name: [rank, checksum]}, not read again), and a slice of the others."""
+        others = [str(f.relative_to(tmp)) for f in _files(tmp) if str(f.relative_to(tmp)) not in known]
+        names = [n for n, (rank, _) in sorted(known.items()) if rank == self.world.rank]
+        names += others[self.world.rank :: self.world.world_size]
 
         def seal(name: str) -> dict[str, Any]:
             fsync_path(tmp / name)
-            return integrity.entry(tmp / name, known.get(name) or integrity.checksum_file(tmp / name))
+            checksum = known[name][1] if name in known else integrity.checksum_file(tmp / name)
+            return integrity.entry(tmp / name, checksum)
 
         if not names:
             return {}

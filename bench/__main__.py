@@ -6,12 +6,17 @@ import importlib
 import sys
 
 # Each module exposes main(argv: list[str]) -> int.
-BENCHMARKS = ["bench.grow", "bench.train", "bench.scale", "bench.generate", "bench.gpu"]
+BENCHMARKS = ["bench.grow", "bench.copy", "bench.train", "bench.scale", "bench.generate", "bench.gpu"]
 # Run only when named: plan against simulation at full size takes ~15 minutes on 2 cores.
 LONG = ["bench.agree"]
 
 
 def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print(f"benchmarks: {', '.join(BENCHMARKS)}; run only when named: {', '.join(LONG)}")
+        print("each also runs alone with its own flags: python -m bench.NAME --help")
+        return 0
     names = [n if n.startswith("bench.") else f"bench.{n}" for n in argv] or BENCHMARKS
     unknown = sorted(set(names) - set(BENCHMARKS) - set(LONG))
     if unknown:

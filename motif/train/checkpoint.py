@@ -10,16 +10,19 @@ Why it is built this way:
 - **Any world size reads a checkpoint.** Per-rank state is keyed by what it describes (a data
   shard, a rank of a world size), never by position, and a resume gives every part the union of
   all ranks' keys: each rank takes what it owns now. The engines reshard their tensors likewise.
-- **A checkpoint appears only complete.** Every rank writes into `.step_NNNNNNNN.tmp`; rank 0
-  waits for all (a barrier), fsyncs, writes `meta.json` last (listing every file with its size)
-  and renames the directory. A kill at any moment leaves the previous checkpoints untouched or a
-  stale `.tmp` that the next save removes; `latest()` re-checks the sizes, so a directory damaged
-  later (a copy cut short, a truncated file) is skipped with a warning instead of failing a resume.
-- **A checkpoint proves itself.** `meta.json` records every file's size and checksum (each rank
-  hashes its share of the files, so the cost is spread like the write); a resume verifies them the
-  same way, and `--resume auto` falls back to the newest checkpoint that verifies, naming the one it
-  skipped. Checkpoints of which none verifies stop the run (only `--resume none` starts over): a
-  silent restart from the stage's start would repeat weeks of work.
+- **A checkpoint appears only complete.** Every rank writes into `.step_NNNNNNNN.tmp`, then
+  fsyncs its share of the files (those it wrote, and a slice of DCP's), all at once on threads
+  (one fsync per file, at the end: the volume gets every file's writeback together); rank 0 waits
+  for all, writes `meta.json` last (listing every file with its size) and renames the directory.
+  A kill at any moment leaves the previous checkpoints untouched or a stale `.tmp` that the next
+  save removes; `latest()` re-checks the sizes, so a directory damaged later (a copy cut short, a
+  truncated file) is skipped with a warning instead of failing a resume.
+- **A checkpoint proves itself.** `meta.json` records every file's size and checksum (a rank's own
+  files, its state and the ddp and deepspeed engines' tensors, are hashed as they are written;
+  DCP's files are read back, each rank hashing a slice, so the cost is spread like the write); a
+  resume verifies them the same way, and `--resume auto` falls back to the newest checkpoint that
+  verifies, naming the one it skipped. Checkpoints of which none verifies stop the run (only
+  `--resume none` starts over): a silent restart from the stage's start would repeat weeks of work.
 - **A rollback keeps the abandoned branch.** `--resume PATH` renames the checkpoints after PATH to
   `step_N.abandoned-<time>` (kept, never deleted), so a later `--resume auto` cannot jump back to them;
   so do a fallback past checkpoints that failed verification and `--resume none` (every checkpoint).
@@ -37,6 +40,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,7 +72,8 @@ class TensorState(Protocol):
 
     name: str
 
-    def save(self, directory: Path) -> None: ...
+    def save(self, directory: Path) -> dict[str, str] | None:
+        """Write this rank's files; return the checksums of those it hashed while writing them."""
 
     def load(self, directory: Path) -> None: ...
 
@@ -277,11 +282,11 @@ class CheckpointManager:
     def save(self, step: int, extra: dict[str, Any] | None = None) -> Path:
         """Collective: write every part's state as the checkpoint of `step`."""
 
-        def write(directory: Path) -> None:
+        def write(directory: Path) -> dict[str, str]:
+            sums = self._write_rank_state(directory)
             if self.tensors is not None:
-                self.tensors.save(directory)
-            state = {name: part.state_dict() for name, part in self.rank_parts.items()}
-            (directory / RANK_STATE.format(rank=self.world.rank)).write_text(json.dumps(state))
+                sums.update(self.tensors.save(directory) or {})
+            return sums
 
         meta = {
             "world_size": self.world.world_size,
@@ -291,8 +296,18 @@ class CheckpointManager:
         }
         return self.publish(step, write, meta)
 
-    def publish(self, step: int, write: Callable[[Path], None], meta: dict) -> Path:
-        """Collective: every rank calls it; `write(tmp_dir)` writes this rank's files."""
+    def _write_rank_state(self, directory: Path) -> dict[str, str]:
+        """This rank's per-rank state as JSON; returns {file name: checksum of the bytes written}."""
+        data = json.dumps({name: part.state_dict() for name, part in self.rank_parts.items()}).encode()
+        name = RANK_STATE.format(rank=self.world.rank)
+        (directory / name).write_bytes(data)
+        hasher = integrity.Hasher()
+        hasher.update(data)
+        return {name: hasher.text()}
+
+    def publish(self, step: int, write: Callable[[Path], dict[str, str] | None], meta: dict) -> Path:
+        """Collective: every rank calls it; `write(tmp_dir)` writes this rank's files and may return
+        the checksums it computed while writing them ({relative name: checksum}: not read again)."""
         final = step_dir(self.root, step)
         tmp = self.root / f".{final.name}.tmp"
         if self.world.is_main:
@@ -305,14 +320,24 @@ class CheckpointManager:
                 raise self._write_failed(final, tmp, e) from None
         barrier(self.world)
         try:
-            write(tmp)
+            written = write(tmp)
         except BaseException as e:
             cause = write_cause(e)
             if cause is None:
                 raise
             raise self._write_failed(final, tmp, cause) from None
-        barrier(self.world)
-        sums = gather_dicts(self.world, self._hash_share(tmp))
+        # Collective: every rank has written. Anything but a mapping means no checksum was taken.
+        mine = written if isinstance(written, dict) else {}
+        known = gather_dicts(self.world, {name: [self.world.rank, checksum] for name, checksum in mine.items()})
+        share, failed = {}, None
+        try:
+            share = self._seal_share(tmp, known)
+        except WRITE_ERRORS as e:  # an fsync is where a full or failing volume often shows first
+            failed = _reason(e)
+        sums = gather_dicts(self.world, share)
+        failed = first_problem(self.world, failed)  # every rank stops together, none waits alone
+        if failed is not None:
+            raise self._write_failed(final, tmp, failed) from None
         if self.world.is_main:
             try:
                 self._finish(step, tmp, final, {**meta, "checksums": sums})
@@ -321,26 +346,38 @@ class CheckpointManager:
         barrier(self.world)
         return final
 
-    def _hash_share(self, tmp: Path) -> dict:
-        """Size and checksum of this rank's share of the checkpoint's files (every rank has written)."""
-        names = [str(f.relative_to(tmp)) for f in _files(tmp)][self.world.rank :: self.world.world_size]
-        return integrity.checksums(tmp, names)
+    def _seal_share(self, tmp: Path, known: dict[str, list]) -> dict:
+        """Make this rank's share of the checkpoint's files durable, all at once (one fsync per file,
+        on threads: the disk sees every file's writeback together, not one after the other), and
+        return their sizes and checksums. The share is the files this rank wrote and hashed while
+        writing (`known`: {name: [rank, checksum]}, not read again), and a slice of the others."""
+        others = [str(f.relative_to(tmp)) for f in _files(tmp) if str(f.relative_to(tmp)) not in known]
+        names = [n for n, (rank, _) in sorted(known.items()) if rank == self.world.rank]
+        names += others[self.world.rank :: self.world.world_size]
 
-    def _write_failed(self, final: Path, tmp: Path, err: Exception) -> WriteError:
+        def seal(name: str) -> dict[str, Any]:
+            fsync_path(tmp / name)
+            checksum = known[name][1] if name in known else integrity.checksum_file(tmp / name)
+            return integrity.entry(tmp / name, checksum)
+
+        if not names:
+            return {}
+        with ThreadPoolExecutor(min(integrity.THREADS, len(names))) as pool:
+            return dict(zip(names, pool.map(seal, names), strict=True))
+
+    def _write_failed(self, final: Path, tmp: Path, err: Exception | str) -> WriteError:
         """A full disk or an I/O error mid-write: drop the partial write, name what is still intact."""
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.strerror else str(err)
+        reason = err if isinstance(err, str) else _reason(err)
         return WriteError(
             f"{final}: cannot write the checkpoint ({reason}); the partial write was removed, the last complete "
             f"checkpoint is {self.latest() or 'none'}"
         )
 
     def _finish(self, step: int, tmp: Path, final: Path, meta: dict) -> None:
-        """Rank 0, once every rank has written: sizes and meta.json last, then the rename."""
-        files = {}
-        for f in _files(tmp):
-            fsync_path(f)
-            files[str(f.relative_to(tmp))] = f.stat().st_size
+        """Rank 0, once every rank has sealed its share (`_seal_share`): sizes and meta.json last, then
+        the rename."""
+        files = {str(f.relative_to(tmp)): f.stat().st_size for f in _files(tmp)}
         for d in sorted({f.parent for f in _files(tmp)}, reverse=True):
             fsync_path(d)
         record = {"format": FORMAT, "step": step, "world_size": self.world.world_size, **meta, "files": files}
@@ -386,6 +423,10 @@ class CheckpointManager:
         if self.tensors is not None:
             self.tensors.load(path)
         return meta
+
+
+def _reason(err: BaseException) -> str:
+    return f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.strerror else str(err)
 
 
 def _remove(path: Path) -> None:

@@ -101,11 +101,12 @@ class TensorReader:
         self.close()
 
 
-def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """A safetensors file of `tensors` (mode 0644, written tensor by tensor, no copy of the whole set)."""
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """A safetensors file of `tensors` (mode 0644, written tensor by tensor, no copy of the whole set);
+    returns its checksum, computed from the bytes as they were written (no second read)."""
     from motif.model.safetensors_io import SafetensorsWriter
 
     writer = SafetensorsWriter(path, [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()], metadata)
     for key, value in tensors.items():
         writer.write(key, value)
-    writer.close()
+    return writer.close()

@@ -140,3 +140,41 @@ def test_a_checkpoint_of_another_engine_is_refused_by_name(tmp_path):
     path = CheckpointManager(tmp_path / "ck", 2, WORLD, tensors=Tensors("fsdp")).save(3, {"stage": "s"})
     with pytest.raises(CheckpointError, match="written by engine fsdp, this run uses deepspeed"):
         CheckpointManager(tmp_path / "ck", 2, WORLD, tensors=Tensors("deepspeed")).load(path)
+
+
+def test_checksums_taken_while_writing_are_recorded_and_verify(tmp_path):
+    from motif.storage import integrity
+    from motif.train.slices import write_tensors
+
+    class Tensors:
+        name = "ddp"
+
+        def save(self, directory):
+            tensors = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+            return {"model.safetensors": write_tensors(directory / "model.safetensors", tensors)}
+
+        def load(self, directory):
+            pass
+
+    m = CheckpointManager(tmp_path / "ck", 2, WORLD, tensors=Tensors())
+    path = m.save(4, {"stage": "s"})
+    recorded = read_meta(path)["checksums"]
+    assert set(recorded) == {"model.safetensors", "rank_00000.json"}
+    for name, want in recorded.items():  # the checksum taken while writing is the file's
+        assert want == integrity.entry(path / name, integrity.checksum_file(path / name))
+    assert m.find("auto") == path
+
+
+def test_an_fsync_failure_leaves_no_checkpoint_and_names_the_last_one(tmp_path, monkeypatch):
+    import motif.train.checkpoint as ckpt
+
+    m = CheckpointManager(tmp_path / "ck", keep_last=5, world=WORLD)
+    _save(m, 10)
+
+    def full(path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(ckpt, "fsync_path", full)
+    with pytest.raises(ckpt.WriteError, match="No space left on device.*last complete checkpoint is .*step_00000010"):
+        _save(m, 20)
+    assert [p.name for p in (tmp_path / "ck").iterdir()] == ["step_00000010"]

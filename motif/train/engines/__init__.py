@@ -82,8 +82,9 @@ class Engine(Protocol):
     def trainable(self) -> list[str]:
         """Names of the parameters this stage trains."""
 
-    def save(self, directory: Path) -> None:
-        """Write this rank's part of the weights and Adam state of a training checkpoint."""
+    def save(self, directory: Path) -> dict[str, str]:
+        """Write this rank's part of the weights and Adam state of a training checkpoint; return the
+        checksums of the files it hashed while writing them ({name relative to `directory`: checksum})."""
 
     def load(self, directory: Path) -> None:
         """Read this rank's part of a checkpoint written by any world size."""

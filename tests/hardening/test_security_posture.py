@@ -143,7 +143,23 @@ def test_the_posture_check_catches_each_weakening(control):
 def test_no_rbac_no_secrets_no_external_exposure(path):
     values, objs = _rendered(path)
     kinds = {o["kind"] for o in objs}
-    assert not kinds & {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "Secret"}, kinds
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Secret"}, kinds
+    # The one grant: a TrainJob stage's progress report may patch its own TrainJob's status, nothing else.
+    roles = [o for o in objs if o["kind"] == "Role"]
+    bindings = [o for o in objs if o["kind"] == "RoleBinding"]
+    progress_on = values.get("trainJob", {}).get("progress", {}).get("enabled", True)  # the chart's default
+    progress = values.get("workload") == "TrainJob" and progress_on
+    assert len(roles) == len(bindings) == (1 if progress else 0), kinds
+    for role in roles:
+        (job,) = [o for o in objs if o["kind"] == "TrainJob"]
+        assert role["rules"] == [
+            {
+                "apiGroups": ["trainer.kubeflow.org"],
+                "resources": ["trainjobs/status"],
+                "resourceNames": [job["metadata"]["name"]],
+                "verbs": ["patch"],
+            }
+        ]
     for o in objs:
         if o["kind"] == "ServiceAccount":
             assert o.get("automountServiceAccountToken") is False

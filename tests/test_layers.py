@@ -17,7 +17,7 @@ VIOLATIONS = [
     ("motif/model/args.py", "import motif.train.trainer", "layers"),
     ("motif/growth/targets.py", "import motif.eval.heldout", "layers"),
     ("motif/train/slices.py", "import motif.cli", "layers"),
-    ("motif/config.py", "import motif.growth.stream", "the config is a leaf"),
+    ("motif/config.py", "import motif.growth.streamed", "the config is a leaf"),
     ("motif/config.py", "import motif.model.model", "the config is a leaf"),
     ("motif/data/mixture.py", "import motif.model.model", "data and metrics"),
     ("motif/metrics/names.py", "import motif.train.trainer", "data and metrics"),

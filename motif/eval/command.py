@@ -328,7 +328,7 @@ def summarize(job: Job, args: EvalRequest) -> dict:
 
 def _run_and_write(job: Job, args: EvalRequest, plan, heldout, devices, dtype, request, ckpt_id) -> dict:
     from motif.eval import results
-    from motif.eval.model import load_eval_model
+    from motif.eval.loader import load_eval_model
 
     show = sys.stderr.isatty()
     print(f"motif eval: {job.checkpoint} on {', '.join(devices)} ({dtype})", file=sys.stderr, flush=True)
@@ -399,7 +399,7 @@ def choose_devices(spec: str, dtype_flag: str, ckpt) -> tuple[list[str], str]:
     """The devices to place the model on and the dtype name, from --device and --dtype."""
     import torch
 
-    from motif.eval.model import HEADROOM_FRACTION, device_memory
+    from motif.eval.loader import HEADROOM_FRACTION, device_memory
     from motif.eval.placement import PlacementError, plan_placement
     from motif.model.checkpoint import to_dtype
 

@@ -202,7 +202,7 @@ def continuations(out: Path, stages) -> list[dict]:
     (what `motif generate` writes); each row marks whether it equals the row before."""
     from motif.data.tokenizer import Tokenizer
     from motif.eval.generate import continue_text
-    from motif.eval.model import load_eval_model
+    from motif.eval.loader import load_eval_model
 
     tokenizer = Tokenizer(out / stages[0][1].data.tokenizer)
     rows, previous = [], None

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         raise MotifError(f"--temperature: expected >= 0, got {args.temperature}")
     from motif.data.tokenizer import Tokenizer
     from motif.eval.command import check_tokenizer, choose_devices
-    from motif.eval.model import load_eval_model
+    from motif.eval.loader import load_eval_model
     from motif.model.checkpoint import open_checkpoint
 
     checkpoint = Path(args.checkpoint).resolve()

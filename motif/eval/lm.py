@@ -23,7 +23,7 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from motif.eval.model import EvalModel, hf_config, load_eval_model
+from motif.eval.loader import EvalModel, hf_config, load_eval_model
 from motif.eval.tasks import sampling_temperature
 from motif.model.checkpoint import read_args
 

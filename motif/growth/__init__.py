@@ -16,10 +16,10 @@ _EXPORTS = {
     "OPERATORS": "motif.growth.operators",
     "GrowthPlan": "motif.growth.operators",
     "plan_growth": "motif.growth.operators",
-    "masked_weight_decay_": "motif.growth.optim",
-    "transfer_adamw": "motif.growth.optim",
+    "masked_weight_decay_": "motif.growth.optimizer_state",
+    "transfer_adamw": "motif.growth.optimizer_state",
     "grow_stage": "motif.growth.stage",
-    "grow_checkpoint": "motif.growth.stream",
+    "grow_checkpoint": "motif.growth.streamed",
     "GrowthTargets": "motif.growth.targets",
 }
 

@@ -8,7 +8,7 @@ from typing import Any
 from motif.config import GrowthConfig, StageConfig, check_input_shape
 from motif.errors import CheckpointError, GrowthError
 from motif.growth.provenance import request_mismatch
-from motif.growth.stream import grow_checkpoint, input_fingerprint
+from motif.growth.streamed import grow_checkpoint, input_fingerprint
 from motif.growth.targets import check_targets
 from motif.model.checkpoint import open_checkpoint, read_args, read_provenance
 from motif.storage import integrity

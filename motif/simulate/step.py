@@ -75,7 +75,7 @@ def run_step(shape: StageShape, stage: Any, progress, fake: bool = True) -> tupl
 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from motif.train import growth
+    from motif.train import growth_aware
     from motif.train.engines import build_engine
     from motif.train.start import MomentSource, WeightSource
 
@@ -84,7 +84,7 @@ def run_step(shape: StageShape, stage: Any, progress, fake: bool = True) -> tupl
     with FakeTensorMode() if fake else contextlib.nullcontext(), propagating():
         engine = build_engine(stage, world, WeightSource(shape.grown, None, 0), MomentSource(None), shape.frozen())
         ramp = stage.growth.ramp_steps if stage.growth is not None else 0
-        growth.apply_mask(engine.model, 0, min(ramp, stage.train.max_steps))
+        growth_aware.apply_mask(engine.model, 0, min(ramp, stage.train.max_steps))
         progress(f"built the sharded model ({time.perf_counter() - t0:.0f}s)")
         memory, record = _step(engine, stage, world, progress)
     import torch.distributed as dist

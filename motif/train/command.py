@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_stage(stage, options, *, metrics_port: int | None = None, linger_seconds: float = 0.0) -> int:
     """Train `stage` on this rank (the process group comes from the environment); the exit status."""
-    from motif.train import dist, growth, guards
+    from motif.train import dist, growth_aware, guards
     from motif.train.trainer import NonFiniteStop, Preempted, Trainer
 
     sigterm = _stop_on_sigterm()
@@ -108,7 +108,7 @@ def run_stage(stage, options, *, metrics_port: int | None = None, linger_seconds
     try:
         guards.check_same_stage_file(stage, world)
         lease = guards.job_lease(stage, world)
-        growth.ensure_grown(stage, world)
+        growth_aware.ensure_grown(stage, world)
         metrics, exporter = build_metrics(stage, world, metrics_port)
         trainer = sigterm.trainer = Trainer(stage, options, world, metrics, lease=lease)
         trainer.setup()

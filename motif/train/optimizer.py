@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import torch
 
 from motif.config import OptimConfig
-from motif.growth.optim import new_element_flags
+from motif.growth.optimizer_state import new_element_flags
 from motif.model.args import ModelArgs
 
 

@@ -32,7 +32,7 @@ from motif.errors import CheckpointError, GrowthError, MotifError
 from motif.eval.heldout import HeldoutSet
 from motif.metrics import names, trainjob
 from motif.metrics.logger import MetricLogger
-from motif.train import dist, growth, guards
+from motif.train import dist, growth_aware, guards
 from motif.train.checkpoint import CheckpointManager, read_meta
 from motif.train.dist import World
 from motif.train.engines import build_engine, loss_sums
@@ -150,7 +150,7 @@ class Trainer:
         self.engine = build_engine(s, self.world, self.weights, self.moments, frozen)
         self.model = self.engine.model
         if frozen and self.world.is_main:
-            log.info("freeze: new_blocks: training layers %s only", growth.new_block_indices(s.start_checkpoint))
+            log.info("freeze: new_blocks: training layers %s only", growth_aware.new_block_indices(s.start_checkpoint))
         self.schedule = Schedule.from_config(s.optim, self.max_steps, grows=s.growth is not None)
         self.checkpoints.register(
             parts={"train": self.state},
@@ -203,7 +203,7 @@ class Trainer:
         moments = MomentSource.open(start)
         frozen: set[str] = set()
         if s.train.freeze == "new_blocks":
-            keep = {f"model.layers.{i}." for i in growth.new_block_indices(start)}
+            keep = {f"model.layers.{i}." for i in growth_aware.new_block_indices(start)}
             frozen = {n for n in args.tensor_shapes() if not any(n.startswith(k) for k in keep)}
         return weights, moments, frozen
 
@@ -274,7 +274,7 @@ class Trainer:
         guards.compare_settings(meta.get("settings", {}), guards.settings(self.stage, self.world), path, where)
         guards.compare_data(meta.get("data_files"), self.data_files, path, self.stage)
         # The architecture at that step: masks already removed if the ramp was done.
-        growth.apply_mask(self.model, int(meta["step"]), self.ramp_steps)
+        growth_aware.apply_mask(self.model, int(meta["step"]), self.ramp_steps)
         t0 = time.perf_counter()
         self.checkpoints.load(path)
         seconds = time.perf_counter() - t0
@@ -314,7 +314,7 @@ class Trainer:
         while self.state.step < self.max_steps:
             t0 = time.perf_counter()
             pending = self.model.args.growth is not None
-            mask = growth.apply_mask(self.model, self.state.step, self.ramp_steps)
+            mask = growth_aware.apply_mask(self.model, self.state.step, self.ramp_steps)
             if pending and self.model.args.growth is None and self.world.is_main:
                 log.info(
                     "growth masks reached 1 at step %d and were removed: the model is a plain Llama", self.state.step
@@ -339,7 +339,7 @@ class Trainer:
             if self.checkpoints.due(self.state.step, self.max_steps):
                 self._collective(self.save_checkpoint)
         # A ramp that ends with the stage (ramp_steps == max_steps) removes its masks here.
-        growth.apply_mask(self.model, self.state.step, self.ramp_steps)
+        growth_aware.apply_mask(self.model, self.state.step, self.ramp_steps)
         self._collective(self.score_heldout)
         self._collective(self.save_output)
         self.training = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from motif.eval.model import load_eval_model
+from motif.eval.loader import load_eval_model
 from motif.eval.placement import PlacementError, param_device, plan_placement
 from motif.model.args import GrowthState, ModelArgs
 from motif.model.checkpoint import load

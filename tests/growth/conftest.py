@@ -7,7 +7,7 @@ result does not depend on how new weights are initialised.
 import pytest
 import torch
 
-from motif.growth.optim import new_element_flags
+from motif.growth.optimizer_state import new_element_flags
 from motif.model import Llama, ModelArgs
 
 SMALL = dict(

@@ -144,7 +144,7 @@ def no_weight_reads(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a weight was read")
 
-    monkeypatch.setattr("motif.growth.stream.read_tensor", fail)
+    monkeypatch.setattr("motif.growth.streamed.read_tensor", fail)
     monkeypatch.setattr(SafetensorsWriter, "copy", fail)
     monkeypatch.setattr(SafetensorsWriter, "zeros", fail)
 
@@ -195,7 +195,7 @@ def test_a_crash_leaves_no_partial_checkpoint(src, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("motif.growth.stream.grow_tensor", crash)
+    monkeypatch.setattr("motif.growth.streamed.grow_tensor", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         grow_checkpoint(src, tmp_path / "out", GrowthTargets(hidden=48))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

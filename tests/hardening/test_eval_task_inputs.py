@@ -35,12 +35,12 @@ def assets(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def no_model_load(monkeypatch):
-    import motif.eval.model
+    import motif.eval.loader
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the task was checked")
 
-    monkeypatch.setattr(motif.eval.model, "load_eval_model", refuse)
+    monkeypatch.setattr(motif.eval.loader, "load_eval_model", refuse)
 
 
 def write_task(root: Path, test_rows: str, dev_rows: str, **overrides) -> Path:

@@ -149,7 +149,7 @@ def serve() -> None:
     import torch
 
     import motif.cli
-    import motif.growth.stream  # noqa: F401
+    import motif.growth.streamed  # noqa: F401
     import motif.metrics.prometheus  # noqa: F401
     import motif.train.trainer  # noqa: F401
 

@@ -29,7 +29,7 @@ import torch
 
 from motif.errors import CheckpointError
 from motif.growth.operators import GrowthPlan, plan_growth
-from motif.growth.optim import grow_optimizer_file
+from motif.growth.optimizer_state import grow_optimizer_file
 from motif.growth.provenance import make_provenance, source_fingerprint
 from motif.growth.targets import GrowthTargets, check_seed
 from motif.growth.tensors import CHUNK_BYTES, grow_tensor

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from motif.growth import GrowthTargets, grow_checkpoint, grow_model, masked_weight_decay_, plan_growth, transfer_adamw
-from motif.growth.optim import new_element_flags
+from motif.growth.optimizer_state import new_element_flags
 from motif.model.checkpoint import save
 from motif.model.safetensors_io import SafetensorsWriter
 

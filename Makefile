@@ -81,7 +81,7 @@ demo: install ## The whole growth pipeline on a tiny model, on CPU (stage 0 -> L
 # The CPU image is built before the tests, as the venv is: a build artifact the image tests run
 # (podman's layer cache makes it seconds when nothing changed; ~10 min the first time on 2 cores).
 test: install deps tools envtest $(STAMPS)/deepspeed-ops ## Every test: unit, integration (torchrun, Prometheus, Helm, podman, a real API server)
-	$(PY) -m motif.deploy.images build
+	$(PY) -m motif_dev.deploy.images build
 	MOTIF_IMAGE_BUILT=1 KUBEBUILDER_ASSETS=$(KUBEBUILDER_ASSETS) $(PY) -m pytest -q
 
 test-fast: install envtest $(STAMPS)/deepspeed-ops ## Unit tests only (skips the slow integration tier)
@@ -126,7 +126,7 @@ lint: install ## ruff + ruff format --check + import-linter (docs/architecture.m
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile images/*/Dockerfile
-	$(PY) -m motif.deploy.render --lint
+	$(PY) -m motif_dev.deploy.render --lint
 
 fmt: install ## Format the code
 	$(PY) -m ruff format .
@@ -136,12 +136,12 @@ bench: install $(STAMPS)/deepspeed-ops ## Benchmarks, side by side in one run; f
 	$(PY) -m bench
 
 images: install deps ## Build the CPU trainer image with podman and smoke-test it (GPU image: see docs/deployment.md)
-	$(PY) -m motif.deploy.images build
-	$(PY) -m motif.deploy.images smoke
+	$(PY) -m motif_dev.deploy.images build
+	$(PY) -m motif_dev.deploy.images smoke
 
 chart: install ## Render every stage file with Helm, lint, validate against the CRD schemas
-	$(PY) -m motif.deploy.render --lint --validate
-	$(PY) -m motif.deploy.chartdoc --check
+	$(PY) -m motif_dev.deploy.render --lint --validate
+	$(PY) -m motif_dev.deploy.chartdoc --check
 
 dashboards: install ## Regenerate monitoring/ JSON and YAML from their Python sources
 	$(PY) -m monitoring.generate

@@ -22,6 +22,7 @@ VIOLATIONS = [
     ("motif/data/mixture.py", "import motif.model.model", "data and metrics"),
     ("motif/metrics/names.py", "import motif.train.trainer", "data and metrics"),
     ("motif/storage/atomic.py", "import motif.config", "storage and errors"),
+    ("motif/train/command.py", "import motif_dev.deploy.images", "repository tooling"),
 ]
 
 
@@ -44,7 +45,8 @@ def test_the_package_keeps_every_contract():
 
 @pytest.mark.parametrize(("module", "line", "contract"), VIOLATIONS, ids=[v[1] for v in VIOLATIONS])
 def test_a_forbidden_import_breaks_its_contract(tmp_path, module, line, contract):
-    shutil.copytree(ROOT / "motif", tmp_path / "motif", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("motif", "motif_dev"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     target = tmp_path / module
     target.write_text(target.read_text() + f"\n{line}  # a deliberate violation\n")

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+from dataclasses import dataclass, fields
 from typing import Any
 
 HELP = "grow a checkpoint: LlamaPro depth and MSG width growth, streamed tensor by tensor"
@@ -52,24 +53,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+@dataclass(frozen=True)
+class GrowRequest:
+    """What `motif grow` was asked to do (argparse stops at `run`)."""
+
+    src: str | None = None
+    dst: str | None = None
+    stage: str | None = None
+    layers: int | None = None
+    hidden: int | None = None
+    intermediate: int | None = None
+    heads: int | None = None
+    kv_heads: int | None = None
+    depth_method: str = "llamapro"
+    seed: int = 0
+    overwrite: bool = False
+    json: bool = False
+    quiet: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> GrowRequest:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    def targets_given(self) -> bool:
+        return any(v is not None for v in (self.layers, self.hidden, self.intermediate, self.heads, self.kv_heads))
+
+
 def run(args: argparse.Namespace) -> int:
+    return grow(GrowRequest.from_args(args))
+
+
+def grow(request: GrowRequest) -> int:
     # SIGTERM (a deleted Job pod) unwinds like an error: the partial output and the lease are removed.
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
-        return _run(args)
+        return _grow(request)
     finally:
         if main_thread and previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _grow(args: GrowRequest) -> int:
     from motif.errors import MotifError
     from motif.growth import GrowthTargets, grow_checkpoint, grow_stage
 
     progress = not args.quiet and sys.stderr.isatty()
     if args.stage:
-        if args.src or args.dst or _targets_given(args):
+        if args.src or args.dst or args.targets_given():
             raise MotifError("--stage takes its source, output and targets from the stage file; give no others")
         from motif.config import load_stage
 
@@ -77,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         if not (args.src and args.dst):
             raise MotifError("give SRC and DST (or --stage STAGE_FILE)")
-        if not _targets_given(args):
+        if not args.targets_given():
             raise MotifError("no target: set --layers, --hidden, --intermediate, --heads or --kv-heads")
         targets = GrowthTargets(args.layers, args.hidden, args.intermediate, args.heads, args.kv_heads)
         provenance = grow_checkpoint(
@@ -104,10 +135,6 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 def _terminated(signum: int, frame: object) -> None:
     print("motif grow: stopped by SIGTERM (exit 143: run it again)", file=sys.stderr)
     raise SystemExit(EXIT_TERMINATED)
-
-
-def _targets_given(args: argparse.Namespace) -> bool:
-    return any(v is not None for v in (args.layers, args.hidden, args.intermediate, args.heads, args.kv_heads))
 
 
 def _summary(prov: dict[str, Any]) -> str:

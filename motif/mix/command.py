@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 HELP = "Tune a stage's data mix: proxy trainings at several mixtures, a fitted mixing law, a chosen ratio"
@@ -83,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--json", action="store_true", help="print the sweep manifest as JSON")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(_mix=run_sweep)
+    s.set_defaults(_mix=(run_sweep, SweepRequest))
 
     f = sub.add_parser("fit", help="fit the mixing law and choose a mixture", description=FIT_HELP, formatter_class=fmt)
     f.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a directory written by `motif mix sweep`")
@@ -107,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--allow-missing", action="store_true", help="fit without failed or unfinished proxies")
     f.add_argument("--png", metavar="PATH", help="plot path (default SWEEP_DIR/mix.png)")
     f.add_argument("--json", action="store_true", help="print the result as JSON")
-    f.set_defaults(_mix=run_fit)
+    f.set_defaults(_mix=(run_fit, FitRequest))
 
     t = sub.add_parser(
         "trial",
@@ -122,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--result", metavar="FILE", help="result file for Katib's File metrics collector (default DIR/result.json)"
     )
-    t.set_defaults(_mix=run_trial)
+    t.set_defaults(_mix=(run_trial, TrialRequest))
 
 
 SWEEP_HELP = """\
@@ -159,10 +160,61 @@ Experiment runs in each trial).
 
 
 def run(args: argparse.Namespace) -> int:
-    return args._mix(args)
+    # argparse stops here: each subcommand gets its typed request, built from the Namespace's fields.
+    work, request = args._mix
+    return work(request(**{f.name: getattr(args, f.name) for f in fields(request)}))
 
 
-def run_trial(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class SweepRequest:
+    """What `motif mix sweep` was asked to do."""
+
+    stage_file: str
+    ko: str = "0.1,0.3,0.5,0.7,0.9"
+    sources: int | None = None
+    steps: int | None = None
+    out: str | None = None
+    start: str | None = None
+    points: int = 4
+    repeats: int = 1
+    seed: int = 0
+    helm: bool = False
+    jobs: int | None = None
+    nproc: int = 1
+    queue: str | None = None
+    namespace: str = "motif"
+    dry_run: bool = False
+    json: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    """What `motif mix fit` was asked to do."""
+
+    sweep_dir: str
+    rule: str = "constrained"
+    epsilon: float = 0.01
+    weights: str | None = None
+    baseline: str | None = None
+    write: str | None = None
+    allow_missing: bool = False
+    png: str | None = None
+    json: bool = False
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """What `motif mix trial` was asked to do: one proxy, trained on every rank."""
+
+    stage_file: str
+    ko: str
+    steps: int
+    dir: str
+    result: str | None = None
+
+
+def run_trial(args: TrialRequest) -> int:
     from motif.mix import trial
 
     return trial.run(args)
@@ -171,7 +223,7 @@ def run_trial(args: argparse.Namespace) -> int:
 # ---- sweep -------------------------------------------------------------------------------------
 
 
-def run_sweep(args: argparse.Namespace) -> int:
+def run_sweep(args: SweepRequest) -> int:
     from motif.config import load_stage
     from motif.errors import MotifError
     from motif.mix import mixtures
@@ -305,7 +357,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _print_plan(sweep, mode: str, centre_from: str | None, args) -> None:
+def _print_plan(sweep, mode: str, centre_from: str | None, args: SweepRequest) -> None:
     if args.json:
         return
     how = "Korean-share grid" if mode == "grid" else f"Dirichlet samples around {centre_from}"
@@ -326,7 +378,7 @@ def _print_plan(sweep, mode: str, centre_from: str | None, args) -> None:
         )
 
 
-def _print_outcome(sweep, sweep_dir: Path, runner: str, args) -> None:
+def _print_outcome(sweep, sweep_dir: Path, runner: str, args: SweepRequest) -> None:
     if runner == "local" and args.dry_run:
         print(f"proxy stage files in {sweep_dir}/ (not run: --dry-run)")
         return
@@ -378,7 +430,7 @@ def _parse_baseline(text: str | None) -> dict[str, float] | None:
     return out
 
 
-def run_fit(args: argparse.Namespace) -> int:
+def run_fit(args: FitRequest) -> int:
     from motif.config import load_stage
     from motif.errors import MotifError
     from motif.mix import baseline, report, stagefile

@@ -13,7 +13,9 @@ validated against the Kubernetes and CRD schemas, exactly as `make chart` checks
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -22,14 +24,29 @@ from motif.errors import MotifError
 from motif.mix.sweep import Sweep
 
 
+def _renderer() -> ModuleType:
+    """The chart renderer of the checkout this package runs from. The wheel ships neither the chart nor
+    the schemas it is validated against, so `--helm` runs from a checkout of the repository."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "motif_dev" / "deploy" / "render.py").is_file() and str(checkout) not in sys.path:
+        sys.path.append(str(checkout))
+    try:
+        from motif_dev.deploy import render
+    except ImportError:
+        raise MotifError(
+            f"--helm: renders charts/motif-stage from a checkout of motif, and {checkout} is not one "
+            "(the wheel ships no chart): run `motif mix sweep --helm` from the repository"
+        ) from None
+    return render
+
+
 def release(proxy_name: str) -> str:
     return f"motif-{proxy_name}"
 
 
 def check(values: dict[str, Any], name: str, namespace: str) -> list[dict[str, Any]]:
     """Render, lint and validate one release; its objects, or a MotifError naming the first problem."""
-    from motif.deploy import render
-
+    render = _renderer()
     try:
         objects = render.objects(render.render(values, name, namespace))
     except render.RenderError as e:
@@ -52,8 +69,7 @@ def install(
     release's manifests to `<sweep>/<proxy>.manifest.yaml`; returns helm's release records."""
     import helm_python
 
-    from motif.deploy import render
-
+    render = _renderer()
     checked = {}
     for proxy in sweep.proxies:
         checked[proxy.name] = check(docs[proxy.name], release(proxy.name), namespace)

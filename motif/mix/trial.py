@@ -19,9 +19,13 @@ import datetime
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from motif.errors import MotifError
 from motif.mix.mixtures import TARGET_LANGUAGE
+
+if TYPE_CHECKING:
+    from motif.mix.command import TrialRequest
 
 RESULT_NAME = "result.json"
 
@@ -44,7 +48,7 @@ def write_result(path: Path, heldout: dict[str, float], step: int) -> None:
     os.replace(tmp, path)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: TrialRequest) -> int:
     from motif.config import load_stage
     from motif.mix import mixtures
     from motif.mix import sweep as sw

@@ -75,7 +75,7 @@ def kubeconfig_for(tmp_path, monkeypatch) -> Callable[..., Path]:
 @functools.cache
 def crds() -> tuple[dict, ...]:
     """The CRDs of tests/schemas (upstream copies) and Katib's Experiment (read once: megabytes)."""
-    from motif.deploy.render import schemas_dir
+    from motif_dev.deploy.render import schemas_dir
 
     out = [KATIB_EXPERIMENT_CRD]
     for path in sorted(schemas_dir().glob("*.yaml")):

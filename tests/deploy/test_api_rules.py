@@ -9,7 +9,7 @@ import copy
 
 import pytest
 
-from motif.deploy import render as r
+from motif_dev.deploy import render as r
 
 CI = r.CHART / "ci"
 
@@ -127,7 +127,7 @@ def test_an_upgrade_with_the_same_values_passes_every_transition_rule(path):
 
 
 def test_a_cel_rule_that_cannot_be_evaluated_is_a_failure():
-    from motif.deploy import apirules
+    from motif_dev.deploy import apirules
 
     schema = {"type": "object", "x-kubernetes-validations": [{"rule": "self.missing.size() > 0"}]}
     (problem,) = apirules.check({"present": 1}, schema)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from motif.deploy import render as r
+from motif_dev.deploy import render as r
 
 BASE = r.load_values(r.ROOT / "jobs" / "tiny" / "stage1-depth.yaml")
 GPU_BASE = r.load_values(r.ROOT / "jobs" / "llama3-motif-102b" / "stage2-width.yaml")

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from motif import config
-from motif.deploy import render as r
+from motif_dev.deploy import render as r
 
 VALUES_FILES = r.stage_files() + r.ci_files()
 IDS = [str(p.relative_to(r.ROOT)) for p in VALUES_FILES]
@@ -352,9 +352,9 @@ def test_new_claims_are_kept_and_mounted():
 
 
 def test_readme_values_table_is_generated_from_values_yaml():
-    from motif.deploy import chartdoc
+    from motif_dev.deploy import chartdoc
 
-    assert chartdoc.main(["--check"]) == 0, "run: python -m motif.deploy.chartdoc"
+    assert chartdoc.main(["--check"]) == 0, "run: python -m motif_dev.deploy.chartdoc"
     keys = [k for k, _, _ in chartdoc.documented_values((r.CHART / "values.yaml").read_text())]
     assert {"motif", "image.repository", "volumes", "gang.scheduler", "monitoring.podMonitor.labels"} <= set(keys)
 

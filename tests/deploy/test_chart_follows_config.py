@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from motif.config import parse_stage
-from motif.deploy import render as chart
+from motif_dev.deploy import render as chart
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "jobs/tiny/stage1-depth.yaml"  # an input, a growth step and a grow Job

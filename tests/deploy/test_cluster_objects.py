@@ -8,7 +8,7 @@ import copy
 
 import pytest
 
-from motif.deploy import render
+from motif_dev.deploy import render
 
 from .controlplane import ControlPlaneError, find_binary
 

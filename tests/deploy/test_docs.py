@@ -11,7 +11,7 @@ import shlex
 import helm_python
 import pytest
 
-from motif.deploy import render as r
+from motif_dev.deploy import render as r
 
 DOCS = [r.ROOT / "docs" / "operations.md", r.ROOT / "docs" / "deployment.md"]
 

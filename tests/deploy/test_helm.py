@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from motif.deploy import render as r
+from motif_dev.deploy import render as r
 
 from .test_preflight import _service, _webhook
 

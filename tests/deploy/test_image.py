@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from motif import config
-from motif.deploy import images
-from motif.deploy import render as r
+from motif_dev.deploy import images
+from motif_dev.deploy import render as r
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from motif import cli, preflight
-from motif.deploy import render as r
+from motif_dev.deploy import render as r
 
 pytestmark = pytest.mark.filterwarnings("ignore:HTTPResponse.getheader:DeprecationWarning")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from motif.deploy import render as r
+from motif_dev.deploy import render as r
 
 DOCKERFILES = [r.ROOT / "Dockerfile", *sorted((r.ROOT / "images").glob("*/Dockerfile"))]
 SKIPS_FILE = r.ROOT / "charts" / "checkov-skips.yaml"

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from motif import cli, kube, status
-from motif.deploy import render as r
+from motif_dev.deploy import render as r
 
 # The kubernetes client calls urllib3 APIs that warn of their removal; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:HTTPResponse.getheader:DeprecationWarning")

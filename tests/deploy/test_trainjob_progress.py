@@ -30,7 +30,7 @@ import certifi
 import pytest
 
 from motif import config
-from motif.deploy import render
+from motif_dev.deploy import render
 from motif.metrics import names, trainjob
 
 CI_TRAINJOB = render.ci_files()[0].parent / "05-trainjob-values.yaml"

@@ -5,7 +5,7 @@ exit status 2, exactly one line `motif CMD: error: ...` naming the file or key a
 expected, no traceback, and no file created or changed (every file under the case's directory,
 inputs and outputs, is hashed before and after). One case per kind is also run as its own
 process, to check the exit status and stderr a user sees. Helm values go through the chart's
-real render (`motif.deploy.render`), as `helm install` would.
+real render (`motif_dev.deploy.render`), as `helm install` would.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from motif.deploy import render as r
+from motif_dev.deploy import render as r
 
 from ..train.conftest import stage_section
 

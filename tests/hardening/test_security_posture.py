@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from motif.deploy import render as r
+from motif_dev.deploy import render as r
 
 FILES = r.stage_files() + r.ci_files()
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from motif.config import load_stage
-from motif.deploy import render
+from motif_dev.deploy import render
 
 from .conftest import snapshot, tiny_stage, write_doc
 

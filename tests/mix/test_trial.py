@@ -10,7 +10,7 @@ import json
 import yaml
 
 from motif.cli import build_parser
-from motif.deploy import render
+from motif_dev.deploy import render
 from motif.mix.trial import result_line
 
 from .conftest import snapshot, tiny_stage, write_doc

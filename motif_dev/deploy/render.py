@@ -7,10 +7,10 @@ silently prunes unknown fields of a custom resource, so a misspelt key would oth
 install time instead of failing here. Katib's Experiment, whose CRD carries no schema (its webhook
 validates), is checked against Katib's OpenAPI spec, and its trial template against the PyTorchJob
 CRD. Every object is then checked for what the API server enforces beyond JSON Schema
-(motif/deploy/apirules.py): list-map and set uniqueness, and the CRDs' CEL rules.
+(motif_dev/deploy/apirules.py): list-map and set uniqueness, and the CRDs' CEL rules.
 
-    python -m motif.deploy.render --lint --validate            # every stage file and ci scenario
-    python -m motif.deploy.render -o out/manifests jobs/tiny/stage1-depth.yaml
+    python -m motif_dev.deploy.render --lint --validate            # every stage file and ci scenario
+    python -m motif_dev.deploy.render -o out/manifests jobs/tiny/stage1-depth.yaml
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def _schema_errors(validator, obj: dict[str, Any], where: str, what: str) -> Non
 def api_rules(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
     """What the API server would refuse beyond JSON Schema (list-map/set keys, CEL rules); with
     `old`, as an update of that object (transition rules such as "field is immutable" run)."""
-    from motif.deploy import apirules
+    from motif_dev.deploy import apirules
 
     key = (obj.get("apiVersion"), obj.get("kind"))
     if key in CRD_FILES:
@@ -295,7 +295,7 @@ def check(path: Path, do_lint: bool, do_validate: bool) -> Result:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m motif.deploy.render", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m motif_dev.deploy.render", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", type=Path, help="values files (default: jobs/**/*.yaml and chart ci/)")
     parser.add_argument("--lint", action="store_true", help="helm lint --strict with each values file")
     parser.add_argument("--validate", action="store_true", help="validate every object (core kinds and CRDs)")

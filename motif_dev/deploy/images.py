@@ -1,8 +1,8 @@
 """Build and smoke-test the CPU trainer image with podman, without a container registry.
 
-    python -m motif.deploy.images build               # base (if missing) + wheelhouse + podman build
-    python -m motif.deploy.images smoke               # motif --help and `motif plan` inside the image
-    python -m motif.deploy.images build --base python:3.11-slim   # where a registry is reachable
+    python -m motif_dev.deploy.images build               # base (if missing) + wheelhouse + podman build
+    python -m motif_dev.deploy.images smoke               # motif --help and `motif plan` inside the image
+    python -m motif_dev.deploy.images build --base python:3.11-slim   # where a registry is reachable
 
 Three cached steps, each skipped when its inputs have not changed:
 
@@ -226,7 +226,7 @@ def smoke(image: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m motif.deploy.images", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m motif_dev.deploy.images", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build the CPU image (base, wheelhouse, podman build)")
     b.add_argument("--base", default=BASE_IMAGE, help=f"base image in local storage (default {BASE_IMAGE})")

@@ -25,6 +25,7 @@ import torch
 
 from motif.errors import MotifError
 from motif.model.args import ModelArgs
+from motif.model.checkpoint import pack_in_order
 
 EMBED = "model.embed_tokens"
 
@@ -148,25 +149,14 @@ def _partition(items: list[int], n: int) -> list[list[int]]:
     Binary search on the capacity, greedy packing at each: optimal for contiguous splits.
     """
 
-    def pack(cap: int) -> list[list[int]]:
-        runs: list[list[int]] = [[]]
-        load = 0
-        for k, size in enumerate(items):
-            if runs[-1] and load + size > cap:
-                runs.append([])
-                load = 0
-            runs[-1].append(k)
-            load += size
-        return runs
-
     lo, hi = max(items), sum(items)
     while lo < hi:
         mid = (lo + hi) // 2
-        if len(pack(mid)) <= n:
+        if len(pack_in_order(items, mid)) <= n:
             hi = mid
         else:
             lo = mid + 1
-    return pack(lo)
+    return pack_in_order(items, lo)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -190,24 +190,25 @@ def _with_state(plan: GrowthPlan, **changes: Any) -> GrowthState:
     return dataclasses.replace(plan.args.growth or GrowthState(), **changes)
 
 
+def _msg_size(plan: GrowthPlan, op_name: str, dims: dict[str, int], field: str, size: int) -> GrowthPlan:
+    """Grow `<field>_size` to `size` along `dims` (old entries first); the old size is MSG state `field`."""
+    size_field = f"{field}_size"
+    old = getattr(plan.args, size_field)
+    ax = Axis(old, size)
+    tensors = _regrow(plan, dims, lambda name: ax)
+    args = plan.args.replace(**{size_field: size}, growth=_with_state(plan, **{field: old}))
+    op = {"name": op_name, field: [old, size]}
+    return GrowthPlan(plan.source, args, tensors, [*plan.operators, op], plan.new_layers)
+
+
 def msg_hidden(plan: GrowthPlan, hidden: int) -> GrowthPlan:
     """MSG hidden size: old dims first; the residual stream and every norm statistic are masked."""
-    old = plan.args.hidden_size
-    ax = Axis(old, hidden)
-    tensors = _regrow(plan, HIDDEN_DIM, lambda name: ax)
-    args = plan.args.replace(hidden_size=hidden, growth=_with_state(plan, hidden=old))
-    op = {"name": "msg_hidden", "hidden": [old, hidden]}
-    return GrowthPlan(plan.source, args, tensors, [*plan.operators, op], plan.new_layers)
+    return _msg_size(plan, "msg_hidden", HIDDEN_DIM, "hidden", hidden)
 
 
 def msg_ffn(plan: GrowthPlan, intermediate: int) -> GrowthPlan:
     """MSG FFN size: new gate/up rows and down columns; the new units' SwiGLU product is masked."""
-    old = plan.args.intermediate_size
-    ax = Axis(old, intermediate)
-    tensors = _regrow(plan, FFN_DIM, lambda name: ax)
-    args = plan.args.replace(intermediate_size=intermediate, growth=_with_state(plan, intermediate=old))
-    op = {"name": "msg_ffn", "intermediate": [old, intermediate]}
-    return GrowthPlan(plan.source, args, tensors, [*plan.operators, op], plan.new_layers)
+    return _msg_size(plan, "msg_ffn", FFN_DIM, "intermediate", intermediate)
 
 
 def head_positions(old_heads: int, old_kv: int, heads: int, kv_heads: int, head_dim: int) -> tuple[int, ...]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -244,18 +245,24 @@ def write_json(path: Path, obj: Any) -> None:
 Spec = tuple[str, torch.dtype, tuple[int, ...]]
 
 
+def pack_in_order(sizes: Sequence[int], cap: int) -> list[list[int]]:
+    """The indices of `sizes`, in order, in runs whose sums stay within `cap` (an item larger than
+    `cap` gets a run of its own). Greedy, which is optimal for a fixed cap when order is kept."""
+    runs: list[list[int]] = [[]]
+    load = 0
+    for k, size in enumerate(sizes):
+        if runs[-1] and load + size > cap:
+            runs.append([])
+            load = 0
+        runs[-1].append(k)
+        load += size
+    return runs
+
+
 def plan_shards(specs: list[Spec], max_shard_bytes: int) -> list[list[Spec]]:
     """Split tensors, in order, into files of at most `max_shard_bytes` (a larger tensor gets its own)."""
-    shards: list[list[Spec]] = [[]]
-    size = 0
-    for spec in specs:
-        nbytes = math.prod(spec[2]) * spec[1].itemsize
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(spec)
-        size += nbytes
-    return shards
+    sizes = [math.prod(shape) * dtype.itemsize for _, dtype, shape in specs]
+    return [[specs[k] for k in run] for run in pack_in_order(sizes, max_shard_bytes)]
 
 
 def shard_names(args: ModelArgs, count: int) -> list[str]:

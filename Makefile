@@ -13,8 +13,11 @@ PY            := $(VENV)/bin/python
 STAMPS        := .stamps
 # Debian packages the tests and the demo drive for real.
 DEBIAN_PKGS   := prometheus prometheus-pushgateway podman buildah debootstrap runc uidmap fuse-overlayfs openssl
-# DeepSpeed on this CPU: JIT-build its ops for the CPU accelerator.
+# DeepSpeed on this CPU: JIT-build its ops for the CPU accelerator, into this checkout's venv. In the
+# shared ~/.cache/torch_extensions, two checkouts (their venvs' include paths differ) rebuild the op
+# in turn under one lock, and each one's DeepSpeed starts wait minutes for the other's build.
 export DS_ACCELERATOR ?= cpu
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch-extensions
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -41,8 +44,8 @@ install: $(STAMPS)/venv ## Create .venv with the pinned stack (torch first, then
 
 # DeepSpeed JIT-builds its shared-memory comm op the first time a process starts it (~80 s). Built
 # here, once, before any test runs it: a test that kills a DeepSpeed run mid-build would leave a lock in
-# ~/.cache/torch_extensions that every later DeepSpeed start waits on forever.
-$(STAMPS)/deepspeed-ops: $(STAMPS)/venv
+# the extensions directory that every later DeepSpeed start waits on forever.
+$(STAMPS)/deepspeed-ops: $(STAMPS)/venv Makefile  # Makefile: TORCH_EXTENSIONS_DIR is set here
 	timeout 900 $(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
 	touch $@
 

@@ -29,18 +29,25 @@ def rendered(path, namespace: str, **overrides) -> list[dict]:
 def test_every_object_is_accepted_by_a_strict_dry_run_then_created(admin, namespace, path):
     objects = rendered(path, namespace, preflight={"helmTest": True})
     assert objects
-    for obj in objects:
-        what = f"{_id(path)}: {obj['kind']} {obj['metadata']['name']}"
-        dry = admin.create(obj, namespace, dry_run=True)
-        assert dry.status == 201, f"{what}: dry run {dry.status} {dry.body.get('message')}"
-        assert dry.warnings == [], f"{what}: dry run warned {dry.warnings}"
-        assert admin.get(obj, namespace).status == 404, f"{what}: a dry run must not create it"
-        # then for real, in template order (a Pod's dry run needs its ServiceAccount to exist)
-        made = admin.create(obj, namespace)
-        assert made.status == 201, f"{what}: create {made.status} {made.body.get('message')}"
-        assert made.warnings == [], f"{what}: create warned {made.warnings}"
-    for obj in objects:  # cluster-scoped ones (PriorityClass, ClusterRole) would collide with the next file
-        if not admin.resource(obj["apiVersion"], obj["kind"])["namespaced"]:
+    # Cluster-scoped objects (PriorityClass, ClusterRole) have one name per cluster, and the session's
+    # API server is shared by every test that runs on it, in whatever order: start without them, and
+    # remove them after, so the next file's create is a create.
+    shared = [o for o in objects if not admin.resource(o["apiVersion"], o["kind"])["namespaced"]]
+    for obj in shared:
+        admin.delete(obj)
+    try:
+        for obj in objects:
+            what = f"{_id(path)}: {obj['kind']} {obj['metadata']['name']}"
+            dry = admin.create(obj, namespace, dry_run=True)
+            assert dry.status == 201, f"{what}: dry run {dry.status} {dry.body.get('message')}"
+            assert dry.warnings == [], f"{what}: dry run warned {dry.warnings}"
+            assert admin.get(obj, namespace).status == 404, f"{what}: a dry run must not create it"
+            # then for real, in template order (a Pod's dry run needs its ServiceAccount to exist)
+            made = admin.create(obj, namespace)
+            assert made.status == 201, f"{what}: create {made.status} {made.body.get('message')}"
+            assert made.warnings == [], f"{what}: create warned {made.warnings}"
+    finally:
+        for obj in shared:
             admin.delete(obj)
 
 

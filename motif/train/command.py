@@ -14,6 +14,10 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from motif.train.start import StartCheckpoint
 
 HELP = "Train one stage (grows its checkpoint first if needed); run it on every rank of the job"
 DESCRIPTION = """\
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
 def run_stage(stage, options, *, metrics_port: int | None = None, linger_seconds: float = 0.0) -> int:
     """Train `stage` on this rank (the process group comes from the environment); the exit status."""
     from motif.train import dist, growth_aware, guards
+    from motif.train.start import StartCheckpoint
     from motif.train.trainer import NonFiniteStop, Preempted, Trainer
 
     sigterm = _stop_on_sigterm()
@@ -109,8 +114,10 @@ def run_stage(stage, options, *, metrics_port: int | None = None, linger_seconds
         guards.check_same_stage_file(stage, world)
         lease = guards.job_lease(stage, world)
         growth_aware.ensure_grown(stage, world)
-        metrics, exporter = build_metrics(stage, world, metrics_port)
-        trainer = sigterm.trainer = Trainer(stage, options, world, metrics, lease=lease)
+        # Read once here, for the metrics and the trainer alike (the grown checkpoint exists by now).
+        start = StartCheckpoint.read(stage.start_checkpoint) if stage.start_checkpoint is not None else None
+        metrics, exporter = build_metrics(stage, world, metrics_port, start)
+        trainer = sigterm.trainer = Trainer(stage, options, world, metrics, lease=lease, start=start)
         trainer.setup()
         trainer.train()
         trainer.finished = True
@@ -186,7 +193,7 @@ def _stop_on_sigterm() -> _Sigterm:
     return handler
 
 
-def build_metrics(stage, world, port_override: int | None):
+def build_metrics(stage, world, port_override: int | None, start: StartCheckpoint | None):
     """The metric sinks of this rank: on rank 0 the JSONL log and the Prometheus exporter (serving)."""
     from motif.metrics.jsonl import JsonlBackend
     from motif.metrics.logger import MetricLogger
@@ -213,7 +220,7 @@ def build_metrics(stage, world, port_override: int | None):
             {
                 "stage": stage.name,
                 "growth": kind,
-                "params": str(_stage_params(stage)),
+                "params": str(_stage_params(stage, start)),
                 "world_size": str(world.world_size),
                 "engine": stage.parallel.engine,
             }
@@ -221,12 +228,9 @@ def build_metrics(stage, world, port_override: int | None):
     return MetricLogger(backends), exporter
 
 
-def _stage_params(stage) -> int:
+def _stage_params(stage, start: StartCheckpoint | None) -> int:
     """Parameters of the model this stage trains, from shapes alone."""
-    from motif.model.checkpoint import read_args
-
-    start = stage.start_checkpoint
-    return (stage.model if start is None else read_args(start)).num_params()
+    return (stage.model if start is None else start.args).num_params()
 
 
 def _linger(exporter, seconds: float) -> None:

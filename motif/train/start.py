@@ -5,21 +5,58 @@ flat range for ZeRO-3, the whole tensor for DDP), so "load the model" never mean
 model". A from-scratch stage draws each tensor from a generator seeded by the tensor's name, so
 the initial weights are the same on 1 or 64 ranks and for every engine, and generating one tensor
 at a time keeps the working set at one tensor.
+
+The start checkpoint's records are read once per run (`StartCheckpoint`) and handed to the parts
+that need them: the command (the model's size), the trainer (the input check, the frozen blocks)
+and the readers and the verification (the weights' headers). On a shared volume each read is a
+round trip that every rank makes.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from motif.model.args import ModelArgs
 from motif.train.slices import TensorReader
 
+if TYPE_CHECKING:
+    from motif.model.checkpoint import Checkpoint
+
 OPTIMIZER_FILE = "optimizer.safetensors"  # the per-parameter Adam state `motif grow` reads and grows
 MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+@dataclass
+class StartCheckpoint:
+    """The checkpoint a stage starts from, each of its records read once.
+
+    Read in the order the checks need it: the shape first (`read`: config.json alone, so a wrong
+    input is refused before any header is read), the weights' headers on first use (`checkpoint`).
+    """
+
+    path: str  # as the stage file names it: error messages quote it so
+    args: ModelArgs  # its config.json
+    _checkpoint: Checkpoint | None = field(default=None, repr=False)
+
+    @classmethod
+    def read(cls, path: str) -> StartCheckpoint:
+        from motif.model.checkpoint import read_args
+
+        return cls(path, read_args(path))
+
+    def checkpoint(self) -> Checkpoint:
+        """Its weight files checked against the shape: every header read once, on the first call."""
+        if self._checkpoint is None:
+            from motif.model.checkpoint import open_checkpoint
+
+            self._checkpoint = open_checkpoint(self.path, self.args)
+        return self._checkpoint
 
 
 class WeightSource:

@@ -20,6 +20,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,7 +39,11 @@ from motif.train.dist import World
 from motif.train.engines import build_engine, loss_sums
 from motif.train.output import output_bytes, write_output
 from motif.train.schedule import Schedule
-from motif.train.start import MomentSource, WeightSource
+from motif.train.slices import TensorReader
+from motif.train.start import MomentSource, StartCheckpoint, WeightSource
+
+if TYPE_CHECKING:
+    from motif.storage.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +113,23 @@ class StepStats:
 
 
 class Trainer:
-    def __init__(self, stage: StageConfig, options: RunOptions, world: World, metrics: MetricLogger, lease=None):
+    def __init__(
+        self,
+        stage: StageConfig,
+        options: RunOptions,
+        world: World,
+        metrics: MetricLogger,
+        lease: Lease | None = None,
+        start: StartCheckpoint | None = None,
+    ):
         self.stage = stage
         self.options = options
         self.world = world
         self.metrics = metrics
         self.lease = lease  # the job's lease of the checkpoint directory (rank 0), from the command
+        # The start checkpoint as the command read it (once per run); read in `setup` when not given.
+        self.start = start
+        self.new_blocks: list[int] = []  # train.freeze: new_blocks: the blocks that train
         self.max_steps = options.max_steps or stage.train.max_steps
         self.ramp_steps = min(stage.growth.ramp_steps, self.max_steps) if stage.growth else 0
         self.state = TrainState()
@@ -150,7 +166,7 @@ class Trainer:
         self.engine = build_engine(s, self.world, self.weights, self.moments, frozen)
         self.model = self.engine.model
         if frozen and self.world.is_main:
-            log.info("freeze: new_blocks: training layers %s only", growth_aware.new_block_indices(s.start_checkpoint))
+            log.info("freeze: new_blocks: training layers %s only", self.new_blocks)
         self.schedule = Schedule.from_config(s.optim, self.max_steps, grows=s.growth is not None)
         self.checkpoints.register(
             parts={"train": self.state},
@@ -189,21 +205,23 @@ class Trainer:
 
     def _start_sources(self) -> tuple[WeightSource, MomentSource, set[str]]:
         """The start weights (a checkpoint read in parts, or a seeded init), carried moments, frozen names."""
-        from motif.model.checkpoint import read_args
-
         s = self.stage
-        start = s.start_checkpoint
+        if self.start is None and s.start_checkpoint is not None:
+            self.start = StartCheckpoint.read(s.start_checkpoint)
+        start = self.start
         if start is None:
             args = s.model.replace(torch_dtype="float32")
+            weights = WeightSource(args, None, seed=s.train.seed)
         else:
-            args = read_args(start)
+            args = start.args
             if s.growth is None:  # a growing stage checked its input before growing it
-                check_input_shape(s, args, start)
-        weights = WeightSource.open(args, start, seed=s.train.seed)
-        moments = MomentSource.open(start)
+                check_input_shape(s, args, start.path)
+            weights = WeightSource(args, TensorReader(start.checkpoint().entries, start.path), seed=s.train.seed)
+        moments = MomentSource.open(start.path if start is not None else None)
         frozen: set[str] = set()
         if s.train.freeze == "new_blocks":
-            keep = {f"model.layers.{i}." for i in growth_aware.new_block_indices(start)}
+            self.new_blocks = growth_aware.new_block_indices(start.path)
+            keep = {f"model.layers.{i}." for i in self.new_blocks}
             frozen = {n for n in args.tensor_shapes() if not any(n.startswith(k) for k in keep)}
         return weights, moments, frozen
 
@@ -232,14 +250,13 @@ class Trainer:
 
     def _verify_start(self) -> None:
         """The start checkpoint's files against their checksums and finite, the ranks sharing the reading."""
-        from motif.model.checkpoint import open_checkpoint, verify_checkpoint
+        from motif.model.checkpoint import verify_checkpoint
 
-        start = self.stage.start_checkpoint
-        if start is None:
+        if self.start is None:
             return
         problem = None
         try:
-            verify_checkpoint(open_checkpoint(start), rank=self.world.rank, world=self.world.world_size)
+            verify_checkpoint(self.start.checkpoint(), rank=self.world.rank, world=self.world.world_size)
         except MotifError as e:
             problem = str(e)
         problem = dist.first_problem(self.world, problem)

@@ -114,7 +114,7 @@ class WeightSource:
     def __enter__(self) -> WeightSource:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -142,23 +142,29 @@ class MomentSource:
             return []
         return [k.split(".", 1)[1] for k in self.reader.entries if k.startswith("exp_avg.")]
 
+    def _carried(self) -> TensorReader:
+        """The reader, for the moments of a tensor that `has` found (the only ones callers ask for)."""
+        assert self.reader is not None, "no Adam moments were carried: ask `has` first"
+        return self.reader
+
     def step(self, name: str) -> float:
-        return float(self.reader.read(f"step.{name}").reshape(()).item()) if self.has(name) else 0.0
+        return float(self._carried().read(f"step.{name}").reshape(()).item()) if self.has(name) else 0.0
 
     def flat_into(self, key: str, name: str, start: int, stop: int, out: torch.Tensor) -> None:
-        self.reader.read_into(f"{key}.{name}", start, stop, out)
+        self._carried().read_into(f"{key}.{name}", start, stop, out)
 
     def full(self, key: str, name: str) -> torch.Tensor:
-        return self.reader.read(f"{key}.{name}").float()
+        return self._carried().read(f"{key}.{name}").float()
 
     def check_shape(self, name: str, shape: tuple[int, ...]) -> None:
         from motif.errors import CheckpointError
 
+        reader = self._carried()
         for key in MOMENTS:
-            found = self.reader.shape(f"{key}.{name}")
+            found = reader.shape(f"{key}.{name}")
             if tuple(found) != tuple(shape):
                 raise CheckpointError(
-                    f"{self.reader.source}: {key}.{name} has shape {list(found)}, the parameter has {list(shape)} "
+                    f"{reader.source}: {key}.{name} has shape {list(found)}, the parameter has {list(shape)} "
                     "(was the optimizer state grown with the checkpoint? `motif grow` does both)"
                 )
 

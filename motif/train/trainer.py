@@ -18,9 +18,10 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
     from motif.storage.lease import Lease
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # The loss of the grown model on the first batch must equal the input model's: growth preserves
 # the function exactly, so only rounding separates them (fp32: reordered sums; bf16: bf16 compute).
@@ -78,10 +82,10 @@ class TrainState:
     nonfinite: dict[str, int] = field(default_factory=lambda: {"skip": 0, "stop": 0})
     restarts: int = 0
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.tokens = {k: int(v) for k, v in state["tokens"].items()}
         self.nonfinite = dict(state["nonfinite"])
@@ -94,10 +98,10 @@ class RngState:
     def __init__(self, world: World):
         self.key = f"{world.world_size}/{world.rank}"
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {self.key: torch.get_rng_state().tolist()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.key in state:
             torch.set_rng_state(torch.tensor(state[self.key], dtype=torch.uint8))
 
@@ -135,6 +139,7 @@ class Trainer:
         self.state = TrainState()
         self.stop_requested = False  # set by the command's SIGTERM handler while `training`
         self.training = False
+        self.finished = False  # set by the command once `train` returned: SIGTERM then means done
         self.resumed_from: Path | None = None
         self.growth_loss: tuple[float, float] | None = None
 
@@ -210,6 +215,7 @@ class Trainer:
             self.start = StartCheckpoint.read(s.start_checkpoint)
         start = self.start
         if start is None:
+            assert s.model is not None  # the loader requires motif.model when there is no input
             args = s.model.replace(torch_dtype="float32")
             weights = WeightSource(args, None, seed=s.train.seed)
         else:
@@ -219,7 +225,7 @@ class Trainer:
             weights = WeightSource(args, TensorReader(start.checkpoint().entries, start.path), seed=s.train.seed)
         moments = MomentSource.open(start.path if start is not None else None)
         frozen: set[str] = set()
-        if s.train.freeze == "new_blocks":
+        if s.train.freeze == "new_blocks" and start is not None:  # the loader allows it only with LlamaPro growth
             self.new_blocks = growth_aware.new_block_indices(start.path)
             keep = {f"model.layers.{i}." for i in self.new_blocks}
             frozen = {n for n in args.tensor_shapes() if not any(n.startswith(k) for k in keep)}
@@ -235,7 +241,7 @@ class Trainer:
         if not self.world.is_main:
             dist.barrier(self.world)
         tokenizer = self.tokenizer = Tokenizer(self.stage.data.tokenizer)
-        data = ShardedData.from_config(
+        data: ShardedData = ShardedData.from_config(
             self.stage.data, num_shards, rank=self.world.rank, world=self.world.world_size, tokenizer=tokenizer
         )
         if self.world.is_main:
@@ -361,10 +367,10 @@ class Trainer:
         self._collective(self.save_output)
         self.training = False
 
-    def _collective(self, fn, *args):
+    def _collective(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a step that synchronises ranks; a lost peer there ends this rank at once (exit 3)."""
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except RuntimeError as e:
             if self.world.distributed and dist.is_collective_failure(e):
                 dist.fail_fast(self.world, self.state.step, e)
@@ -395,9 +401,9 @@ class Trainer:
         sums[-1] = float(self.stop_requested)
         dist.all_reduce_sum(self.world, sums)
         result = self.engine.step(lr, finite=sums[-2].item() == 0)
-        if result.grad_norm is not None:
-            grad_norm = result.grad_norm
-        norm = float(grad_norm) if grad_norm is not None else float("nan")
+        # The engine's own measure when it takes one inside the step (ZeRO-3), else the clipped norm.
+        measured = result.grad_norm if result.grad_norm is not None else grad_norm
+        norm = float(measured) if measured is not None else float("nan")
         return self._stats(sums, n_lang, norm, result.stepped, sums[-1].item() > 0)
 
     def forward_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -425,7 +431,9 @@ class Trainer:
         Both are computed sharded as the engine shards (the input model is built like the trained
         one, at 1/W per rank), before the first update.
         """
-        before = self.engine.input_loss(self.stage.input, batches)
+        growth, source = self.stage.growth, self.stage.input
+        assert growth is not None and source is not None  # called for a growing stage, which has an input
+        before = self.engine.input_loss(source, batches)
         after = loss_sums(self.engine.forward, batches, self.world.device)
         both = torch.cat([before, after])
         dist.all_reduce_sum(self.world, both)
@@ -444,7 +452,7 @@ class Trainer:
         self.metrics.log({names.GROWTH_LOSS.name: {"before": loss_before, "after": loss_after}}, 0)
         if not rel <= rtol:
             raise GrowthError(
-                f"{self.stage.growth.output}: the grown model's loss on the first batch is {loss_after:.6f}, the "
+                f"{growth.output}: the grown model's loss on the first batch is {loss_after:.6f}, the "
                 f"input's {loss_before:.6f} (relative difference {rel:.1e} > {rtol:.0e}): growth did not preserve "
                 "the function; regrow it (motif grow --stage --overwrite) before training"
             )
@@ -458,10 +466,12 @@ class Trainer:
         if self.heldout is None:
             return None
         t0 = time.perf_counter()
+
+        def all_reduce_sum(t: torch.Tensor) -> None:
+            dist.all_reduce_sum(self.world, t)
+
         with torch.no_grad():
-            scores = self.heldout.score(
-                self.engine.forward, self.world.device, lambda t: dist.all_reduce_sum(self.world, t)
-            )
+            scores = self.heldout.score(self.engine.forward, self.world.device, all_reduce_sum)
         self.metrics.log({names.HELDOUT_BITS_PER_BYTE.name: scores}, self.state.step)
         if self.world.is_main:
             shown = " ".join(f"{k} {v:.4f}" for k, v in sorted(scores.items()))

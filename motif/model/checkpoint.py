@@ -149,10 +149,13 @@ def weight_files(path: Path, args: ModelArgs) -> dict[str, Path]:
     raise CheckpointError(f"{path}: unknown format: no {single.name} or {index.name} (safetensors weights)")
 
 
-def open_checkpoint(path: str | Path) -> Checkpoint:
-    """Check a checkpoint from its config and headers: all shards present, intact, right shapes."""
+def open_checkpoint(path: str | Path, args: ModelArgs | None = None) -> Checkpoint:
+    """Check a checkpoint from its config and headers: all shards present, intact, right shapes.
+
+    `args`: its shape when the caller has already read config.json (`read_args`), so it is not read again.
+    """
     path = Path(path)
-    args = read_args(path)
+    args = read_args(path) if args is None else args
     files = weight_files(path, args)
     headers: dict[Path, dict[str, TensorEntry]] = {}
     for file in dict.fromkeys(files.values()):

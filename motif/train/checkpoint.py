@@ -42,14 +42,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from safetensors import SafetensorError
 
 from motif.errors import CheckpointError, WriteError
-from motif.model.checkpoint import fsync_path
 from motif.storage import integrity
+from motif.storage.atomic import fsync_path
 from motif.train.dist import World, barrier, first_problem, gather_dicts
+
+if TYPE_CHECKING:
+    from motif.storage.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,9 @@ class Stateful(Protocol):
 class TensorState(Protocol):
     """A part that writes its own (sharded) tensor files: the engine."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """Recorded in meta.json: a checkpoint's tensor layout belongs to the engine that wrote it."""
 
     def save(self, directory: Path) -> dict[str, str] | None:
         """Write this rank's files; return the checksums of those it hashed while writing them."""
@@ -95,6 +100,12 @@ def write_cause(err: BaseException) -> BaseException | None:
 
 def step_dir(root: Path, step: int) -> Path:
     return root / f"step_{step:08d}"
+
+
+def step_of(path: Path) -> int | None:
+    """The step of a `step_NNNNNNNN` directory; None for any other name."""
+    match = STEP_DIR.match(path.name)
+    return int(match.group(1)) if match else None
 
 
 def _files(path: Path) -> list[Path]:
@@ -128,20 +139,20 @@ def check_complete(path: Path) -> str | None:
 META_KEYS = {"step": int, "world_size": int, "stage": str, "parts": dict}
 
 
-def read_meta(path: Path) -> dict:
+def read_meta(path: Path) -> dict[str, Any]:
     problem = check_complete(path)
     if problem:
         raise CheckpointError(f"{path}: not a complete training checkpoint: {problem}")
-    meta = json.loads((path / META).read_text())
+    meta: dict[str, Any] = json.loads((path / META).read_text())  # an object: `check_complete` read it
     for key, kind in META_KEYS.items():
         if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
             raise CheckpointError(f"{path / META}: {key}: expected a {kind.__name__}, got {meta.get(key)!r}")
     return meta
 
 
-def union(states: list[dict]) -> dict:
+def union(states: list[dict[str, Any]]) -> dict[str, Any]:
     """Every rank's keys of a per-rank state, merged (nested dicts merged, the first value kept)."""
-    out: dict = {}
+    out: dict[str, Any] = {}
     for state in states:
         for key, value in state.items():
             if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -162,7 +173,7 @@ class CheckpointManager:
         parts: dict[str, Stateful] | None = None,
         rank_parts: dict[str, Stateful] | None = None,
         tensors: TensorState | None = None,
-        lease=None,
+        lease: Lease | None = None,
     ):
         self.root = Path(root)
         self.lease = lease  # the job's lease of `root` (rank 0): checked before a checkpoint appears
@@ -255,16 +266,13 @@ class CheckpointManager:
         their new names."""
         if not self.world.is_main:
             return []
-        if path is None:
-            step = 0
-        else:
-            step = int(STEP_DIR.match(path.name).group(1)) if STEP_DIR.match(path.name) else None
-            if step is None or path.parent.resolve() != self.root.resolve():
-                return []
+        step = 0 if path is None else step_of(path)
+        if step is None or (path is not None and path.parent.resolve() != self.root.resolve()):
+            return []
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         moved = []
         for later in self.candidates():
-            if int(STEP_DIR.match(later.name).group(1)) > step:
+            if (step_of(later) or 0) > step:  # every candidate has a step: it matched STEP_DIR
                 aside = later.with_name(f"{later.name}.abandoned-{stamp}")
                 later.rename(aside)
                 moved.append(aside)
@@ -305,7 +313,7 @@ class CheckpointManager:
         hasher.update(data)
         return {name: hasher.text()}
 
-    def publish(self, step: int, write: Callable[[Path], dict[str, str] | None], meta: dict) -> Path:
+    def publish(self, step: int, write: Callable[[Path], dict[str, str] | None], meta: dict[str, Any]) -> Path:
         """Collective: every rank calls it; `write(tmp_dir)` writes this rank's files and may return
         the checksums it computed while writing them ({relative name: checksum}: not read again)."""
         final = step_dir(self.root, step)
@@ -328,8 +336,9 @@ class CheckpointManager:
             raise self._write_failed(final, tmp, cause) from None
         # Collective: every rank has written. Anything but a mapping means no checksum was taken.
         mine = written if isinstance(written, dict) else {}
-        known = gather_dicts(self.world, {name: [self.world.rank, checksum] for name, checksum in mine.items()})
-        share, failed = {}, None
+        known = gather_dicts(self.world, {name: (self.world.rank, checksum) for name, checksum in mine.items()})
+        share: dict[str, dict[str, Any]] = {}
+        failed = None
         try:
             share = self._seal_share(tmp, known)
         except WRITE_ERRORS as e:  # an fsync is where a full or failing volume often shows first
@@ -346,11 +355,11 @@ class CheckpointManager:
         barrier(self.world)
         return final
 
-    def _seal_share(self, tmp: Path, known: dict[str, list]) -> dict:
+    def _seal_share(self, tmp: Path, known: dict[str, tuple[int, str]]) -> dict[str, dict[str, Any]]:
         """Make this rank's share of the checkpoint's files durable, all at once (one fsync per file,
         on threads: the disk sees every file's writeback together, not one after the other), and
         return their sizes and checksums. The share is the files this rank wrote and hashed while
-        writing (`known`: {name: [rank, checksum]}, not read again), and a slice of the others."""
+        writing (`known`: {name: (rank, checksum)}, not read again), and a slice of the others."""
         others = [str(f.relative_to(tmp)) for f in _files(tmp) if str(f.relative_to(tmp)) not in known]
         names = [n for n, (rank, _) in sorted(known.items()) if rank == self.world.rank]
         names += others[self.world.rank :: self.world.world_size]
@@ -365,7 +374,7 @@ class CheckpointManager:
         with ThreadPoolExecutor(min(integrity.THREADS, len(names))) as pool:
             return dict(zip(names, pool.map(seal, names), strict=True))
 
-    def _write_failed(self, final: Path, tmp: Path, err: Exception | str) -> WriteError:
+    def _write_failed(self, final: Path, tmp: Path, err: BaseException | str) -> WriteError:
         """A full disk or an I/O error mid-write: drop the partial write, name what is still intact."""
         shutil.rmtree(tmp, ignore_errors=True)
         reason = err if isinstance(err, str) else _reason(err)
@@ -374,7 +383,7 @@ class CheckpointManager:
             f"checkpoint is {self.latest() or 'none'}"
         )
 
-    def _finish(self, step: int, tmp: Path, final: Path, meta: dict) -> None:
+    def _finish(self, step: int, tmp: Path, final: Path, meta: dict[str, Any]) -> None:
         """Rank 0, once every rank has sealed its share (`_seal_share`): sizes and meta.json last, then
         the rename."""
         files = {str(f.relative_to(tmp)): f.stat().st_size for f in _files(tmp)}
@@ -400,7 +409,7 @@ class CheckpointManager:
 
     # ---- resuming ----------------------------------------------------------------------------
 
-    def load(self, path: Path) -> dict:
+    def load(self, path: Path) -> dict[str, Any]:
         """Load every part from the checkpoint `path` (written by any world size); returns its meta."""
         meta = read_meta(path)
         engine = self.tensors.name if self.tensors is not None else None

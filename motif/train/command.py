@@ -14,6 +14,17 @@ import signal
 import sys
 import time
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from motif.config import StageConfig
+    from motif.metrics.logger import Backend, MetricLogger
+    from motif.metrics.prometheus import PrometheusBackend
+    from motif.storage.lease import Lease
+    from motif.train.dist import World
+    from motif.train.start import StartCheckpoint
+    from motif.train.trainer import RunOptions, Trainer
 
 HELP = "Train one stage (grows its checkpoint first if needed); run it on every rank of the job"
 DESCRIPTION = """\
@@ -93,9 +104,12 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def run_stage(stage, options, *, metrics_port: int | None = None, linger_seconds: float = 0.0) -> int:
+def run_stage(
+    stage: StageConfig, options: RunOptions, *, metrics_port: int | None = None, linger_seconds: float = 0.0
+) -> int:
     """Train `stage` on this rank (the process group comes from the environment); the exit status."""
     from motif.train import dist, growth_aware, guards
+    from motif.train.start import StartCheckpoint
     from motif.train.trainer import NonFiniteStop, Preempted, Trainer
 
     sigterm = _stop_on_sigterm()
@@ -104,13 +118,17 @@ def run_stage(stage, options, *, metrics_port: int | None = None, linger_seconds
     world = dist.init(
         stage.parallel.device, stage.parallel.collective_timeout_s, force_group=stage.parallel.engine != "ddp"
     )
-    exporter = lease = trainer = None
+    exporter: PrometheusBackend | None = None
+    lease: Lease | None = None
+    trainer: Trainer | None = None
     try:
         guards.check_same_stage_file(stage, world)
         lease = guards.job_lease(stage, world)
         growth_aware.ensure_grown(stage, world)
-        metrics, exporter = build_metrics(stage, world, metrics_port)
-        trainer = sigterm.trainer = Trainer(stage, options, world, metrics, lease=lease)
+        # Read once here, for the metrics and the trainer alike (the grown checkpoint exists by now).
+        start = StartCheckpoint.read(stage.start_checkpoint) if stage.start_checkpoint is not None else None
+        metrics, exporter = build_metrics(stage, world, metrics_port, start)
+        trainer = sigterm.trainer = Trainer(stage, options, world, metrics, lease=lease, start=start)
         trainer.setup()
         trainer.train()
         trainer.finished = True
@@ -169,15 +187,15 @@ class _Sigterm:
     """
 
     def __init__(self) -> None:
-        self.trainer = None
+        self.trainer: Trainer | None = None
 
-    def __call__(self, signum, frame) -> None:
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
         trainer = self.trainer
         if trainer is not None and trainer.training:
             trainer.stop_requested = True
             log.warning("SIGTERM: stopping after this step, with a checkpoint")
             return
-        raise SystemExit(0 if getattr(trainer, "finished", False) else EXIT_PREEMPTED)
+        raise SystemExit(0 if trainer is not None and trainer.finished else EXIT_PREEMPTED)
 
 
 def _stop_on_sigterm() -> _Sigterm:
@@ -186,7 +204,9 @@ def _stop_on_sigterm() -> _Sigterm:
     return handler
 
 
-def build_metrics(stage, world, port_override: int | None):
+def build_metrics(
+    stage: StageConfig, world: World, port_override: int | None, start: StartCheckpoint | None
+) -> tuple[MetricLogger, PrometheusBackend | None]:
     """The metric sinks of this rank: on rank 0 the JSONL log and the Prometheus exporter (serving)."""
     from motif.metrics.jsonl import JsonlBackend
     from motif.metrics.logger import MetricLogger
@@ -195,7 +215,7 @@ def build_metrics(stage, world, port_override: int | None):
     if not world.is_main:
         return MetricLogger([]), None
     jsonl = stage.metrics.jsonl or str(Path(stage.checkpoint.dir) / "metrics.jsonl")
-    backends = [JsonlBackend(jsonl, static={"stage": stage.name})]
+    backends: list[Backend] = [JsonlBackend(jsonl, static={"stage": stage.name})]
     exporter = PrometheusBackend()
     port = port_override if port_override is not None else stage.metrics.port
     try:
@@ -205,31 +225,30 @@ def build_metrics(stage, world, port_override: int | None):
         backends.append(exporter)
     except OSError as e:
         log.warning("metrics: cannot serve on port %d (%s); training goes on without the exporter", port, e)
-        exporter = None
-    if exporter is not None:
-        g = stage.growth
-        kind = "none" if g is None else ("msg" if g.grows_width() or g.depth_method == "msg" else "llamapro")
-        exporter.info(
-            {
-                "stage": stage.name,
-                "growth": kind,
-                "params": str(_stage_params(stage)),
-                "world_size": str(world.world_size),
-                "engine": stage.parallel.engine,
-            }
-        )
+        return MetricLogger(backends), None
+    g = stage.growth
+    kind = "none" if g is None else ("msg" if g.grows_width() or g.depth_method == "msg" else "llamapro")
+    exporter.info(
+        {
+            "stage": stage.name,
+            "growth": kind,
+            "params": str(_stage_params(stage, start)),
+            "world_size": str(world.world_size),
+            "engine": stage.parallel.engine,
+        }
+    )
     return MetricLogger(backends), exporter
 
 
-def _stage_params(stage) -> int:
+def _stage_params(stage: StageConfig, start: StartCheckpoint | None) -> int:
     """Parameters of the model this stage trains, from shapes alone."""
-    from motif.model.checkpoint import read_args
+    if start is not None:
+        return start.args.num_params()
+    assert stage.model is not None  # the loader requires motif.model when there is no input
+    return stage.model.num_params()
 
-    start = stage.start_checkpoint
-    return (stage.model if start is None else read_args(start)).num_params()
 
-
-def _linger(exporter, seconds: float) -> None:
+def _linger(exporter: PrometheusBackend | None, seconds: float) -> None:
     """Keep the exporter serving after the run (so a scraper sees the final values), then stop it."""
     if exporter is None:
         return

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -111,10 +112,11 @@ def _free_port() -> int:
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def store():
+def store() -> dist.distributed_c10d.Store:
     """The process group's key-value store (the rendezvous store), for small control messages."""
     return dist.distributed_c10d._get_default_store()
 
@@ -247,11 +249,14 @@ def first_problem(world: World, problem: str | None) -> str | None:
     return next((p for p in problems if p is not None), None)
 
 
-def gather_dicts(world: World, mine: dict) -> dict:
+V = TypeVar("V")
+
+
+def gather_dicts(world: World, mine: dict[str, V]) -> dict[str, V]:
     """Every rank's dict, merged (their keys are disjoint)."""
     if not world.distributed:
         return dict(mine)
-    parts: list[dict] = [{}] * world.world_size
+    parts: list[dict[str, V]] = [{}] * world.world_size
     dist.all_gather_object(parts, mine)
     return {k: v for part in parts for k, v in part.items()}
 

@@ -16,15 +16,18 @@ import datetime
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, NoReturn
 
 from motif.config import StageConfig
 from motif.errors import GrowthError, MotifError
 from motif.train import dist
 from motif.train.dist import World
 from motif.train.schedule import mask_value
+
+if TYPE_CHECKING:
+    from motif.model import Llama
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,8 @@ def ensure_grown(stage: StageConfig, world: World) -> None:
     that sees the counter stand still for `ALIVE_S` (or the store gone) knows rank 0 was lost and
     exits 3 at once, as for any lost rank, instead of waiting hours for a word that never comes.
     """
-    if stage.growth is None:
+    g = stage.growth
+    if g is None:
         return
     if world.is_main:
         from motif.growth import grow_stage
@@ -57,9 +61,9 @@ def ensure_grown(stage: StageConfig, world: World) -> None:
         if world.distributed:
             dist.store().set(GROW_KEY, "ok")
         return
-    answer = _wait_for_rank0(stage, world)
+    answer = _wait_for_rank0(g.output, world)
     if answer != "ok":
-        raise GrowthError(f"rank 0 could not grow {stage.growth.output}: {answer.removeprefix('error: ')}")
+        raise GrowthError(f"rank 0 could not grow {g.output}: {answer.removeprefix('error: ')}")
 
 
 ALIVE_KEY = "motif/grow/alive"
@@ -85,52 +89,63 @@ def _beat_while_growing(world: World) -> threading.Event:
     return stop
 
 
-def _wait_for_rank0(stage: StageConfig, world: World) -> str:
-    """Rank 0's word on the growth. The store is polled from a thread: when rank 0 hosts the store
-    (a PyTorchJob without torchrun) and hangs, a store call can block for good."""
+@dataclass
+class _Seen:
+    """What the polling thread has seen of rank 0, for the waiting loop (monotonic times)."""
+
+    beat_at: float
+    contact_at: float
+    answer: str | None = None
+    error: Exception | None = None
+    beat: str | None = None
+
+
+def _wait_for_rank0(grown: str, world: World) -> str:
+    """Rank 0's word on the growth of `grown`. The store is polled from a thread: when rank 0 hosts
+    the store (a PyTorchJob without torchrun) and hangs, a store call can block for good."""
     store = dist.store()
     now = time.monotonic()
-    seen = {"answer": None, "error": None, "beat": None, "beat_at": now, "contact_at": now}
+    seen = _Seen(beat_at=now, contact_at=now)
 
     def poll() -> None:
         try:
             while not store.check([GROW_KEY]):
                 beat = store.get(ALIVE_KEY).decode() if store.check([ALIVE_KEY]) else None
-                if beat != seen["beat"]:
-                    seen["beat"], seen["beat_at"] = beat, time.monotonic()
-                seen["contact_at"] = time.monotonic()
+                if beat != seen.beat:
+                    seen.beat, seen.beat_at = beat, time.monotonic()
+                seen.contact_at = time.monotonic()
                 time.sleep(0.5)
-            seen["answer"] = store.get(GROW_KEY).decode()
+            seen.answer = store.get(GROW_KEY).decode()
         except Exception as e:  # the store's host is gone
-            seen["error"] = e
+            seen.error = e
 
     thread = threading.Thread(target=poll, daemon=True, name="motif-grow-wait")
     thread.start()
     deadline = now + GROW_WAIT.total_seconds()
     while time.monotonic() < deadline:
         thread.join(0.5)
-        if seen["answer"] is not None:
-            return seen["answer"]
-        if seen["error"] is not None:
-            _lost_rank0(stage, world, f"the rendezvous store no longer answers: {_one_line(seen['error'])}")
-        if time.monotonic() - seen["contact_at"] > ALIVE_S:
-            _lost_rank0(stage, world, f"the rendezvous store did not answer for {ALIVE_S:.0f}s")
-        if time.monotonic() - seen["beat_at"] > ALIVE_S:
-            _lost_rank0(stage, world, f"its heartbeat stood still for {ALIVE_S:.0f}s")
-    raise GrowthError(f"rank 0 did not finish growing {stage.growth.output} within {GROW_WAIT}")
+        if seen.answer is not None:
+            return seen.answer
+        if seen.error is not None:
+            _lost_rank0(grown, world, f"the rendezvous store no longer answers: {_one_line(seen.error)}")
+        if time.monotonic() - seen.contact_at > ALIVE_S:
+            _lost_rank0(grown, world, f"the rendezvous store did not answer for {ALIVE_S:.0f}s")
+        if time.monotonic() - seen.beat_at > ALIVE_S:
+            _lost_rank0(grown, world, f"its heartbeat stood still for {ALIVE_S:.0f}s")
+    raise GrowthError(f"rank 0 did not finish growing {grown} within {GROW_WAIT}")
 
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:200]
 
 
-def _lost_rank0(stage: StageConfig, world: World, why: str) -> None:
+def _lost_rank0(grown: str, world: World, why: str) -> NoReturn:
     import logging as _logging
     import os
     import sys
 
     print(
-        f"motif train: rank {world.rank}/{world.world_size}: lost rank 0 while it grew {stage.growth.output} "
+        f"motif train: rank {world.rank}/{world.world_size}: lost rank 0 while it grew {grown} "
         f"({why}); exiting with status {dist.EXIT_LOST_RANK} so the job restarts (the growth resumes from scratch, "
         "its partial output is never used)",
         file=sys.stderr,
@@ -152,9 +167,9 @@ def new_block_indices(checkpoint: str | Path) -> list[int]:
     return [int(i) for i in prov["new_layers"]]
 
 
-def freeze_all_but(model: torch.nn.Module, layers: list[int]) -> int:
+def freeze_all_but(model: Llama, layers: list[int]) -> int:
     """Freeze every parameter outside `model.model.layers[i]` for i in `layers`; returns trainable count."""
-    trainable = set()
+    trainable: set[int] = set()
     for i in layers:
         trainable.update(id(p) for p in model.model.layers[i].parameters())
     count = 0
@@ -164,7 +179,7 @@ def freeze_all_but(model: torch.nn.Module, layers: list[int]) -> int:
     return count
 
 
-def apply_mask(model, step: int, ramp_steps: int) -> float:
+def apply_mask(model: Llama, step: int, ramp_steps: int) -> float:
     """Set the MSG mask for optimizer step `step`; remove the masks once it reaches 1."""
     if model.args.growth is None:
         return 1.0

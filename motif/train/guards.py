@@ -15,13 +15,16 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from motif.config import StageConfig, to_dict
 from motif.errors import CheckpointError, MotifError
 from motif.storage import jsonfile
 from motif.train import dist
 from motif.train.dist import World
+
+if TYPE_CHECKING:
+    from motif.storage.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,7 @@ def check_same_stage_file(stage: StageConfig, world: World) -> None:
         )
 
 
-def job_lease(stage: StageConfig, world: World):
+def job_lease(stage: StageConfig, world: World) -> Lease | None:
     """The lease of the stage's checkpoint directory, held by rank 0 for the whole job (None elsewhere).
 
     One lease per job: rank 0 takes it and every rank learns whether it did, so a second job of the
@@ -199,10 +202,11 @@ def _in_source(name: str, path: str) -> bool:
         return False
 
 
-def _get(d: dict, key: str) -> Any:
+def _get(d: dict[str, Any], key: str) -> Any:
+    value: Any = d
     for part in key.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _show(value: Any) -> str:
@@ -213,7 +217,7 @@ def _show(value: Any) -> str:
 # ---- a finished stage ----------------------------------------------------------------------------
 
 
-def finished(stage: StageConfig) -> dict | None:
+def finished(stage: StageConfig) -> dict[str, Any] | None:
     """What `trained.json` in the stage's output says (stage, steps), or None if it has none."""
     file = Path(stage.output) / TRAINED_FILE
     record = jsonfile.read_json(file, missing_ok=True)
@@ -235,4 +239,5 @@ def refuse_fewer_steps(stage: StageConfig, max_steps: int) -> bool:
             f"{stage.source_file or stage.name}: {stage.output} holds stage {stage.name} trained {record['steps']} "
             f"steps; a run of {max_steps} steps would replace it with less (raise --max-steps, or write elsewhere)"
         )
-    return record["steps"] == max_steps
+    steps: int = record["steps"]  # an int: `finished` checked it
+    return steps == max_steps

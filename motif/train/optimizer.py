@@ -15,6 +15,7 @@ Why it is built this way:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -23,7 +24,7 @@ from motif.growth.optimizer_state import new_element_flags
 from motif.model.args import ModelArgs
 
 
-def adamw(param_groups: list, cfg: OptimConfig, fused: bool) -> torch.optim.AdamW:
+def adamw(param_groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool) -> torch.optim.AdamW:
     # weight_decay=0: `decay_` applies it, scaled by the growth mask (see the module docstring).
     # fused: one kernel per parameter group; elementwise, so still bit-reproducible.
     kind = {"fused": True} if fused else {"foreach": True}
@@ -37,7 +38,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def init_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, step: float, fused: bool) -> dict:
+def init_state(
+    optimizer: torch.optim.Optimizer, param: torch.Tensor, step: float, fused: bool
+) -> dict[str, torch.Tensor]:
     """Zero moments and `step` for one parameter, in the form torch's AdamW keeps them."""
     device = param.device if fused else "cpu"
     state = {
@@ -69,7 +72,9 @@ def new_flags_flat(name: str, args: ModelArgs, shape: tuple[int, ...], start: in
 
 
 @torch.no_grad()
-def decay_(locals_: Iterable[tuple[str, torch.Tensor, int, tuple[int, ...]]], args: ModelArgs, lr: float, wd: float):
+def decay_(
+    locals_: Iterable[tuple[str, torch.Tensor, int, tuple[int, ...]]], args: ModelArgs, lr: float, wd: float
+) -> None:
     """Decoupled weight decay on local elements, scaled by the growth mask.
 
     `locals_`: (name, flat view of this rank's elements, offset of the first one in the flattened

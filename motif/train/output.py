@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,7 +22,7 @@ from motif.errors import MotifError
 from motif.model import ModelArgs
 from motif.model.checkpoint import (
     DEFAULT_SHARD_BYTES,
-    atomic_dir,
+    Spec,
     plan_shards,
     record_checksums,
     shard_names,
@@ -28,11 +30,16 @@ from motif.model.checkpoint import (
     write_json,
 )
 from motif.model.safetensors_io import SafetensorsWriter
+from motif.storage.atomic import atomic_dir
 from motif.storage.space import check_free_space
 from motif.train import dist
 from motif.train.dist import World
 from motif.train.guards import TRAINED_FILE
 from motif.train.start import MOMENTS, OPTIMIZER_FILE, MomentSource, WeightSource
+
+if TYPE_CHECKING:
+    from motif.storage.lease import Lease
+    from motif.train.engines import Engine
 
 
 class NonFiniteOutput(MotifError):
@@ -41,14 +48,14 @@ class NonFiniteOutput(MotifError):
 
 def write_output(
     path: str | Path,
-    engine,
+    engine: Engine,
     frozen: WeightSource,
     carried: MomentSource,
     world: World,
     *,
-    record: dict,
-    sources: list[str] = (),
-    lease=None,
+    record: dict[str, Any],
+    sources: Iterable[str] = (),
+    lease: Lease | None = None,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> None:
     """Collective: every rank streams the engine's tensors; rank 0 writes them to `path`.
@@ -67,16 +74,18 @@ def write_output(
     known: dict[str, str] = {}
     writing = atomic_dir(path, overwrite=True, sources=sources, lease=lease) if world.is_main else None
     with writing or contextlib.nullcontext() as tmp:
+        # `tmp`: where rank 0 writes; None on the other ranks, which only join the engine's collectives.
         writers: list[tuple[SafetensorsWriter, int]] = []
-        if world.is_main:
+        if tmp is not None:
             writers = [(SafetensorsWriter(tmp / f, shard), len(shard)) for f, shard in zip(files, shards, strict=True)]
             writers.append((SafetensorsWriter(tmp / OPTIMIZER_FILE, state_specs), len(state_specs)))
         current, written = 0, 0
         for i, (name, tensor) in enumerate(engine.full_tensors(frozen, carried)):
             if name != order[i]:
                 raise MotifError(f"output: engine yielded {name} where {order[i]} was expected")
-            if not world.is_main:
+            if tmp is None:
                 continue
+            assert tensor is not None  # rank 0 gets every whole tensor (`Engine.full_tensors`)
             if problem is None and not bool(torch.isfinite(tensor).all()):
                 problem = f"{name} holds NaN or infinite values"
             if problem is not None:
@@ -90,31 +99,31 @@ def write_output(
         failed = _agree(world, problem)
         if failed:
             raise NonFiniteOutput(f"{path}: not written: {failed}")
-        if world.is_main:
+        if tmp is not None:
             write_index(tmp, args, shards, files)
             write_json(tmp / TRAINED_FILE, record)
             record_checksums(tmp, known)
     dist.barrier(world)
 
 
-def output_bytes(engine, carried: MomentSource) -> int:
+def output_bytes(engine: Engine, carried: MomentSource) -> int:
     """What the stage's output takes on disk: fp32 weights, and the moments and step of every tensor
     with optimizer state (trained here or carried from the previous stage)."""
     _, weight_specs, state_specs = _specs(engine, carried)
     return _nbytes(weight_specs + state_specs)
 
 
-def _nbytes(specs: list) -> int:
+def _nbytes(specs: list[Spec]) -> int:
     return sum(math.prod(shape) * 4 for _, _, shape in specs)  # every output tensor is fp32
 
 
-def _specs(engine, carried: MomentSource) -> tuple[ModelArgs, list, list]:
+def _specs(engine: Engine, carried: MomentSource) -> tuple[ModelArgs, list[Spec], list[Spec]]:
     """(args, weight specs, optimizer-state specs) of the output, in the order they are written."""
     args = engine.model.args.replace(torch_dtype="float32")
     shapes = args.tensor_shapes()
     trained = set(engine.trainable())
-    weight_specs = [(n, torch.float32, s) for n, s in shapes.items()]
-    state_specs = []
+    weight_specs: list[Spec] = [(n, torch.float32, s) for n, s in shapes.items()]
+    state_specs: list[Spec] = []
     for n in (n for n in shapes if n in trained or carried.has(n)):
         state_specs += [(f"{k}.{n}", torch.float32, shapes[n]) for k in MOMENTS] + [(f"step.{n}", torch.float32, ())]
     return args, weight_specs, state_specs

@@ -45,11 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     timeout = shutdown_timeout(dict(os.environ))
     if timeout is not None:
         os.environ["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = str(timeout)
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    # torch.distributed.run's entry points carry no annotations.
+    args = parse_args(sys.argv[1:] if argv is None else argv)  # type: ignore[no-untyped-call]
     if timeout is not None and getattr(args, "shutdown_timeout", None) is None:
         args.shutdown_timeout = timeout
     try:
-        run(args)
+        run(args)  # type: ignore[no-untyped-call]
     except SignalException as e:
         name = signal.Signals(e.sigval).name
         print(

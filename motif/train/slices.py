@@ -68,7 +68,8 @@ class TensorReader:
         if out.numel() != stop - start:
             numel = math.prod(self.entry(name).shape)
             raise CheckpointError(f"{self.source}: {name}: elements {start}..{stop} outside 0..{numel}")
-        read_into_buffer(part, memoryview(out.detach().reshape(-1).view(torch.uint8).numpy()), self._fd(part.path))
+        # `ndarray.data`: the array's own buffer as a memoryview (bytes, writable): `out`'s memory.
+        read_into_buffer(part, out.detach().reshape(-1).view(torch.uint8).numpy().data, self._fd(part.path))
         self.bytes_read += part.nbytes
 
     def _part(self, name: str, start: int, stop: int) -> TensorEntry:
@@ -97,7 +98,7 @@ class TensorReader:
     def __enter__(self) -> TensorReader:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

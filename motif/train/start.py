@@ -5,21 +5,58 @@ flat range for ZeRO-3, the whole tensor for DDP), so "load the model" never mean
 model". A from-scratch stage draws each tensor from a generator seeded by the tensor's name, so
 the initial weights are the same on 1 or 64 ranks and for every engine, and generating one tensor
 at a time keeps the working set at one tensor.
+
+The start checkpoint's records are read once per run (`StartCheckpoint`) and handed to the parts
+that need them: the command (the model's size), the trainer (the input check, the frozen blocks)
+and the readers and the verification (the weights' headers). On a shared volume each read is a
+round trip that every rank makes.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from motif.model.args import ModelArgs
 from motif.train.slices import TensorReader
 
+if TYPE_CHECKING:
+    from motif.model.checkpoint import Checkpoint
+
 OPTIMIZER_FILE = "optimizer.safetensors"  # the per-parameter Adam state `motif grow` reads and grows
 MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+@dataclass
+class StartCheckpoint:
+    """The checkpoint a stage starts from, each of its records read once.
+
+    Read in the order the checks need it: the shape first (`read`: config.json alone, so a wrong
+    input is refused before any header is read), the weights' headers on first use (`checkpoint`).
+    """
+
+    path: str  # as the stage file names it: error messages quote it so
+    args: ModelArgs  # its config.json
+    _checkpoint: Checkpoint | None = field(default=None, repr=False)
+
+    @classmethod
+    def read(cls, path: str) -> StartCheckpoint:
+        from motif.model.checkpoint import read_args
+
+        return cls(path, read_args(path))
+
+    def checkpoint(self) -> Checkpoint:
+        """Its weight files checked against the shape: every header read once, on the first call."""
+        if self._checkpoint is None:
+            from motif.model.checkpoint import open_checkpoint
+
+            self._checkpoint = open_checkpoint(self.path, self.args)
+        return self._checkpoint
 
 
 class WeightSource:
@@ -77,7 +114,7 @@ class WeightSource:
     def __enter__(self) -> WeightSource:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -105,23 +142,29 @@ class MomentSource:
             return []
         return [k.split(".", 1)[1] for k in self.reader.entries if k.startswith("exp_avg.")]
 
+    def _carried(self) -> TensorReader:
+        """The reader, for the moments of a tensor that `has` found (the only ones callers ask for)."""
+        assert self.reader is not None, "no Adam moments were carried: ask `has` first"
+        return self.reader
+
     def step(self, name: str) -> float:
-        return float(self.reader.read(f"step.{name}").reshape(()).item()) if self.has(name) else 0.0
+        return float(self._carried().read(f"step.{name}").reshape(()).item()) if self.has(name) else 0.0
 
     def flat_into(self, key: str, name: str, start: int, stop: int, out: torch.Tensor) -> None:
-        self.reader.read_into(f"{key}.{name}", start, stop, out)
+        self._carried().read_into(f"{key}.{name}", start, stop, out)
 
     def full(self, key: str, name: str) -> torch.Tensor:
-        return self.reader.read(f"{key}.{name}").float()
+        return self._carried().read(f"{key}.{name}").float()
 
     def check_shape(self, name: str, shape: tuple[int, ...]) -> None:
         from motif.errors import CheckpointError
 
+        reader = self._carried()
         for key in MOMENTS:
-            found = self.reader.shape(f"{key}.{name}")
+            found = reader.shape(f"{key}.{name}")
             if tuple(found) != tuple(shape):
                 raise CheckpointError(
-                    f"{self.reader.source}: {key}.{name} has shape {list(found)}, the parameter has {list(shape)} "
+                    f"{reader.source}: {key}.{name} has shape {list(found)}, the parameter has {list(shape)} "
                     "(was the optimizer state grown with the checkpoint? `motif grow` does both)"
                 )
 

@@ -18,8 +18,10 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -38,9 +40,16 @@ from motif.train.dist import World
 from motif.train.engines import build_engine, loss_sums
 from motif.train.output import output_bytes, write_output
 from motif.train.schedule import Schedule
-from motif.train.start import MomentSource, WeightSource
+from motif.train.slices import TensorReader
+from motif.train.start import MomentSource, StartCheckpoint, WeightSource
+
+if TYPE_CHECKING:
+    from motif.storage.lease import Lease
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # The loss of the grown model on the first batch must equal the input model's: growth preserves
 # the function exactly, so only rounding separates them (fp32: reordered sums; bf16: bf16 compute).
@@ -73,10 +82,10 @@ class TrainState:
     nonfinite: dict[str, int] = field(default_factory=lambda: {"skip": 0, "stop": 0})
     restarts: int = 0
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.tokens = {k: int(v) for k, v in state["tokens"].items()}
         self.nonfinite = dict(state["nonfinite"])
@@ -89,10 +98,10 @@ class RngState:
     def __init__(self, world: World):
         self.key = f"{world.world_size}/{world.rank}"
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {self.key: torch.get_rng_state().tolist()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.key in state:
             torch.set_rng_state(torch.tensor(state[self.key], dtype=torch.uint8))
 
@@ -108,17 +117,29 @@ class StepStats:
 
 
 class Trainer:
-    def __init__(self, stage: StageConfig, options: RunOptions, world: World, metrics: MetricLogger, lease=None):
+    def __init__(
+        self,
+        stage: StageConfig,
+        options: RunOptions,
+        world: World,
+        metrics: MetricLogger,
+        lease: Lease | None = None,
+        start: StartCheckpoint | None = None,
+    ):
         self.stage = stage
         self.options = options
         self.world = world
         self.metrics = metrics
         self.lease = lease  # the job's lease of the checkpoint directory (rank 0), from the command
+        # The start checkpoint as the command read it (once per run); read in `setup` when not given.
+        self.start = start
+        self.new_blocks: list[int] = []  # train.freeze: new_blocks: the blocks that train
         self.max_steps = options.max_steps or stage.train.max_steps
         self.ramp_steps = min(stage.growth.ramp_steps, self.max_steps) if stage.growth else 0
         self.state = TrainState()
         self.stop_requested = False  # set by the command's SIGTERM handler while `training`
         self.training = False
+        self.finished = False  # set by the command once `train` returned: SIGTERM then means done
         self.resumed_from: Path | None = None
         self.growth_loss: tuple[float, float] | None = None
 
@@ -150,7 +171,7 @@ class Trainer:
         self.engine = build_engine(s, self.world, self.weights, self.moments, frozen)
         self.model = self.engine.model
         if frozen and self.world.is_main:
-            log.info("freeze: new_blocks: training layers %s only", growth_aware.new_block_indices(s.start_checkpoint))
+            log.info("freeze: new_blocks: training layers %s only", self.new_blocks)
         self.schedule = Schedule.from_config(s.optim, self.max_steps, grows=s.growth is not None)
         self.checkpoints.register(
             parts={"train": self.state},
@@ -189,21 +210,24 @@ class Trainer:
 
     def _start_sources(self) -> tuple[WeightSource, MomentSource, set[str]]:
         """The start weights (a checkpoint read in parts, or a seeded init), carried moments, frozen names."""
-        from motif.model.checkpoint import read_args
-
         s = self.stage
-        start = s.start_checkpoint
+        if self.start is None and s.start_checkpoint is not None:
+            self.start = StartCheckpoint.read(s.start_checkpoint)
+        start = self.start
         if start is None:
+            assert s.model is not None  # the loader requires motif.model when there is no input
             args = s.model.replace(torch_dtype="float32")
+            weights = WeightSource(args, None, seed=s.train.seed)
         else:
-            args = read_args(start)
+            args = start.args
             if s.growth is None:  # a growing stage checked its input before growing it
-                check_input_shape(s, args, start)
-        weights = WeightSource.open(args, start, seed=s.train.seed)
-        moments = MomentSource.open(start)
+                check_input_shape(s, args, start.path)
+            weights = WeightSource(args, TensorReader(start.checkpoint().entries, start.path), seed=s.train.seed)
+        moments = MomentSource.open(start.path if start is not None else None)
         frozen: set[str] = set()
-        if s.train.freeze == "new_blocks":
-            keep = {f"model.layers.{i}." for i in growth_aware.new_block_indices(start)}
+        if s.train.freeze == "new_blocks" and start is not None:  # the loader allows it only with LlamaPro growth
+            self.new_blocks = growth_aware.new_block_indices(start.path)
+            keep = {f"model.layers.{i}." for i in self.new_blocks}
             frozen = {n for n in args.tensor_shapes() if not any(n.startswith(k) for k in keep)}
         return weights, moments, frozen
 
@@ -217,7 +241,7 @@ class Trainer:
         if not self.world.is_main:
             dist.barrier(self.world)
         tokenizer = self.tokenizer = Tokenizer(self.stage.data.tokenizer)
-        data = ShardedData.from_config(
+        data: ShardedData = ShardedData.from_config(
             self.stage.data, num_shards, rank=self.world.rank, world=self.world.world_size, tokenizer=tokenizer
         )
         if self.world.is_main:
@@ -232,14 +256,13 @@ class Trainer:
 
     def _verify_start(self) -> None:
         """The start checkpoint's files against their checksums and finite, the ranks sharing the reading."""
-        from motif.model.checkpoint import open_checkpoint, verify_checkpoint
+        from motif.model.checkpoint import verify_checkpoint
 
-        start = self.stage.start_checkpoint
-        if start is None:
+        if self.start is None:
             return
         problem = None
         try:
-            verify_checkpoint(open_checkpoint(start), rank=self.world.rank, world=self.world.world_size)
+            verify_checkpoint(self.start.checkpoint(), rank=self.world.rank, world=self.world.world_size)
         except MotifError as e:
             problem = str(e)
         problem = dist.first_problem(self.world, problem)
@@ -344,10 +367,10 @@ class Trainer:
         self._collective(self.save_output)
         self.training = False
 
-    def _collective(self, fn, *args):
+    def _collective(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a step that synchronises ranks; a lost peer there ends this rank at once (exit 3)."""
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except RuntimeError as e:
             if self.world.distributed and dist.is_collective_failure(e):
                 dist.fail_fast(self.world, self.state.step, e)
@@ -378,9 +401,9 @@ class Trainer:
         sums[-1] = float(self.stop_requested)
         dist.all_reduce_sum(self.world, sums)
         result = self.engine.step(lr, finite=sums[-2].item() == 0)
-        if result.grad_norm is not None:
-            grad_norm = result.grad_norm
-        norm = float(grad_norm) if grad_norm is not None else float("nan")
+        # The engine's own measure when it takes one inside the step (ZeRO-3), else the clipped norm.
+        measured = result.grad_norm if result.grad_norm is not None else grad_norm
+        norm = float(measured) if measured is not None else float("nan")
         return self._stats(sums, n_lang, norm, result.stepped, sums[-1].item() > 0)
 
     def forward_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -408,7 +431,9 @@ class Trainer:
         Both are computed sharded as the engine shards (the input model is built like the trained
         one, at 1/W per rank), before the first update.
         """
-        before = self.engine.input_loss(self.stage.input, batches)
+        growth, source = self.stage.growth, self.stage.input
+        assert growth is not None and source is not None  # called for a growing stage, which has an input
+        before = self.engine.input_loss(source, batches)
         after = loss_sums(self.engine.forward, batches, self.world.device)
         both = torch.cat([before, after])
         dist.all_reduce_sum(self.world, both)
@@ -427,7 +452,7 @@ class Trainer:
         self.metrics.log({names.GROWTH_LOSS.name: {"before": loss_before, "after": loss_after}}, 0)
         if not rel <= rtol:
             raise GrowthError(
-                f"{self.stage.growth.output}: the grown model's loss on the first batch is {loss_after:.6f}, the "
+                f"{growth.output}: the grown model's loss on the first batch is {loss_after:.6f}, the "
                 f"input's {loss_before:.6f} (relative difference {rel:.1e} > {rtol:.0e}): growth did not preserve "
                 "the function; regrow it (motif grow --stage --overwrite) before training"
             )
@@ -441,10 +466,12 @@ class Trainer:
         if self.heldout is None:
             return None
         t0 = time.perf_counter()
+
+        def all_reduce_sum(t: torch.Tensor) -> None:
+            dist.all_reduce_sum(self.world, t)
+
         with torch.no_grad():
-            scores = self.heldout.score(
-                self.engine.forward, self.world.device, lambda t: dist.all_reduce_sum(self.world, t)
-            )
+            scores = self.heldout.score(self.engine.forward, self.world.device, all_reduce_sum)
         self.metrics.log({names.HELDOUT_BITS_PER_BYTE.name: scores}, self.state.step)
         if self.world.is_main:
             shown = " ".join(f"{k} {v:.4f}" for k, v in sorted(scores.items()))

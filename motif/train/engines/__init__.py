@@ -20,7 +20,7 @@ with the same sharding.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from motif.errors import MotifError
 
 if TYPE_CHECKING:
     from motif.config import StageConfig
+    from motif.data.mixture import Batch
     from motif.model import Llama
     from motif.train.dist import World
     from motif.train.start import MomentSource, WeightSource
@@ -43,7 +44,9 @@ class StepResult:
     grad_norm: float | None = None  # the global norm, for engines that measure it inside the step
 
 
-def loss_sums(forward, batches: list, device: torch.device) -> torch.Tensor:
+def loss_sums(
+    forward: Callable[[torch.Tensor], torch.Tensor], batches: list[Batch], device: torch.device
+) -> torch.Tensor:
     """[loss sum, token count] of `forward` (tokens -> logits) on `batches`, without gradients."""
     import torch.nn.functional as F
 
@@ -64,10 +67,16 @@ class Engine(Protocol):
     model: Llama  # the (possibly sharded) module: its args and growth masks are the model's
     bytes_read: int  # bytes this rank read from the start checkpoint and its optimizer state
 
+    def __init__(
+        self, stage: StageConfig, world: World, weights: WeightSource, moments: MomentSource, frozen: set[str]
+    ) -> None:
+        """Build the model laid out over the ranks, holding the start weights and carried moments;
+        the parameters named in `frozen` do not train. Every engine is built so (`build_engine`)."""
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, V]. Collective on the sharded engines: every rank calls it as often."""
 
-    def accumulate(self, last: bool) -> AbstractContextManager:
+    def accumulate(self, last: bool) -> AbstractContextManager[None]:
         """Context of one micro-batch: gradients are reduced on the last one only."""
 
     def backward(self, loss: torch.Tensor, grad_accum: int) -> None: ...
@@ -93,7 +102,7 @@ class Engine(Protocol):
         """Collective: every weight, then every Adam tensor (`exp_avg.<name>` ...), whole, in
         checkpoint order, one at a time; the tensor on rank 0, None elsewhere."""
 
-    def input_loss(self, checkpoint: str, batches: list) -> torch.Tensor:
+    def input_loss(self, checkpoint: str, batches: list[Batch]) -> torch.Tensor:
         """[loss sum, token count] of the un-grown input model on `batches`, sharded like this engine."""
 
     def close(self) -> None: ...
@@ -111,9 +120,12 @@ def engine_class(name: str) -> type[Engine]:
     if name not in ENGINES:
         raise MotifError(f"motif.parallel.engine: {name!r} is not an engine (expected one of: {', '.join(ENGINES)})")
     module, cls = ENGINES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    engine: type[Engine] = getattr(importlib.import_module(module), cls)
+    return engine
 
 
-def build_engine(stage: StageConfig, world: World, weights: WeightSource, moments: MomentSource, frozen: set[str]):
+def build_engine(
+    stage: StageConfig, world: World, weights: WeightSource, moments: MomentSource, frozen: set[str]
+) -> Engine:
     """The engine `stage.parallel.engine` names, with the model built and its start state loaded."""
     return engine_class(stage.parallel.engine)(stage, world, weights, moments, frozen)

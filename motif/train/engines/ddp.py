@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -22,6 +23,11 @@ from motif.train.dist import World
 from motif.train.engines import StepResult, loss_sums
 from motif.train.slices import TensorReader, write_tensors
 from motif.train.start import MOMENTS, MomentSource, WeightSource
+
+if TYPE_CHECKING:
+    from torch.nn.parallel import DistributedDataParallel
+
+    from motif.data.mixture import Batch
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -49,17 +55,18 @@ class DdpEngine:
         self.model.set_activation_checkpointing(stage.train.activation_checkpointing)
         if stage.train.compile:
             compile_blocks(self.model)
-        self.runner = self.model
+        self.ddp: DistributedDataParallel | None = None  # the DDP wrapper, in a process group
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             # broadcast_buffers=False: the only buffers (RoPE tables, growth masks) are computed
             # identically on every rank; a broadcast per forward would only cost time.
-            self.runner = DDP(
+            self.ddp = DDP(
                 self.model,
                 device_ids=[world.local_rank] if world.device.type == "cuda" else None,
                 broadcast_buffers=False,
             )
+        self.runner: torch.nn.Module = self.ddp if self.ddp is not None else self.model
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         self.optimizer = optim.adamw([{"params": list(self.params.values())}], stage.optim, fused=True)
         for name, p in self.params.items():
@@ -75,17 +82,19 @@ class DdpEngine:
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.autocast_dtype is None:
-            return self.runner(tokens)
+            logits: torch.Tensor = self.runner(tokens)
+            return logits
         with torch.autocast(self.world.device.type, dtype=self.autocast_dtype):
-            return self.runner(tokens)
+            logits = self.runner(tokens)
+            return logits
 
-    def accumulate(self, last: bool):
-        if self.world.distributed and not last:
-            return self.runner.no_sync()
+    def accumulate(self, last: bool) -> AbstractContextManager[None]:
+        if self.ddp is not None and not last:
+            return self.ddp.no_sync()
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor, grad_accum: int) -> None:
-        (loss / grad_accum).backward()
+        (loss / grad_accum).backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is unannotated
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         params = list(self.params.values())
@@ -164,7 +173,7 @@ class DdpEngine:
                     yield f"{key}.{name}", carried.full(key, name) if main else None
                 yield f"step.{name}", torch.tensor(carried.step(name)) if main else None
 
-    def input_loss(self, checkpoint: str, batches: list) -> torch.Tensor:
+    def input_loss(self, checkpoint: str, batches: list[Batch]) -> torch.Tensor:
         from motif.model.checkpoint import load
 
         model = load(checkpoint, dtype=torch.float32, device=self.world.device)

@@ -22,11 +22,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import torch
 
@@ -39,6 +41,9 @@ from motif.train.engines import StepResult, loss_sums
 from motif.train.slices import TensorReader, write_tensors
 from motif.train.start import MOMENTS, MomentSource, WeightSource
 
+if TYPE_CHECKING:
+    from motif.data.mixture import Batch
+
 # DeepSpeed 0.19 calls collectives torch 2.13 deprecated; the warning would repeat at every step.
 warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
 
@@ -46,10 +51,10 @@ RANK_FILE = "zero_rank_{rank:05d}.safetensors"
 META_KEY = "motif_zero3"
 
 
-def ds_config(stage: StageConfig, args: ModelArgs, with_optimizer: bool = True) -> dict:
+def ds_config(stage: StageConfig, args: ModelArgs, with_optimizer: bool = True) -> dict[str, Any]:
     t, o = stage.train, stage.optim
     group = args.largest_group_params()
-    cfg = {
+    cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.grad_accum_steps,
         "zero_optimization": {
@@ -75,11 +80,24 @@ def ds_config(stage: StageConfig, args: ModelArgs, with_optimizer: bool = True) 
     return cfg
 
 
+class ZeroParameter(Protocol):
+    """What `deepspeed.zero.Init` adds to every parameter it partitions (torch's types do not know it)."""
+
+    ds_tensor: torch.Tensor  # this rank's partition: flat, padded to the same size on every rank
+    ds_numel: int  # elements of the whole tensor
+    ds_shape: torch.Size  # the whole tensor's shape
+
+
+def zero(p: torch.nn.Parameter) -> ZeroParameter:
+    """`p` seen as the partitioned parameter it is (built under `zero_init`)."""
+    return cast(ZeroParameter, p)
+
+
 def partition(p: torch.nn.Parameter, rank: int) -> tuple[int, int, int]:
     """(start, stop, size): the flat elements of `p` in this rank's partition, and its padded size."""
-    size = p.ds_tensor.numel()
+    size = zero(p).ds_tensor.numel()
     start = rank * size
-    return start, max(start, min(start + size, p.ds_numel)), size
+    return start, max(start, min(start + size, zero(p).ds_numel)), size
 
 
 def partition_dtype(stage: StageConfig) -> torch.dtype:
@@ -87,7 +105,7 @@ def partition_dtype(stage: StageConfig) -> torch.dtype:
     return torch.bfloat16 if stage.train.precision == "bf16" else torch.float32
 
 
-def zero_init(stage: StageConfig, args: ModelArgs):
+def zero_init(stage: StageConfig, args: ModelArgs) -> AbstractContextManager[object]:
     """`deepspeed.zero.Init` whose partitions hold the stage's precision on every accelerator.
 
     The dtype is left to the config's `bf16.enabled` on purpose: DeepSpeed 0.19's `Init._set_dtype`
@@ -100,12 +118,13 @@ def zero_init(stage: StageConfig, args: ModelArgs):
     """
     import deepspeed
 
-    return deepspeed.zero.Init(config_dict_or_path=ds_config(stage, args))
+    init: AbstractContextManager[object] = deepspeed.zero.Init(config_dict_or_path=ds_config(stage, args))
+    return init
 
 
 def check_partition_dtypes(model: torch.nn.Module, expected: torch.dtype) -> None:
     """Refuse to train a model whose partitions are not `expected`: a cast would change every weight."""
-    wrong = {str(p.ds_tensor.dtype) for p in model.parameters() if p.ds_tensor.dtype != expected}
+    wrong = {str(zero(p).ds_tensor.dtype) for p in model.parameters() if zero(p).ds_tensor.dtype != expected}
     if wrong:
         raise MotifError(
             f"deepspeed built the model's partitions in {', '.join(sorted(wrong))}, "
@@ -113,7 +132,9 @@ def check_partition_dtypes(model: torch.nn.Module, expected: torch.dtype) -> Non
         )
 
 
-def partitioned_llama(args: ModelArgs, stage: StageConfig, world: World, weights: WeightSource, frozen: set[str]):
+def partitioned_llama(
+    args: ModelArgs, stage: StageConfig, world: World, weights: WeightSource, frozen: set[str]
+) -> Llama:
     """A Llama built under `zero.Init`, each rank's partitions filled from `weights`."""
     with zero_init(stage, args):
         model = Llama(args)
@@ -123,7 +144,7 @@ def partitioned_llama(args: ModelArgs, stage: StageConfig, world: World, weights
             p.requires_grad_(name not in frozen)
             start, stop, _ = partition(p, world.rank)
             if stop > start:
-                weights.flat_into(name, start, stop, p.ds_tensor.data[: stop - start])
+                weights.flat_into(name, start, stop, zero(p).ds_tensor.data[: stop - start])
     return model
 
 
@@ -141,7 +162,7 @@ class DeepSpeedEngine:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.steps = {n: moments.step(n) for n in self.params}
         # One parameter group per carried step count: ZeRO keeps one Adam step per group.
-        by_step: dict[float, list] = {}
+        by_step: dict[float, list[torch.nn.Parameter]] = {}
         for name, p in self.params.items():
             by_step.setdefault(self.steps[name], []).append(p)
         self.group_steps = sorted(by_step)
@@ -161,7 +182,7 @@ class DeepSpeedEngine:
             if moments.has(name):
                 moments.check_shape(name, tuple(weights.shapes[name]))
         for key in MOMENTS:
-            self._set_local(key, lambda n, a, b, out, k=key: moments.flat_into(k, n, a, b, out), only=moments.has)
+            self._set_local(key, functools.partial(moments.flat_into, key), only=moments.has)
         self.bytes_read = weights.bytes_read + moments.bytes_read
 
     def _init_optimizer_state(self) -> None:
@@ -175,7 +196,12 @@ class DeepSpeedEngine:
                 "exp_avg_sq": torch.zeros_like(flat),
             }
 
-    def _set_local(self, key: str, fill, only=lambda name: True) -> None:
+    def _set_local(
+        self,
+        key: str,
+        fill: Callable[[str, int, int, torch.Tensor], None],
+        only: Callable[[str], bool] = lambda name: True,
+    ) -> None:
         """Write this rank's partition of `key` ("param" or a moment) for every trained parameter.
 
         `fill(name, start, stop, out)` writes elements [start, stop) of that tensor into `out`.
@@ -194,16 +220,17 @@ class DeepSpeedEngine:
             if key == "param":
                 safe_set_local_fp32_param(p, value)
                 with torch.no_grad():  # and the compute copy DeepSpeed gathers for forward
-                    p.ds_tensor.data.copy_(value.to(p.ds_tensor.dtype))
+                    zero(p).ds_tensor.data.copy_(value.to(zero(p).ds_tensor.dtype))
             else:
                 safe_set_local_optimizer_state(p, value, key)
 
     # ---- stepping --------------------------------------------------------------------------------
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.runner(tokens)
+        logits: torch.Tensor = self.runner(tokens)
+        return logits
 
-    def accumulate(self, last: bool):
+    def accumulate(self, last: bool) -> AbstractContextManager[None]:
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor, grad_accum: int) -> None:
@@ -222,7 +249,7 @@ class DeepSpeedEngine:
             views = []
             for name, p in self.params.items():
                 start, stop, _ = partition(p, self.world.rank)
-                views.append((name, safe_get_local_fp32_param(p)[: stop - start], start, tuple(p.ds_shape)))
+                views.append((name, safe_get_local_fp32_param(p)[: stop - start], start, tuple(zero(p).ds_shape)))
             optim.decay_(views, self.model.args, lr, self.stage.optim.weight_decay)
         self.runner.step()
         # DeepSpeed skips a step whose global gradient norm is not finite (only it sees that norm);
@@ -238,18 +265,19 @@ class DeepSpeedEngine:
 
     # ---- checkpoints -------------------------------------------------------------------------
 
-    def _local(self, key: str, p) -> torch.Tensor:
+    def _local(self, key: str, p: torch.nn.Parameter) -> torch.Tensor:
         from deepspeed.utils import safe_get_local_fp32_param, safe_get_local_optimizer_state
 
         start, stop, _ = partition(p, self.world.rank)
-        value = safe_get_local_fp32_param(p) if key == "param" else safe_get_local_optimizer_state(p, key)
+        value: torch.Tensor = safe_get_local_fp32_param(p) if key == "param" else safe_get_local_optimizer_state(p, key)
         return value[: stop - start].detach().float().cpu()
 
     def save(self, directory: Path) -> dict[str, str]:
-        tensors, ranges = {}, {}
+        tensors: dict[str, torch.Tensor] = {}
+        ranges: dict[str, list[object]] = {}  # name: [start, stop, whole shape]
         for name, p in self.params.items():
             start, stop, _ = partition(p, self.world.rank)
-            ranges[name] = [start, stop, list(p.ds_shape)]
+            ranges[name] = [start, stop, list(zero(p).ds_shape)]
             for key in ("param", *MOMENTS):
                 tensors[f"{key}.{name}"] = self._local(key, p)
         steps = {name: self._group_step(p) for name, p in self.params.items()}
@@ -257,7 +285,7 @@ class DeepSpeedEngine:
         name = RANK_FILE.format(rank=self.world.rank)
         return {name: write_tensors(directory / name, tensors, {META_KEY: json.dumps(meta)})}
 
-    def _group_step(self, p) -> float:
+    def _group_step(self, p: torch.nn.Parameter) -> float:
         inner = self.optimizer.optimizer
         for i, flat in enumerate(self.optimizer.fp32_partitioned_groups_flat):
             if any(q is p for q in self.optimizer.fp16_groups[i]):
@@ -280,7 +308,7 @@ class DeepSpeedEngine:
                 raise CheckpointError(f"{f}: no {META_KEY} metadata (not written by engine deepspeed)") from None
         try:
             for key in ("param", *MOMENTS):
-                self._set_local(key, lambda n, a, b, out, k=key: _assemble(saved, k, n, a, b, directory, out))
+                self._set_local(key, functools.partial(_assemble, saved, directory, key))
             steps = {n: s for _, meta in saved for n, s in meta["steps"].items()}
             self._load_steps(steps, directory)
         finally:
@@ -323,7 +351,7 @@ class DeepSpeedEngine:
                     yield f"{key}.{name}", carried.full(key, name) if main else None
                 yield f"step.{name}", torch.tensor(carried.step(name)) if main else None
 
-    def input_loss(self, checkpoint: str, batches: list) -> torch.Tensor:
+    def input_loss(self, checkpoint: str, batches: list[Batch]) -> torch.Tensor:
         """The un-grown input, partitioned the same way and run by a ZeRO-3 engine without optimizer."""
         import deepspeed
 
@@ -343,7 +371,15 @@ class DeepSpeedEngine:
         pass
 
 
-def _assemble(saved, key: str, name: str, start: int, stop: int, directory: Path, out: torch.Tensor) -> None:
+def _assemble(
+    saved: list[tuple[TensorReader, dict[str, Any]]],
+    directory: Path,
+    key: str,
+    name: str,
+    start: int,
+    stop: int,
+    out: torch.Tensor,
+) -> None:
     """Elements [start, stop) of `key.name` into `out`, from the saved partitions that overlap them."""
     covered = 0
     for reader, meta in saved:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -32,6 +33,11 @@ from motif.train.dist import World
 from motif.train.engines import StepResult, loss_sums
 from motif.train.engines.ddp import compile_blocks
 from motif.train.start import MOMENTS, MomentSource, WeightSource
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+
+    from motif.data.mixture import Batch
 
 CHECKPOINT_DIR = "fsdp"  # the DCP directory inside a training checkpoint
 
@@ -54,7 +60,7 @@ def _file_of(state: dict[str, torch.Tensor], layers: int) -> dict[str, int]:
     return out
 
 
-def device_mesh(stage: StageConfig, world: World):
+def device_mesh(stage: StageConfig, world: World) -> DeviceMesh:
     from torch._subclasses.fake_tensor import unset_fake_temporarily
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -78,6 +84,7 @@ def local_rows(p: DTensor) -> tuple[int, int]:
     if len(p.shape) == 0:
         return 0, 1
     mesh, coordinate = p.device_mesh, p.device_mesh.get_coordinate()
+    assert coordinate is not None  # None only for a rank outside the mesh, and the mesh is every rank
     start, stop = 0, p.shape[0]
     for dim, placement in enumerate(p.placements):
         if placement.is_shard(0):
@@ -87,7 +94,9 @@ def local_rows(p: DTensor) -> tuple[int, int]:
     return start, stop
 
 
-def sharded_llama(args: ModelArgs, stage: StageConfig, world: World, mesh, weights: WeightSource, frozen: set[str]):
+def sharded_llama(
+    args: ModelArgs, stage: StageConfig, world: World, mesh: DeviceMesh, weights: WeightSource, frozen: set[str]
+) -> Llama:
     """A Llama sharded with FSDP2 and holding the start weights, built without ever allocating it whole."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -101,17 +110,17 @@ def sharded_llama(args: ModelArgs, stage: StageConfig, world: World, mesh, weigh
     mp = None
     if stage.train.precision == "bf16":
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    policy = {"mesh": mesh, "mp_policy": mp or MixedPrecisionPolicy()}
+    policy = mp or MixedPrecisionPolicy()
     # As torchtitan: the embedding, each block, and the final norm with the head are their own
     # groups, so at most one of them is gathered at a time (the root alone would keep embedding and
     # head whole from the forward to the end of the backward).
     if not args.tie_word_embeddings:
-        fully_shard(model.model.embed_tokens, **policy)
+        fully_shard(model.model.embed_tokens, mesh=mesh, mp_policy=policy)
     for block in model.model.layers:
-        fully_shard(block, **policy)
+        fully_shard(block, mesh=mesh, mp_policy=policy)
     if not args.tie_word_embeddings:
-        fully_shard([model.model.norm, model.lm_head], **policy)
-    fully_shard(model, **policy)
+        fully_shard([model.model.norm, model.lm_head], mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     model.to_empty(device=world.device)
     model.init_buffers(world.device)
     with torch.no_grad():
@@ -146,7 +155,7 @@ class FsdpEngine:
                     moments.check_shape(name, tuple(p.shape))
                     start, stop = local_rows(p)
                     for key in MOMENTS:
-                        local = state[key].to_local()
+                        local = cast(DTensor, state[key]).to_local()  # made like `p`: a DTensor
                         if local.numel():
                             row = math.prod(p.shape[1:])
                             moments.flat_into(key, name, start * row, stop * row, local.view(-1))
@@ -155,12 +164,12 @@ class FsdpEngine:
     # ---- stepping --------------------------------------------------------------------------------
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        logits = self.model(tokens)
+        logits: torch.Tensor = self.model(tokens)
         if not torch.is_grad_enabled():
             self.model.reshard()  # the root reshards after its backward; without one, do it now
         return logits
 
-    def accumulate(self, last: bool):
+    def accumulate(self, last: bool) -> AbstractContextManager[None]:
         # Gradients are reduce-scattered after every micro-batch: holding unsharded gradients
         # across micro-batches would break the memory contract.
         import contextlib
@@ -168,12 +177,15 @@ class FsdpEngine:
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor, grad_accum: int) -> None:
-        (loss / grad_accum).backward()
+        (loss / grad_accum).backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is unannotated
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         params = list(self.params.values())
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=True)
-        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+        if isinstance(norm, DTensor):
+            full: torch.Tensor = norm.full_tensor()
+            return full
+        return norm
 
     def step(self, lr: float, finite: bool) -> StepResult:
         if finite:
@@ -183,7 +195,7 @@ class FsdpEngine:
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(stepped=finite)
 
-    def _local_views(self):
+    def _local_views(self) -> Iterator[tuple[str, torch.Tensor, int, tuple[int, ...]]]:
         for name, p in self.params.items():
             if p.grad is None:
                 continue
@@ -207,22 +219,22 @@ class FsdpEngine:
         return out
 
     def save(self, directory: Path) -> dict[str, str]:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint import HuggingFaceStorageWriter
+        from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
+        from torch.distributed.checkpoint.state_dict_saver import save
 
         state = self._state()
         files = _file_of(state, self.model.args.num_hidden_layers)
         writer = HuggingFaceStorageWriter(
             str(directory / CHECKPOINT_DIR), fqn_to_index_mapping=files, save_distributed=True
         )
-        dcp.save(state, storage_writer=writer)
+        save(state, storage_writer=writer)
         return {}  # DCP's files: the checkpoint manager hashes them, each rank a share
 
     def load(self, directory: Path) -> None:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint import HuggingFaceStorageReader
+        from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
+        from torch.distributed.checkpoint.state_dict_loader import load
 
-        dcp.load(self._state(), storage_reader=HuggingFaceStorageReader(str(directory / CHECKPOINT_DIR)))
+        load(self._state(), storage_reader=HuggingFaceStorageReader(str(directory / CHECKPOINT_DIR)))
 
     # ---- the stage's output --------------------------------------------------------------------
 
@@ -246,7 +258,7 @@ class FsdpEngine:
                     yield f"{key}.{name}", carried.full(key, name) if main else None
                 yield f"step.{name}", torch.tensor(carried.step(name)) if main else None
 
-    def input_loss(self, checkpoint: str, batches: list) -> torch.Tensor:
+    def input_loss(self, checkpoint: str, batches: list[Batch]) -> torch.Tensor:
         """The un-grown input, sharded the same way (1/W of it per rank), on this rank's batches."""
         from motif.model.checkpoint import read_args
 

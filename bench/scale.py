@@ -118,8 +118,8 @@ def worker(stage_file: str, resume: str, report: str) -> int:
 
 def _time_train_steps() -> list[dict]:
     """Each `Trainer.train_step` of this rank, timed from outside: wall seconds and the process's CPU
-    seconds (every thread's: gloo's included), the CPU time being what the rank's work cost whatever
-    else held the cores meanwhile."""
+    seconds (every thread's: gloo's included). CPU time leaves out the waits for a core that others
+    hold; it still grows when they share the caches and the memory bandwidth."""
     from motif.train.trainer import Trainer
 
     steps: list[dict] = []
@@ -352,7 +352,8 @@ def _report_row(r: dict) -> None:
         print(
             f"  {'':<9}      CPU seconds a rank spends in a step: predicted {sim['compute_cpu_s']:.2f} (compute) + "
             f"{sim['comm_s']:.2f} (collectives) beside measured {r['train_step_cpu_s']:.2f} in train_step "
-            f"({100 * (predicted_cpu / r['train_step_cpu_s'] - 1):+.0f}%; the same whatever else holds the cores)",
+            f"({100 * (predicted_cpu / r['train_step_cpu_s'] - 1):+.0f}%; "
+            "waiting for a core is not CPU time, sharing a cache is)",
             flush=True,
         )
 

@@ -65,20 +65,23 @@ def device(kind: str) -> Device:
     return DEVICES[kind] if kind in DEVICES else measure_cpu()
 
 
-def measure_cpu(threads: int | None = None, ranks: int = 1, gemm: tuple[int, int, int] = (1024, 1024, 1024)) -> Device:
+def measure_cpu(
+    threads: int | None = None, ranks: int = 1, gemm: tuple[int, int, int] = (1024, 1024, 1024), runs: int = 5
+) -> Device:
     """This machine's fp32 GEMM rate ([m x k] @ [k x n], `gemm`) and copy bandwidth (median of a few
     runs) as one of `ranks` processes computing at once sees them, each with `threads` threads
     (default: torch's, all cores; a rank of a CPU run under torchrun computes with one). The ranks
     run as Python threads (torch releases the GIL in both operators); the slowest one's rates are
     returned, since a step waits for it. Measured, not assumed: two ranks on two vCPUs can each get
-    half of one. A CPU's rate depends on the shape: pass the step's own matmul shape."""
+    half of one. A CPU's rate depends on the shape: pass the step's own matmul shape. On a machine
+    that others share, more `runs` sample more of their load."""
     import torch
 
     if threads is not None:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return measure_cpu(ranks=ranks, gemm=gemm)
+            return measure_cpu(ranks=ranks, gemm=gemm, runs=runs)
         finally:
             torch.set_num_threads(before)
     results: list[tuple[float, float]] = [(0.0, 0.0)] * ranks
@@ -88,8 +91,8 @@ def measure_cpu(threads: int | None = None, ranks: int = 1, gemm: tuple[int, int
         a, b = torch.randn(m, k), torch.randn(k, n)
         src = torch.empty(32 * 2**20 // 4)
         dst = torch.empty_like(src)
-        seconds = _median(lambda: a @ b)
-        copy = _median(lambda: dst.copy_(src))
+        seconds = _median(lambda: a @ b, runs)
+        copy = _median(lambda: dst.copy_(src), runs)
         results[i] = (2 * m * k * n / seconds, 2 * src.numel() * 4 / copy)
 
     workers = [threading.Thread(target=rank, args=(i,)) for i in range(ranks)]

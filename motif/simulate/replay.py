@@ -32,6 +32,7 @@ import torch
 from motif.simulate.counter import Call, Event, Record, TensorSpec
 from motif.simulate.devices import Device, measure_cpu
 
+SHARE_RUNS = 40  # GEMMs and copies timed for a rank's share of the machine
 MAX_BYTES = 4 * 2**30  # a call that reads and writes more than this is not replayed (its roofline is used)
 
 
@@ -197,9 +198,11 @@ def measure(
 ) -> MeasuredCpu:
     """Replay the step's calls on this machine and measure the share of it each of `ranks` ranks gets."""
     gemm = main_gemm(record)
-    alone = measure_cpu(threads, ranks=1, gemm=gemm)
+    # Many runs (a second or so at this model's shapes): the share is what the ranks get over a
+    # step of many seconds, not over the few milliseconds of one GEMM.
+    alone = measure_cpu(threads, ranks=1, gemm=gemm, runs=SHARE_RUNS)
     wall, cpu, failed = time_calls(distinct_calls(record), threads, progress)
-    together = measure_cpu(threads, ranks=ranks, gemm=gemm) if ranks > 1 else alone
+    together = measure_cpu(threads, ranks=ranks, gemm=gemm, runs=SHARE_RUNS) if ranks > 1 else alone
     # A rank never gets more than the machine alone: a share above 1 is the load moving between runs.
     flops_share = min(1.0, together.fp32_flops / alone.fp32_flops)
     bytes_share = min(1.0, together.memory_bytes_per_s / alone.memory_bytes_per_s)

@@ -15,7 +15,7 @@ at W = 4 at most 0.35x of W = 1, and `motif plan`'s estimate for the same stage 
 fp32) within 25% of the measurement. The same run times a step per engine and world size, the
 checkpoint's save and load against `cp -r` + `sync` and `cat` of the same files (targets: at most
 1.3x each, at every W), and for fsdp prints `motif simulate`'s prediction beside the measurement:
-memory (target 15%) and step time on this machine's measured peaks (target 30%).
+memory (target 15%) and step time from the step's own operators replayed on this machine (target 30%).
 """
 
 from __future__ import annotations
@@ -102,16 +102,38 @@ def worker(stage_file: str, resume: str, report: str) -> int:
     from motif.train.command import run_stage
     from motif.train.trainer import RunOptions
 
+    steps = _time_train_steps()
     t0 = time.perf_counter()
     code = run_stage(stage, RunOptions(resume=resume, log_every=1), metrics_port=0)
     rank = int(os.environ.get("RANK", "0"))
     result = {"rank": rank, "code": code, "baseline_kib": baseline, "peak_kib": _status_kib("VmHWM")}
+    result["train_steps"] = steps
     result["seconds"] = time.perf_counter() - t0
     Path(report, f"rank{rank}.json").write_text(json.dumps(result))
     if stage.parallel.engine == "deepspeed":
         sys.stdout.flush()
         os._exit(code)  # as motif train does: DeepSpeed's CPU comm threads can abort the teardown
     return code
+
+
+def _time_train_steps() -> list[dict]:
+    """Each `Trainer.train_step` of this rank, timed from outside: wall seconds and the process's CPU
+    seconds (every thread's: gloo's included). CPU time leaves out the waits for a core that others
+    hold; it still grows when they share the caches and the memory bandwidth."""
+    from motif.train.trainer import Trainer
+
+    steps: list[dict] = []
+    original = Trainer.train_step
+
+    def timed(self, batches, lr):
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return original(self, batches, lr)
+        finally:
+            steps.append({"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0})
+
+    Trainer.train_step = timed
+    return steps
 
 
 # ---- the driver --------------------------------------------------------------------------------
@@ -146,7 +168,12 @@ def _run_phase(work: Path, engine: str, world: int, resume: str, tag: str) -> di
     ranks = [json.loads(p.read_text()) for p in sorted(report.glob("rank*.json"))]
     if done.returncode != 0 or len(ranks) != world or any(r["code"] for r in ranks):
         raise RuntimeError(f"{tag}: exit {done.returncode}\n{done.stderr[-3000:]}")
+    import statistics
+
     return {
+        # the slowest rank's median train_step, wall and CPU seconds
+        "train_step_s": max(statistics.median(s["wall_s"] for s in r["train_steps"]) for r in ranks),
+        "train_step_cpu_s": max(statistics.median(s["cpu_s"] for s in r["train_steps"]) for r in ranks),
         "peak_over_baseline": max((r["peak_kib"] - r["baseline_kib"]) * 1024 for r in ranks),
         "baseline": max(r["baseline_kib"] for r in ranks) * 1024,
         "seconds": max(r["seconds"] for r in ranks),
@@ -168,13 +195,13 @@ def _plan(work: Path, engine: str, world: int) -> int:
 def _simulate(work: Path, world: int) -> dict:
     """`motif simulate`'s prediction for the fsdp stage at W: memory per rank and step time.
 
-    The device is this machine as W ranks see it, measured in the same run: W single-threaded
-    ranks (one thread each, as under torchrun here) time a fp32 GEMM of the step's MLP shape
-    ([tokens x hidden] @ [hidden x intermediate]) and a copy at once, and W gloo ranks an
-    all-reduce over loopback (at least two); the slowest rank's rates are used.
+    The device is this machine as W ranks see it, measured in the same run (`motif.simulate.replay`):
+    every distinct operator call of the simulated step replayed on real tensors of its shapes, one
+    thread (as a rank computes under torchrun here), and the share of the machine a rank keeps when
+    W ranks compute at once (W threads running the step's main GEMM and a copy, against one); the
+    network is W gloo ranks' all-reduce over loopback (at least two), not overlapping compute.
     """
     from motif.plan import resolve_stages
-    from motif.simulate.devices import measure_cpu
     from motif.simulate.loopback import measure_loopback
     from motif.simulate.simulate import simulate_stage
     from motif.simulate.timing import Network
@@ -183,16 +210,24 @@ def _simulate(work: Path, world: int) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"motif": stage_section("fsdp", world)}))
     (shape,) = resolve_stages([path])
-    mlp = (SEQ_LEN, MODEL["hidden_size"], MODEL["intermediate_size"])
-    device, loopback = measure_cpu(threads=1, ranks=world, gemm=mlp), measure_loopback(ranks=max(2, world))
-    network = Network(loopback, loopback, world, world)
-    row = simulate_stage(shape, shape.stage, device=device, network=network)
+    loopback = measure_loopback(ranks=max(2, world))
+    network = Network(loopback, loopback, world, world, overlaps_compute=False)
+    row = simulate_stage(shape, shape.stage, device_kind="cpu", cpu_threads=1, network=network)
+    cpu = row["cpu_measured"]
     return {
         "bytes": row["total_bytes"],
         "step_s": row["step_seconds"],
-        "gemm_flops": device.fp32_flops,
-        "copy_bytes_per_s": device.memory_bytes_per_s,
+        "compute_s": row["compute_seconds"],
+        "comm_s": row["comm_seconds"],
+        "gemm_flops": cpu["gemm_flops_per_s"],
+        "copy_bytes_per_s": cpu["copy_bytes_per_s"],
+        "flops_share": cpu["flops_share"],
+        "bytes_share": cpu["bytes_share"],
+        "replayed_calls": cpu["replayed_calls"],
+        "fallback_calls": cpu["fallback_calls"],
+        "compute_cpu_s": cpu["compute_cpu_seconds"],
         "loopback_bytes_per_s": loopback,
+        "load_average": os.getloadavg()[0],
     }
 
 
@@ -218,12 +253,18 @@ def _logged_seconds(log: str, marker: str) -> float | None:
     return None
 
 
+def _steps(log: str, world: int) -> list[float]:
+    """Every step's time from the trainer's per-step log lines (tok/s of all ranks, SEQ_LEN tokens each)."""
+    rates = [float(line.split(" tok/s")[0].rsplit(" ", 1)[1]) for line in log.splitlines() if " tok/s " in line]
+    return [SEQ_LEN * world / rate for rate in rates]
+
+
 def _step_seconds(log: str, world: int) -> float | None:
-    """Median step time from the trainer's per-step log lines (tok/s of all ranks, SEQ_LEN tokens each)."""
+    """The median step time."""
     import statistics
 
-    rates = [float(line.split(" tok/s")[0].rsplit(" ", 1)[1]) for line in log.splitlines() if " tok/s " in line]
-    return SEQ_LEN * world / statistics.median(rates) if rates else None
+    steps = _steps(log, world)
+    return statistics.median(steps) if steps else None
 
 
 def main(argv: list[str]) -> int:
@@ -264,6 +305,9 @@ def main(argv: list[str]) -> int:
                     "plan_bytes": planned,
                     "plan_error": planned / measured - 1,
                     "step_s": _step_seconds(first["log"], world),
+                    "steps_s": _steps(first["log"], world),
+                    "train_step_s": first["train_step_s"],
+                    "train_step_cpu_s": first["train_step_cpu_s"],
                     "simulated": simulated,
                     "checkpoint": io,
                 }
@@ -296,9 +340,20 @@ def _report_row(r: dict) -> None:
         time_error = f"{100 * (sim['step_s'] / r['step_s'] - 1):+.0f}%" if r["step_s"] else "-"
         print(
             f"  {'':<9}      motif simulate {sim['bytes'] / gib:5.2f} GiB ({100 * mem_error:+.0f}%, target 15%)   "
-            f"predicted {sim['step_s']:.2f} s/step beside measured {step} ({time_error}, target 30%; "
-            f"a rank of W: {sim['gemm_flops'] / 1e9:.1f} GFLOP/s fp32 GEMM, {sim['copy_bytes_per_s'] / 1e9:.1f} GB/s "
-            f"copy; gloo loopback {sim['loopback_bytes_per_s'] / 1e9:.2f} GB/s)",
+            f"predicted {sim['step_s']:.2f} s/step (compute {sim['compute_s']:.2f} + collectives "
+            f"{sim['comm_s']:.2f}) beside measured {step} ({time_error}, target 30%; {sim['replayed_calls']} "
+            f"calls replayed, {sim['fallback_calls']} not; a rank alone {sim['gemm_flops'] / 1e9:.1f} GFLOP/s at "
+            f"the main GEMM, {sim['copy_bytes_per_s'] / 1e9:.1f} GB/s copy; share of W: {sim['flops_share']:.2f} "
+            f"GEMM, {sim['bytes_share']:.2f} copy; gloo loopback {sim['loopback_bytes_per_s'] / 1e9:.2f} GB/s; "
+            f"load average {sim['load_average']:.1f})",
+            flush=True,
+        )
+        predicted_cpu = sim["compute_cpu_s"] + sim["comm_s"]
+        print(
+            f"  {'':<9}      CPU seconds a rank spends in a step: predicted {sim['compute_cpu_s']:.2f} (compute) + "
+            f"{sim['comm_s']:.2f} (collectives) beside measured {r['train_step_cpu_s']:.2f} in train_step "
+            f"({100 * (predicted_cpu / r['train_step_cpu_s'] - 1):+.0f}%; "
+            "waiting for a core is not CPU time, sharing a cache is)",
             flush=True,
         )
 

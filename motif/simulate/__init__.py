@@ -3,5 +3,6 @@
 The stage is built and stepped at its real shape and world size on CPU `FakeTensorMode` tensors
 (shapes, dtypes and storage sizes, no data) in a fake process group of W ranks, seen from rank 0.
 Memory comes from FSDP2's own tracker (`tracker`), time from the operators and collectives the
-step issued (`counter`, `timing`, `devices`). See docs/training.md "Simulating a stage".
+step issued (`counter`, `timing`, `devices`; on a CPU, the step's calls replayed: `replay`). See
+docs/training.md "Simulating a stage".
 """

@@ -17,9 +17,10 @@ masks, the Adam state, grad_accum_steps micro-batches, the clip and the optimize
 Prints, per stage: the per-rank peak of the tensors by category and where it is reached, an
 allowance for what tensors do not show (CUDA context, NCCL, fragmentation), whether the total fits
 parallel.gpu_memory_gib, and an estimated step time (roofline of every operator on --device-kind,
-every FSDP2 collective over parallel.network, or gloo's loopback measured for a CPU stage on one
-machine; prefetch overlap), tokens/s per GPU, MFU and GPU-hours for max_steps. Exit 1 if a stage
-does not fit, 2 on bad input.
+every FSDP2 collective over parallel.network, prefetch overlap; for --device-kind cpu, every
+distinct operator call of the step replayed and timed on this machine, collectives over gloo's
+loopback, measured), tokens/s per GPU, MFU and GPU-hours for max_steps. Exit 1 if a stage does not
+fit, 2 on bad input.
 
 Only the fsdp engine runs on fake tensors (DDP's reducer and DeepSpeed read tensor data): a stage of
 another engine is refused unless --engine fsdp asks what FSDP2 would do with it.
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device-kind",
         choices=KINDS,
-        help="peak table entry for the time estimate (default: h100 for cuda stages, measured cpu for cpu ones)",
+        help="peak table entry for the time estimate (default: h100 for cuda stages; cpu, measured here, for cpu ones)",
     )
     parser.add_argument("--engine", choices=("fsdp",), help="simulate a ddp or deepspeed stage as fsdp would run it")
     parser.add_argument(

@@ -4,11 +4,16 @@ A dispatch mode below DTensor (it sees the local ops each rank runs) records, pe
 FLOPs (torch's FLOP counter formulas: matmuls, attention) and the bytes it reads and writes, and,
 per collective (FSDP2's all-gathers and reduce-scatters, the clip's all-reduce), the size of the
 whole buffer and the group size. `timing` turns the record into seconds.
+
+Each compute event also keeps its call (`Call`: the operator and its arguments with every tensor
+replaced by its shape, strides and dtype), so that a CPU can replay the step's own operators at
+their own shapes and time them (`motif/simulate/replay.py`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -50,12 +55,36 @@ NO_TRAFFIC = {
 }
 
 
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor argument without its data."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class Call:
+    """An operator call without tensor data: equal calls cost the same, and one replay times them all.
+    Lists in the arguments are kept as tuples (hashable); tensors as `TensorSpec`."""
+
+    op: Any  # torch OpOverload
+    args: tuple
+    kwargs: tuple  # sorted (name, value) pairs
+
+    @property
+    def name(self) -> str:
+        return str(self.op)
+
+
 @dataclass
 class Event:
     kind: str  # "compute" | "all_gather" | "reduce_scatter" | "all_reduce"
     flops: int = 0
     bytes: int = 0  # compute: bytes read + written; collective: the whole buffer
     group: int = 1  # collective: ranks in the group
+    call: Call | None = None  # compute: the operator and its argument shapes (None where not hashable)
 
 
 @dataclass
@@ -99,15 +128,18 @@ class OpCounter(TorchDispatchMode):
             group = args[1].size() if kind == "all_reduce" else max(1, round(buf.numel() / max(local.numel(), 1)))
             self.record.events.append(Event(kind, bytes=_nbytes(buf), group=group))
             return out
+        if func.namespace in ("c10d", "_c10d_functional"):
+            return out  # communication not modelled above (a barrier, a broadcast): no compute to time
         if func in ATTENTION:
-            self.record.events.append(
-                Event("compute", flops=_attention_flops(func, args, kwargs), bytes=_moved(args, out))
-            )
+            flops = _attention_flops(func, args, kwargs)
         elif func._overloadpacket in flop_registry:
-            flops = flop_registry[func._overloadpacket](*args, **kwargs, out_val=out)
-            self.record.events.append(Event("compute", flops=int(flops), bytes=_moved(args, out)))
-        elif _tensors(out) and not func.is_view and func._overloadpacket not in NO_TRAFFIC:
-            self.record.events.append(Event("compute", bytes=_moved(args, out)))
+            flops = int(flop_registry[func._overloadpacket](*args, **kwargs, out_val=out))
+        elif (_tensors(out) or _writes(func)) and not func.is_view and func._overloadpacket not in NO_TRAFFIC:
+            flops = 0  # an in-place op that returns nothing (the fused AdamW, the clip's _foreach_mul_) counts too
+        else:
+            return out
+        moved = _moved(args, out) + (0 if _tensors(out) else _written(func, args, kwargs))
+        self.record.events.append(Event("compute", flops=flops, bytes=moved, call=call_of(func, args, kwargs)))
         return out
 
 
@@ -122,3 +154,35 @@ def _attention_flops(func, args, kwargs) -> int:
 def _moved(args, out) -> int:
     """Bytes read and written (an in-place op reads and writes its buffer: both count)."""
     return sum(_nbytes(t) for t in _tensors(args)) + sum(_nbytes(t) for t in _tensors(out))
+
+
+def _writes(func) -> bool:
+    return any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
+
+
+def _written(func, args, kwargs) -> int:
+    """Bytes of the arguments an op writes in place (read once by `_moved`, written here)."""
+    total = 0
+    for i, a in enumerate(func._schema.arguments):
+        if a.alias_info is not None and a.alias_info.is_write:
+            value = args[i] if i < len(args) else kwargs.get(a.name)
+            total += sum(_nbytes(t) for t in _tensors(value))
+    return total
+
+
+def _spec(x):
+    if isinstance(x, torch.Tensor):
+        return TensorSpec(tuple(x.shape), tuple(x.stride()), x.dtype)
+    if isinstance(x, (list, tuple)):
+        return tuple(_spec(v) for v in x)
+    return x
+
+
+def call_of(func, args, kwargs) -> Call | None:
+    """The call's hashable form, or None when an argument is not hashable (it is then not replayed)."""
+    call = Call(func, _spec(args), tuple(sorted((k, _spec(v)) for k, v in kwargs.items())))
+    try:
+        hash(call)
+    except TypeError:
+        return None
+    return call

@@ -10,9 +10,11 @@ GPU figures are the vendors' datasheet peaks (dense, no sparsity):
 `efficiency` is the share of the matmul peak that large training GEMMs sustain (an assumption,
 not a datasheet figure: cuBLAS reaches ~70-80% of the H100's dense bf16 peak at Llama-sized
 shapes; the same share is assumed for the others). fp32 compute runs at the fp32 (non tensor core)
-peak on GPUs. `cpu` is measured on this machine, in the same run: the fp32 GEMM rate and the copy
-bandwidth, so its efficiency is 1 (and the network of a one-machine CPU world is gloo's loopback,
-measured too: `motif/simulate/loopback.py`).
+peak on GPUs. `cpu` is not a table entry but this machine, measured in the same run: every
+distinct operator call of the step replayed at its own shape and timed (`replay.MeasuredCpu`),
+with the roofline at the measured fp32 GEMM rate and copy bandwidth (`measure_cpu`) only for what
+cannot be replayed (and the network of a one-machine CPU world is gloo's loopback, measured too:
+`motif/simulate/loopback.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from motif.simulate.counter import Event
 
 TERA, GIGA = 1e12, 1e9
 
@@ -40,6 +46,10 @@ class Device:
         """What the time model assumes a matmul sustains."""
         return self.flops_peak(precision) * self.efficiency
 
+    def compute_seconds(self, event: Event, precision: str) -> float:
+        """The roofline: the slower of the operator's FLOPs at the sustained peak and its bytes at the bandwidth."""
+        return max(event.flops / self.flops(precision), event.bytes / self.memory_bytes_per_s)
+
 
 DEVICES = {
     "h100": Device("h100", 989 * TERA, 67 * TERA, 3350 * GIGA, 0.75),
@@ -55,20 +65,23 @@ def device(kind: str) -> Device:
     return DEVICES[kind] if kind in DEVICES else measure_cpu()
 
 
-def measure_cpu(threads: int | None = None, ranks: int = 1, gemm: tuple[int, int, int] = (1024, 1024, 1024)) -> Device:
-    """This machine's fp32 GEMM rate ([m x k] @ [k x n], `gemm`) and copy bandwidth (best of a few
+def measure_cpu(
+    threads: int | None = None, ranks: int = 1, gemm: tuple[int, int, int] = (1024, 1024, 1024), runs: int = 5
+) -> Device:
+    """This machine's fp32 GEMM rate ([m x k] @ [k x n], `gemm`) and copy bandwidth (median of a few
     runs) as one of `ranks` processes computing at once sees them, each with `threads` threads
     (default: torch's, all cores; a rank of a CPU run under torchrun computes with one). The ranks
     run as Python threads (torch releases the GIL in both operators); the slowest one's rates are
     returned, since a step waits for it. Measured, not assumed: two ranks on two vCPUs can each get
-    half of one. A CPU's rate depends on the shape: pass the step's own matmul shape."""
+    half of one. A CPU's rate depends on the shape: pass the step's own matmul shape. On a machine
+    that others share, more `runs` sample more of their load."""
     import torch
 
     if threads is not None:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return measure_cpu(ranks=ranks, gemm=gemm)
+            return measure_cpu(ranks=ranks, gemm=gemm, runs=runs)
         finally:
             torch.set_num_threads(before)
     results: list[tuple[float, float]] = [(0.0, 0.0)] * ranks
@@ -78,8 +91,8 @@ def measure_cpu(threads: int | None = None, ranks: int = 1, gemm: tuple[int, int
         a, b = torch.randn(m, k), torch.randn(k, n)
         src = torch.empty(32 * 2**20 // 4)
         dst = torch.empty_like(src)
-        seconds = _best(lambda: a @ b)
-        copy = _best(lambda: dst.copy_(src))
+        seconds = _median(lambda: a @ b, runs)
+        copy = _median(lambda: dst.copy_(src), runs)
         results[i] = (2 * m * k * n / seconds, 2 * src.numel() * 4 / copy)
 
     workers = [threading.Thread(target=rank, args=(i,)) for i in range(ranks)]
@@ -91,11 +104,15 @@ def measure_cpu(threads: int | None = None, ranks: int = 1, gemm: tuple[int, int
     return Device("cpu", flops, flops, min(r[1] for r in results), 1.0)
 
 
-def _best(fn, runs: int = 5) -> float:
+def _median(fn, runs: int = 5) -> float:
+    """The median of a few timed runs after a warm-up. Not the best: on a machine that others share,
+    the best run is the one that had a core to itself, and a step of many seconds does not."""
+    import statistics
+
     fn()
-    best = float("inf")
+    seconds = []
     for _ in range(runs):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        seconds.append(time.perf_counter() - t0)
+    return statistics.median(seconds)

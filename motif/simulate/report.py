@@ -48,6 +48,7 @@ def row(stage: Any, memory: Any, time: Any, args: Any, device: Any) -> dict[str,
         "max_steps": t.max_steps,
         "gpu_hours": time.seconds * t.max_steps * p.world_size / 3600,
         "days": time.seconds * t.max_steps / 86400,
+        **({"cpu_measured": device.summary()} if hasattr(device, "summary") else {}),
     }
 
 

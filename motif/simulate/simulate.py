@@ -48,13 +48,15 @@ def simulate_stage(
     device_kind: str | None = None,
     device: Any = None,
     network: Any = None,
+    cpu_threads: int | None = None,
     progress=lambda message: None,
     fake: bool = True,
 ) -> dict[str, Any]:
     """The `--json` row of one stage; `device` (a `devices.Device`) replaces the --device-kind table entry,
     `network` (a `timing.Network`) the stage's (default: `parallel.network`; gloo's loopback, measured,
-    for a CPU stage on one machine)."""
-    from motif.simulate import devices, report
+    for a CPU stage on one machine). Device kind `cpu` replays the step's operators on this machine,
+    each rank computing with `cpu_threads` threads (default: torch's)."""
+    from motif.simulate import devices, replay, report
     from motif.simulate.step import layout, run_step
     from motif.simulate.timing import Network, step_time
 
@@ -62,17 +64,25 @@ def simulate_stage(
     if micro_batch_size is not None:
         stage = dataclasses.replace(stage, train=dataclasses.replace(stage.train, micro_batch_size=micro_batch_size))
     memory, record = run_step(shape, stage, progress, fake=fake)
-    if device is None:
-        device = devices.device(device_kind or ("h100" if stage.parallel.device == "cuda" else "cpu"))
     p = stage.parallel
+    if device is None:
+        kind = device_kind or ("h100" if p.device == "cuda" else "cpu")
+        if kind == "cpu":
+            device = replay.measure(record, cpu_threads, ranks=min(p.world_size, p.procs_per_node), progress=progress)
+        else:
+            device = devices.device(kind)
     if network is None and p.device == "cpu" and p.nodes == 1:
         from motif.simulate.loopback import measure_loopback
 
-        loopback = measure_loopback()
-        network = Network(loopback, loopback, p.procs_per_node, p.world_size)
+        loopback = measure_loopback(ranks=max(2, p.procs_per_node))
+        network = Network(loopback, loopback, p.procs_per_node, p.world_size, overlaps_compute=False)
     if network is None:
         network = Network(
             p.network.intra_node_gb_s * 1e9, p.network.inter_node_gb_s * 1e9, p.procs_per_node, p.world_size
         )
     time = step_time(record, device, network, stage.train.precision)
-    return report.row(stage, memory, time, shape.grown, device)
+    row = report.row(stage, memory, time, shape.grown, device)
+    if isinstance(device, replay.MeasuredCpu):
+        cpu = step_time(record, device.cpu_clock(), network, stage.train.precision)
+        row["cpu_measured"]["compute_cpu_seconds"] = cpu.compute_seconds
+    return row

@@ -1,6 +1,8 @@
 """Step time from a simulated step's record: a roofline per operator and two overlapping streams.
 
-- **Compute**: each operator takes max(FLOPs / sustained peak, bytes moved / memory bandwidth).
+- **Compute**: each operator takes the device's time for it: on a GPU table entry the roofline,
+  max(FLOPs / sustained peak, bytes moved / memory bandwidth); on a CPU the time measured for
+  the same call replayed on this machine (`replay.MeasuredCpu`).
 - **Collectives**: ring algorithms; an all-gather or reduce-scatter moves (n-1)/n of the whole
   buffer per rank, an all-reduce twice that, at the network's bandwidth per GPU: intra-node when
   the group fits in a node (a shard group is consecutive ranks), inter-node otherwise.
@@ -10,6 +12,8 @@
   compute after an all-gather waits for the oldest gather not yet waited on. A reduce-scatter
   starts when the gradients it reduces are computed. Both streams share one link: the step is at
   least the sum of every collective's time, and ends when compute and both streams are done.
+  On a CPU machine nothing overlaps: gloo moves the bytes with the same cores that compute
+  (`Network.overlaps_compute`), so the step is compute plus collectives.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 
 from motif.simulate.counter import Record
 from motif.simulate.devices import Device
+from motif.simulate.replay import MeasuredCpu
 
 
 @dataclass
@@ -27,6 +32,9 @@ class Network:
     inter_node_bytes_per_s: float
     procs_per_node: int
     world_size: int
+    # False where the collectives run on the cores that compute (gloo on a CPU machine: its copies and
+    # loopback TCP take CPU time from the ranks), so none of their time hides behind compute.
+    overlaps_compute: bool = True
 
     def bandwidth(self, kind: str, group: int) -> float:
         """Shard groups are consecutive ranks; HSDP's replica group (all-reduce) strides across nodes."""
@@ -49,8 +57,7 @@ def wire_bytes(kind: str, whole: int, group: int) -> float:
     return 2 * share if kind == "all_reduce" else share
 
 
-def step_time(record: Record, dev: Device, net: Network, precision: str) -> StepTime:
-    flops_per_s = dev.flops(precision)
+def step_time(record: Record, dev: Device | MeasuredCpu, net: Network, precision: str) -> StepTime:
     compute_clock = gather_clock = reduce_clock = 0.0
     compute_total = comm_total = 0.0
     wire_total = 0.0
@@ -59,7 +66,7 @@ def step_time(record: Record, dev: Device, net: Network, precision: str) -> Step
     group_start = 0.0  # when the compute of the latest group began
     for e in record.events:
         if e.kind == "compute":
-            seconds = max(e.flops / flops_per_s, e.bytes / dev.memory_bytes_per_s)
+            seconds = dev.compute_seconds(e, precision)
             if waiting and gathers:
                 compute_clock = max(compute_clock, gathers.popleft())
                 group_start = compute_clock
@@ -80,4 +87,6 @@ def step_time(record: Record, dev: Device, net: Network, precision: str) -> Step
             if e.kind == "all_reduce" and e.bytes < 1 << 20:
                 compute_clock = max(compute_clock, reduce_clock)  # a small blocking reduction (the clip's norm)
     end = max(compute_clock, gather_clock, reduce_clock, comm_total)
+    if not net.overlaps_compute:
+        end = compute_total + comm_total
     return StepTime(end, compute_total, comm_total, int(wire_total))

@@ -30,8 +30,8 @@ import certifi
 import pytest
 
 from motif import config
-from motif_dev.deploy import render
 from motif.metrics import names, trainjob
+from motif_dev.deploy import render
 
 CI_TRAINJOB = render.ci_files()[0].parent / "05-trainjob-values.yaml"
 RELEASE = "progress"

@@ -10,8 +10,8 @@ import json
 import yaml
 
 from motif.cli import build_parser
-from motif_dev.deploy import render
 from motif.mix.trial import result_line
+from motif_dev.deploy import render
 
 from .conftest import snapshot, tiny_stage, write_doc
 

@@ -109,7 +109,7 @@ class Documents:
         where = f"{where}: " if where else ""
         if text_field not in dataset.column_names:
             raise DataError(
-                f"{where}source {name!r}: no field {text_field!r} (fields: {', '.join(dataset.column_names)}); "
+                f"{where}source {name!r}: no field {text_field!r} (fields: {', '.join(map(repr, dataset.column_names))}); "
                 "set text_field in motif.data.sources"
             )
         kind = dataset.features[text_field]

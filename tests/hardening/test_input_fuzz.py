@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from motif.config import DataSource
@@ -195,6 +195,7 @@ records = st.lists(
 
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 @given(rows=records, raw_tail=st.one_of(st.just(b""), st.binary(max_size=20)))
+@example(rows=[{"\n": None}], raw_tail=b"")  # a field name with a newline once made the error two lines
 def test_any_data_records_stream_or_fail_with_a_data_error(tmp_path_factory, corpus, monkeypatch, rows, raw_tail):
     import datasets
 

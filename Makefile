@@ -81,14 +81,20 @@ lock: ## Re-pin requirements.lock from the current .venv
 demo: install ## The whole growth pipeline on a tiny model, on CPU (stage 0 -> LlamaPro -> MSG)
 	$(PY) -m motif demo --out out/demo
 
+# Two pytest workers, a test file each at a time (its module fixtures built once): much of the suite
+# waits on subprocesses, servers and disks, so a second worker fills the idle core. TEST_WORKERS=0 runs
+# in one process.
+TEST_WORKERS ?= 2
+PYTEST_WORKERS := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile)
+
 # The CPU image is built before the tests, as the venv is: a build artifact the image tests run
 # (podman's layer cache makes it seconds when nothing changed; ~10 min the first time on 2 cores).
 test: install deps tools envtest $(STAMPS)/deepspeed-ops ## Every test: unit, integration (torchrun, Prometheus, Helm, podman, a real API server)
 	$(PY) -m motif_dev.deploy.images build
-	MOTIF_IMAGE_BUILT=1 KUBEBUILDER_ASSETS=$(KUBEBUILDER_ASSETS) $(PY) -m pytest -q
+	MOTIF_IMAGE_BUILT=1 KUBEBUILDER_ASSETS=$(KUBEBUILDER_ASSETS) $(PY) -m pytest -q $(PYTEST_WORKERS)
 
 test-fast: install envtest $(STAMPS)/deepspeed-ops ## Unit tests only (skips the slow integration tier)
-	KUBEBUILDER_ASSETS=$(KUBEBUILDER_ASSETS) $(PY) -m pytest -q -m "not slow"
+	KUBEBUILDER_ASSETS=$(KUBEBUILDER_ASSETS) $(PY) -m pytest -q -m "not slow" $(PYTEST_WORKERS)
 
 # ---- a real control plane for the tests (envtest layout: etcd, kube-apiserver, kube-controller-manager)
 # From ../shared/envtest (gzipped, checked against the sums below) when that folder exists, beside

@@ -5,11 +5,23 @@ import dataclasses
 import pytest
 
 from motif.plan import memory_per_gpu, resolve_stages
+from motif.simulate import devices
 from motif.simulate.simulate import simulate_stage
+from motif.simulate.timing import Network
 
 from .conftest import JOBS, small_stage
 
 MODEL = {"vocab_size": 4096, "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 3}
+
+
+def _peak(shape, stage, world: int | None = None, **kwargs) -> int:
+    """The simulation's per-rank peak. Memory only: a datasheet device and a fixed network, so no
+    operator is replayed and no loopback measured (tests/simulate/test_replay.py times a CPU stage)."""
+    world = world or stage.parallel.world_size
+    network = Network(1e9, 1e9, stage.parallel.procs_per_node, world)
+    return simulate_stage(shape, stage, world_size=world, device=devices.device("h100"), network=network, **kwargs)[
+        "peak_bytes"
+    ]
 
 
 def _planned_tensors(shape, world: int, seq_len: int) -> int:
@@ -45,7 +57,7 @@ def test_plan_within_10_percent_of_the_simulation(tmp_path, precision, checkpoin
     path.write_text(doc)
     (shape,) = resolve_stages([path])
     assert shape.grown.hidden_size == MODEL["hidden_size"] and shape.grown.vocab_size == MODEL["vocab_size"]
-    simulated = simulate_stage(shape, shape.stage, world_size=world, seq_len=seq_len)["peak_bytes"]
+    simulated = _peak(shape, shape.stage, world, seq_len=seq_len)
     planned = _planned_tensors(shape, world, seq_len)
     assert abs(planned / simulated - 1) <= 0.10, (planned, simulated)
 
@@ -59,7 +71,7 @@ def test_plan_agrees_on_a_llamapro_stage_with_frozen_blocks():
     shape = resolve_stages(sorted((JOBS / "tiny").glob("*.yaml")))[1]
     assert shape.new_layers and shape.trainable < shape.grown.num_params() / 2
     stage = dataclasses.replace(shape.stage, parallel=dataclasses.replace(shape.stage.parallel, engine="fsdp"))
-    simulated = simulate_stage(shape, stage, world_size=4)["peak_bytes"]
+    simulated = _peak(shape, stage, 4)
     planned = _planned_tensors(dataclasses.replace(shape, stage=stage), 4, stage.data.seq_len)
     assert 1 <= planned / simulated <= 1.15, (planned, simulated)
 
@@ -70,5 +82,5 @@ def test_plan_agrees_where_the_optimizer_step_sets_the_peak(tmp_path):
     (shape,) = resolve_stages([path])
     m = memory_per_gpu(shape.grown, shape.trainable, shape.stage, shape.largest_trainable_group())
     assert m.peak_phase == "optimizer step"
-    simulated = simulate_stage(shape, shape.stage)["peak_bytes"]
+    simulated = _peak(shape, shape.stage)
     assert abs(m.peak / simulated - 1) <= 0.10, (m.peak, simulated)

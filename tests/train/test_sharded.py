@@ -26,6 +26,8 @@ from motif.train.optimizer import new_flags_flat
 from .conftest import ROOT, motif_train, stage_section, subprocess_env, write_stage
 
 ENGINES = ["fsdp", "deepspeed"]
+# Every test here reads one pipeline of real 2-rank torchrun trainings per engine (~1 min each).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", params=ENGINES)

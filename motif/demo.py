@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 HELP = "Run the growth pipeline on a tiny model on CPU: corpus, tokenizer, stage 0 -> LlamaPro -> MSG"
@@ -37,7 +38,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true", help="keep finished stages of an earlier run")
 
 
+@dataclass(frozen=True)
+class DemoRequest:
+    """What `motif demo` was asked to do."""
+
+    out: str = "out/demo"
+    stages: str = str(ROOT / "jobs" / "tiny")
+    nproc: int = 2
+    max_steps: int | None = None
+    metrics_port: int | None = None
+    keep: bool = False
+
+
 def run(args: argparse.Namespace) -> int:
+    from motif.request import from_namespace
+
+    return demo(from_namespace(DemoRequest, args))
+
+
+def demo(args: DemoRequest) -> int:
     from motif.config import load_stage
     from motif.errors import MotifError
     from motif.eval import demo as eval_demo
@@ -103,7 +122,7 @@ def prepare_data(out: Path, stage) -> None:
 # ---- training ------------------------------------------------------------------------------------
 
 
-def train_stage(out: Path, stage_file: Path, stage, args) -> None:
+def train_stage(out: Path, stage_file: Path, stage, args: DemoRequest) -> None:
     from motif.errors import MotifError
     from motif.launch import train_argv
 

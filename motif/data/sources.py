@@ -108,8 +108,9 @@ class Documents:
     def __init__(self, dataset, text_field: str, name: str, where: str | None = None):
         where = f"{where}: " if where else ""
         if text_field not in dataset.column_names:
+            have = ", ".join(map(repr, dataset.column_names))  # quoted: a field name may hold a newline
             raise DataError(
-                f"{where}source {name!r}: no field {text_field!r} (fields: {', '.join(map(repr, dataset.column_names))}); "
+                f"{where}source {name!r}: no field {text_field!r} (fields: {have}); "
                 "set text_field in motif.data.sources"
             )
         kind = dataset.features[text_field]

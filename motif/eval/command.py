@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from motif.errors import MotifError
@@ -112,7 +112,9 @@ class EvalRequest:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EvalRequest:
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+        from motif.request import from_namespace
+
+        return from_namespace(cls, args)
 
 
 @dataclass

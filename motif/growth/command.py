@@ -7,7 +7,7 @@ import json
 import signal
 import sys
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 HELP = "grow a checkpoint: LlamaPro depth and MSG width growth, streamed tensor by tensor"
@@ -71,16 +71,14 @@ class GrowRequest:
     json: bool = False
     quiet: bool = False
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> GrowRequest:
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
-
     def targets_given(self) -> bool:
         return any(v is not None for v in (self.layers, self.hidden, self.intermediate, self.heads, self.kv_heads))
 
 
 def run(args: argparse.Namespace) -> int:
-    return grow(GrowRequest.from_args(args))
+    from motif.request import from_namespace
+
+    return grow(from_namespace(GrowRequest, args))
 
 
 def grow(request: GrowRequest) -> int:

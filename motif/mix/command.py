@@ -6,7 +6,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 HELP = "Tune a stage's data mix: proxy trainings at several mixtures, a fitted mixing law, a chosen ratio"
@@ -160,9 +160,10 @@ Experiment runs in each trial).
 
 
 def run(args: argparse.Namespace) -> int:
-    # argparse stops here: each subcommand gets its typed request, built from the Namespace's fields.
-    work, request = args._mix
-    return work(request(**{f.name: getattr(args, f.name) for f in fields(request)}))
+    from motif.request import from_namespace
+
+    work, request = args._mix  # each subcommand's work and its typed request
+    return work(from_namespace(request, args))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 HELP = "run one training step of each stage at its real size on fake tensors: memory per GPU and step time"
@@ -53,7 +54,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output: a list, one object per stage")
 
 
+@dataclass(frozen=True)
+class SimulateRequest:
+    """What `motif simulate` was asked to do."""
+
+    target: str
+    world: int | None = None
+    seq_len: int | None = None
+    micro_batches: int | None = None
+    device_kind: str | None = None
+    engine: str | None = None
+    compare: bool = False
+    json: bool = False
+
+
 def run(args: argparse.Namespace) -> int:
+    from motif.request import from_namespace
+
+    return simulate(from_namespace(SimulateRequest, args))
+
+
+def simulate(args: SimulateRequest) -> int:
     from motif.simulate.report import format_table
     from motif.simulate.simulate import candidates, simulate_stage, target_stages
 
@@ -79,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(r["fits"] for r in rows) else 1
 
 
-def _checked(shape, args):
+def _checked(shape, args: SimulateRequest):
     """The stage, its engine checked against what can be simulated, and the overrides checked."""
     import dataclasses
 

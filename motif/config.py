@@ -204,6 +204,11 @@ class CheckpointConfig:
     dir: str  # periodic checkpoints (shared storage on a cluster)
     every_steps: int = 100
     keep_last: int = 3
+    # Bandwidth of one node to the checkpoint storage, each direction, in GB/s; read by `motif simulate`
+    # only, for the time a checkpoint write and a restart's read take. An assumption, not a measurement:
+    # a node's share of a parallel filesystem. Set it from your storage's figure (`fio` or `ior` from
+    # one node, writing as many files at once as the node has ranks).
+    storage_gb_s: float = 5.0
 
 
 @dataclass
@@ -521,6 +526,7 @@ def _check(s: StageConfig) -> None:
             raise ConfigError(f"motif.optim.{name}: expected 0 <= value < 1, got {getattr(s.optim, name)}")
     _positive("motif.checkpoint.every_steps", s.checkpoint.every_steps)
     _positive("motif.checkpoint.keep_last", s.checkpoint.keep_last)
+    _positive("motif.checkpoint.storage_gb_s", s.checkpoint.storage_gb_s)
     _positive("motif.parallel.nodes", s.parallel.nodes)
     _positive("motif.parallel.procs_per_node", s.parallel.procs_per_node)
     _positive("motif.parallel.collective_timeout_s", s.parallel.collective_timeout_s)

@@ -48,14 +48,34 @@ def row(stage: Any, memory: Any, time: Any, args: Any, device: Any) -> dict[str,
         "max_steps": t.max_steps,
         "gpu_hours": time.seconds * t.max_steps * p.world_size / 3600,
         "days": time.seconds * t.max_steps / 86400,
+        **checkpoint_cost(stage, memory.checkpoint_bytes, time.seconds),
         **({"cpu_measured": device.summary()} if hasattr(device, "summary") else {}),
+    }
+
+
+def checkpoint_cost(stage: Any, rank_bytes: int, step_seconds: float) -> dict[str, Any]:
+    """A checkpoint's size and its write and read time from `checkpoint.storage_gb_s` (per node, each
+    direction; the storage is assumed to scale with the nodes that use it). Each node writes and reads
+    its ranks' shards; with HSDP one replica's nodes write (DCP saves a replicated shard once), and
+    every node reads its own. The share is of wall-clock: the writes are synchronous, one per
+    `checkpoint.every_steps` steps."""
+    p, c = stage.parallel, stage.checkpoint
+    node_bytes = rank_bytes * p.procs_per_node
+    seconds = node_bytes / (c.storage_gb_s * 1e9)
+    return {
+        "checkpoint_bytes": rank_bytes * p.world_size // p.replicate,
+        "checkpoint_bytes_per_node": node_bytes,
+        "checkpoint_write_seconds": seconds,
+        "checkpoint_read_seconds": seconds,
+        "checkpoint_share": seconds / (c.every_steps * step_seconds + seconds),
     }
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = (
         f"{'stage':<14} {'GPUs':>5} {'seq':>6} {'mbs x n':>8} {'peak':>7} {'+allow':>7} {'total':>7} {'GPU':>5} "
-        f"{'fits':>4}  {'step s':>7} {'tok/s/GPU':>9} {'MFU':>6} {'comm/step':>9} {'GPU-h':>9} {'days':>6}  peak at"
+        f"{'fits':>4}  {'step s':>7} {'tok/s/GPU':>9} {'MFU':>6} {'comm/step':>9} {'GPU-h':>9} {'days':>6} "
+        f"{'ckpt':>8} {'write s':>8} {'share':>6}  peak at"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -65,11 +85,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['peak_bytes'] / GIB:>6.1f}G {r['allowance_bytes'] / GIB:>6.1f}G {r['total_bytes'] / GIB:>6.1f}G "
             f"{r['gpu_memory_bytes'] / GIB:>4.0f}G {'yes' if r['fits'] else 'NO':>4}  {r['step_seconds']:>7.2f} "
             f"{r['tokens_per_second_per_gpu']:>9,.0f} {100 * r['mfu']:>5.1f}% {r['comm_bytes_per_step'] / 1e9:>8.1f}G "
-            f"{r['gpu_hours']:>9,.0f} {r['days']:>6.1f}  {r['peak_at']}"
+            f"{r['gpu_hours']:>9,.0f} {r['days']:>6.1f} {r['checkpoint_bytes'] / 1e12:>6.2f}TB "
+            f"{r['checkpoint_write_seconds']:>8.0f} {100 * r['checkpoint_share']:>5.1f}%  {r['peak_at']}"
         )
     lines.append(
         "Memory per rank in GiB (peak of the tensors, + the allowance for what tensors do not show). Step time, "
         "tokens/s, MFU and GPU-hours are estimates (device: " + (rows[0]["device_kind"] if rows else "-") + "); "
-        "comm/step: GB each rank sends."
+        "comm/step: GB each rank sends. ckpt: the training state a checkpoint saves, written (and read on a "
+        "restart) at motif.checkpoint.storage_gb_s per node; share: of wall-clock, one write per every_steps."
     )
     return "\n".join(lines)

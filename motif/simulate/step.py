@@ -41,6 +41,7 @@ class StepMemory:
     peak_bytes: int
     peak_at: str
     by_category_bytes: dict[str, int]
+    checkpoint_bytes: int = 0  # what rank 0 holds of the training state a checkpoint saves
 
 
 def layout(stage: Any, world_size: int | None, seq_len: int | None, micro_batches: int | None) -> Any:
@@ -122,4 +123,18 @@ def _step(engine, stage, world, progress) -> tuple[StepMemory, Record]:
     snapshot = tracker._peak_mem_snap[torch.device("cpu")]
     peak = snapshot["Total"]
     by_category = {CATEGORIES[str(k.value)]: int(v) for k, v in snapshot.items() if k != "Total" and v}
-    return StepMemory(int(peak), tracker.peak_at, by_category), counter.record
+    return StepMemory(int(peak), tracker.peak_at, by_category, state_bytes(engine)), counter.record
+
+
+def state_bytes(engine) -> int:
+    """Rank 0's share of a checkpoint: its shards of every parameter (frozen ones too) and of the
+    optimizer's state (Adam's moments and step), as the engine holds them after a step."""
+    from torch.distributed.tensor import DTensor
+
+    def local(t: torch.Tensor) -> int:
+        shard = t.to_local() if isinstance(t, DTensor) else t
+        return shard.numel() * shard.element_size()
+
+    params = sum(local(p) for p in engine.model.parameters())
+    moments = sum(local(v) for state in engine.optimizer.state.values() for v in state.values() if torch.is_tensor(v))
+    return params + moments

@@ -23,6 +23,10 @@ KEYS = {
     "mfu",
     "comm_bytes_per_step",
     "gpu_hours",
+    "checkpoint_bytes",
+    "checkpoint_write_seconds",
+    "checkpoint_read_seconds",
+    "checkpoint_share",
 }
 
 
@@ -103,3 +107,22 @@ def test_compare_simulates_every_layout_of_the_global_batch(run_cli, capsys, tmp
     assert {r["tokens_per_step"] for r in rows} == {4 * 64 * 4}
     # One gather per group per micro-batch: fewer micro-batches, less traffic.
     assert rows[0]["comm_bytes_per_step"] > rows[1]["comm_bytes_per_step"] > rows[2]["comm_bytes_per_step"]
+
+
+def test_a_checkpoint_costs_a_nodes_bytes_over_its_storage_bandwidth():
+    """8 ranks a node at 1 GB each, 5 GB/s per node: 1.6 s to write and to read. With HSDP over 8
+    replicas the cluster holds one copy of the state (64 ranks / 8), and one write in 100 steps of
+    10 s costs 1.6 s of every 1001.6."""
+    from types import SimpleNamespace
+
+    from motif.simulate.report import checkpoint_cost
+
+    stage = SimpleNamespace(
+        parallel=SimpleNamespace(procs_per_node=8, world_size=64, replicate=8),
+        checkpoint=SimpleNamespace(storage_gb_s=5.0, every_steps=100),
+    )
+    cost = checkpoint_cost(stage, 10**9, step_seconds=10.0)
+    assert cost["checkpoint_bytes_per_node"] == 8 * 10**9
+    assert cost["checkpoint_bytes"] == 8 * 10**9
+    assert cost["checkpoint_write_seconds"] == cost["checkpoint_read_seconds"] == 1.6
+    assert cost["checkpoint_share"] == 1.6 / 1001.6

@@ -29,6 +29,17 @@ def test_fake_and_real_tensors_peak_alike(tmp_path, precision):
     assert fake.peak_at == real.peak_at
     assert fake_record.flops == real_record.flops
     assert fake_record.collective_bytes() == real_record.collective_bytes()
+    assert fake.checkpoint_bytes == real.checkpoint_bytes
+
+
+def test_a_checkpoint_holds_the_fp32_shards_and_their_two_moments(tmp_path):
+    """Rank 0's share of a checkpoint: a quarter (4 ranks) of 4 B per parameter and 8 B of Adam
+    moments per trainable one, plus the step counts and the rows FSDP2 pads."""
+    path = small_stage(tmp_path)
+    memory, _ = _simulate(path, fake=True)
+    (shape,) = resolve_stages([path])
+    expected = (4 + 8) * shape.grown.num_params() / 4
+    assert expected <= memory.checkpoint_bytes <= 1.02 * expected
 
 
 def _optimizer_state_and_flops(tmp_path):

@@ -20,8 +20,9 @@ allowance for what tensors do not show (CUDA context, NCCL, fragmentation), whet
 parallel.gpu_memory_gib, and an estimated step time (roofline of every operator on --device-kind,
 every FSDP2 collective over parallel.network, prefetch overlap; for --device-kind cpu, every
 distinct operator call of the step replayed and timed on this machine, collectives over gloo's
-loopback, measured), tokens/s per GPU, MFU and GPU-hours for max_steps. Exit 1 if a stage does not
-fit, 2 on bad input.
+loopback, measured), tokens/s per GPU, MFU and GPU-hours for max_steps, and what a checkpoint costs
+(the training state it saves, its write and read time at motif.checkpoint.storage_gb_s per node, its
+share of wall-clock at checkpoint.every_steps). Exit 1 if a stage does not fit, 2 on bad input.
 
 Only the fsdp engine runs on fake tensors (DDP's reducer and DeepSpeed read tensor data): a stage of
 another engine is refused unless --engine fsdp asks what FSDP2 would do with it.

@@ -36,6 +36,38 @@ TASKS = ("tiny_kmmlu", "tiny_kobest_copa", "tiny_kobest_boolq", "tiny_mmlu")
 GENERATIVE_TASKS = ("tiny_kmmlu_direct", "tiny_kmmlu_direct_stops")
 
 
+def read_samples(out: Path, tasks: tuple[str, ...], row) -> dict:
+    """`motif eval --log-samples`'s output: the per-task summary, and `row(sample)` of each logged
+    sample by task and document (what a test compares)."""
+    summary = json.loads((out / "summary.json").read_text())
+    samples = {}
+    for task in tasks:
+        rows = [json.loads(line) for line in (out / f"samples_{task}.jsonl").read_text().splitlines()]
+        samples[task] = {r["doc_id"]: row(r) for r in rows}
+    return {"tasks": summary["tasks"], "samples": samples}
+
+
+def lm_eval_hf(ckpt: Path, tokenizer: Path, tasks_dir: Path, tasks: tuple[str, ...], num_fewshot: int, row) -> dict:
+    """The independent reference: lm-eval's own `hf` model on the same checkpoint and task files, in
+    the shape of `read_samples`."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    raw = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={ckpt},tokenizer={tokenizer},dtype=float32",
+        tasks=list(tasks),
+        task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
+        num_fewshot=num_fewshot,
+        device="cpu",
+        batch_size=8,
+        log_samples=True,
+    )
+    samples = {t: {r["doc_id"]: row(r) for r in rows} for t, rows in raw["samples"].items()}
+    metrics = {t: {k.split(",")[0]: v for k, v in m.items() if k.endswith(",none")} for t, m in raw["results"].items()}
+    return {"tasks": metrics, "samples": samples}
+
+
 def packaged(relative: str) -> Path:
     import lm_eval
 

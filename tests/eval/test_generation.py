@@ -17,42 +17,26 @@ import pytest
 
 from motif.cli import main
 
+from .conftest import lm_eval_hf, read_samples
+
 TASKS = ("tiny_kmmlu_direct", "tiny_kmmlu_direct_stops")  # written by conftest.write_tasks
 FEWSHOT = 2
+
+
+def generated(sample: dict) -> tuple:
+    """A logged sample's generation, its filtered form and its exact-match score."""
+    return sample["resps"], sample["filtered_resps"], sample["exact_match"]
 
 
 def motif_eval(ckpt: Path, tokenizer: Path, tasks_dir: Path, out: Path, *extra: str) -> dict:
     argv = ["eval", str(ckpt), "--tasks", ",".join(TASKS), "--include-path", str(tasks_dir), "--device", "cpu"]
     argv += ["--tokenizer", str(tokenizer), "--num-fewshot", str(FEWSHOT), "--out", str(out), "--log-samples"]
     assert main([*argv, *extra]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    samples = {}
-    for task in TASKS:
-        rows = [json.loads(line) for line in (out / f"samples_{task}.jsonl").read_text().splitlines()]
-        samples[task] = {r["doc_id"]: (r["resps"], r["filtered_resps"], r["exact_match"]) for r in rows}
-    return {"tasks": summary["tasks"], "samples": samples}
+    return read_samples(out, TASKS, generated)
 
 
 def hf_eval(ckpt: Path, tokenizer: Path, tasks_dir: Path) -> dict:
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    raw = lm_eval.simple_evaluate(
-        model="hf",
-        model_args=f"pretrained={ckpt},tokenizer={tokenizer},dtype=float32",
-        tasks=list(TASKS),
-        task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
-        num_fewshot=FEWSHOT,
-        device="cpu",
-        batch_size=8,
-        log_samples=True,
-    )
-    samples = {
-        t: {r["doc_id"]: (r["resps"], r["filtered_resps"], r["exact_match"]) for r in rows}
-        for t, rows in raw["samples"].items()
-    }
-    tasks = {t: {k.split(",")[0]: v for k, v in m.items() if k.endswith(",none")} for t, m in raw["results"].items()}
-    return {"tasks": tasks, "samples": samples}
+    return lm_eval_hf(ckpt, tokenizer, tasks_dir, TASKS, FEWSHOT, generated)
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,13 @@ log-likelihoods within 1e-4.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from motif.cli import main
+
+from .conftest import lm_eval_hf, read_samples
 
 TASKS = ("tiny_kmmlu", "tiny_kobest_copa", "tiny_kobest_boolq", "tiny_mmlu")  # written by conftest.write_tasks
 
@@ -27,34 +28,17 @@ def motif_eval(ckpt: Path, tokenizer: Path, tasks_dir: Path, out: Path, *extra: 
     return load(out)
 
 
+def lls(sample: dict) -> list[float]:
+    """A logged sample's log-likelihood per choice."""
+    return [float(x[0]) for x in sample["filtered_resps"]]
+
+
 def load(out: Path) -> dict:
-    summary = json.loads((out / "summary.json").read_text())
-    samples = {}
-    for task in TASKS:
-        rows = [json.loads(line) for line in (out / f"samples_{task}.jsonl").read_text().splitlines()]
-        samples[task] = {r["doc_id"]: [float(x[0]) for x in r["filtered_resps"]] for r in rows}
-    return {"tasks": summary["tasks"], "samples": samples}
+    return read_samples(out, TASKS, lls)
 
 
 def hf_eval(ckpt: Path, tokenizer: Path, tasks_dir: Path) -> dict:
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    raw = lm_eval.simple_evaluate(
-        model="hf",
-        model_args=f"pretrained={ckpt},tokenizer={tokenizer},dtype=float32",
-        tasks=list(TASKS),
-        task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
-        num_fewshot=FEWSHOT,
-        device="cpu",
-        batch_size=8,
-        log_samples=True,
-    )
-    samples = {
-        t: {r["doc_id"]: [float(x[0]) for x in r["filtered_resps"]] for r in rows} for t, rows in raw["samples"].items()
-    }
-    tasks = {t: {k.split(",")[0]: v for k, v in m.items() if k.endswith(",none")} for t, m in raw["results"].items()}
-    return {"tasks": tasks, "samples": samples}
+    return lm_eval_hf(ckpt, tokenizer, tasks_dir, TASKS, FEWSHOT, lls)
 
 
 def assert_same_scores(a: dict, b: dict) -> None:

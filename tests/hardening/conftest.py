@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from ..mix.conftest import motif_cli  # noqa: F401  (the same: `motif ...` in this process)
 from ..train.conftest import corpus, workdir  # noqa: F401  (fixtures reused, not copied)
 from .zygote import Zygote
 

@@ -172,13 +172,8 @@ class ControlPlane:
     def stop_controller_manager(self) -> None:
         """Stop it again: the tests that set statuses themselves must not race its controllers."""
         proc = self.processes.pop("kube-controller-manager", None)
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        if proc is not None:
+            _terminate(proc)
 
     def token_kubeconfig(self, name: str, token: str, namespace: str = "default") -> Path:
         return self._write_kubeconfig(name, {"token": token}, namespace)
@@ -186,14 +181,7 @@ class ControlPlane:
     def stop(self) -> None:
         """Stop every process this plane started, the last started first."""
         for name in reversed(list(self.processes)):
-            proc = self.processes.pop(name)
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+            _terminate(self.processes.pop(name))
 
     @property
     def audit_log(self) -> Path:
@@ -356,3 +344,14 @@ class Rest:
         answer = self.call("POST", path, request)
         assert answer.status == 201, answer.body
         return answer.body["status"]["token"]
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 10 s; a process that already ended is left as it is."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -77,6 +77,18 @@ def _step(reporter, step: int, loss: float = 2.5, tokens_per_s: float = 1234.5) 
     )
 
 
+def _every_step_refused(reporter, steps: int, caplog) -> str:
+    """Report `steps` steps, each one refused, then close: the one warning line they make."""
+    with caplog.at_level(logging.WARNING, logger="motif.metrics.trainjob"):
+        for step in range(steps):
+            _step(reporter, step)
+            _wait(lambda n=step + 1: reporter.failed >= n)
+        reporter.close()
+    assert (reporter.sent, reporter.failed) == (0, steps)
+    (line,) = [r.getMessage() for r in caplog.records]
+    return line
+
+
 def _wait(predicate, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
@@ -188,13 +200,7 @@ def test_a_token_without_the_permission_is_one_warning_and_training_goes_on(
     assert admin.create(stranger, namespace).status == 201
     env, sa = _pod_credentials(tmp_path, control_plane, admin.token(namespace, "no-role"), namespace)
     reporter = trainjob.TrainJobProgress(trainjob.target_from_env(env, sa), max_steps=5, every_s=0.01)
-    with caplog.at_level(logging.WARNING, logger="motif.metrics.trainjob"):
-        for step in range(6):
-            _step(reporter, step)
-            _wait(lambda n=step + 1: reporter.failed >= n)
-        reporter.close()
-    assert reporter.sent == 0 and reporter.failed == 6
-    (line,) = [r.getMessage() for r in caplog.records]
+    line = _every_step_refused(reporter, 6, caplog)
     assert "403 Forbidden" in line and f"trainjobs/status {RELEASE} in namespace {namespace}" in line
     assert "training continues" in line and "\n" not in line
     assert _trainer_status(admin, objects["TrainJob"], namespace) is None
@@ -403,13 +409,7 @@ def test_a_refusal_of_trainers_status_server_is_one_warning_and_training_goes_on
         api_token = admin.token(namespace, account)  # for the API server, not trainer.kubeflow.org
         env = _trainer_injection(tmp_path, control_plane, status_server.url(namespace, RELEASE), api_token)
         reporter = trainjob.TrainJobProgress(trainjob.target_from_env(env, tmp_path), max_steps=3, every_s=0.01)
-        with caplog.at_level(logging.WARNING, logger="motif.metrics.trainjob"):
-            for step in range(4):
-                _step(reporter, step)
-                _wait(lambda n=step + 1: reporter.failed >= n)
-            reporter.close()
-    assert (reporter.sent, reporter.failed) == (0, 4)
-    (line,) = [r.getMessage() for r in caplog.records]
+        line = _every_step_refused(reporter, 4, caplog)
     assert "403 Forbidden" in line and "via Kubeflow Trainer's status server" in line and "training continues" in line
     assert _trainer_status(admin, objects["TrainJob"], namespace) is None
 

@@ -18,6 +18,7 @@ from motif.errors import CheckpointError, GrowthError
 from motif.growth import GrowthTargets, grow_checkpoint, grow_model, grow_stage
 from motif.growth.targets import grown_args
 from motif.model import ModelArgs
+from motif.model.args import SHAPE_FIELDS
 from motif.model.checkpoint import read_args, read_provenance, save
 from motif.model.safetensors_io import SafetensorsWriter
 
@@ -111,22 +112,8 @@ def test_70b_to_102b_shape_arithmetic():
     motif_102b = grown_args(depth, GrowthTargets(hidden=9216, intermediate=30720, heads=72))
     # The published 102B shape; "102,022M" in the paper's table.
     assert motif_102b.num_params() == 102_022_456_320
-    assert motif_102b.num_params() == _hf_count(
-        **{
-            k: v
-            for k, v in motif_102b.to_hf_config().items()
-            if k
-            in (
-                "vocab_size",
-                "hidden_size",
-                "intermediate_size",
-                "num_hidden_layers",
-                "num_attention_heads",
-                "num_key_value_heads",
-                "head_dim",
-            )
-        }
-    )
+    hf_shape = {k: v for k, v in motif_102b.to_hf_config().items() if k in (*SHAPE_FIELDS, "head_dim")}
+    assert motif_102b.num_params() == _hf_count(**hf_shape)
     assert round(motif_102b.num_params() / 1e6) == 102_022
     assert round(depth.num_params() / 1e9, 1) == 84.2
     assert (

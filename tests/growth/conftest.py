@@ -23,6 +23,27 @@ SMALL = dict(
 )
 
 
+def old_part(t: torch.Tensor, tp) -> torch.Tensor:
+    """The elements of a grown tensor that its source had, in the source's layout (`tp`: its TensorPlan)."""
+    for dim, axis in enumerate(tp.axes):
+        if axis is not None:
+            t = t.index_select(dim, axis.positions())
+    return t
+
+
+def new_part(t: torch.Tensor, tp) -> torch.Tensor:
+    """A copy of a grown tensor with the elements its source had zeroed (a fresh tensor is all new)."""
+    t = t.clone()
+    if tp.fresh:
+        return t
+    if t.dim() == 1:
+        t[tp.axes[0].positions() if tp.axes[0] else slice(None)] = 0
+        return t
+    rows, cols = (a.positions() if a else torch.arange(n) for a, n in zip(tp.axes, t.shape, strict=True))
+    t[rows[:, None], cols[None, :]] = 0
+    return t
+
+
 def make_model(seed: int = 0, **changes) -> Llama:
     model = Llama(ModelArgs(**{**SMALL, **changes})).to(torch.float64).eval()
     gen = torch.Generator().manual_seed(seed)

@@ -10,6 +10,8 @@ from motif.growth.apply import apply_plan
 from motif.growth.operators import identity_plan
 from motif.model import KVCache
 
+from .conftest import new_part, old_part
+
 ALL = GrowthTargets(layers=8, hidden=48, intermediate=64, heads=12, kv_heads=3)
 WIDTH_FIRST = [("msg_hidden", 48), ("msg_ffn", 64), ("msg_heads", 12), ("msg_depth", 8)]
 DEPTH_FIRST = [("msg_depth", 8), ("msg_heads", 12), ("msg_ffn", 64), ("msg_hidden", 48)]
@@ -52,24 +54,6 @@ def test_incremental_decoding_of_grown_model_matches_original(model, tokens, scr
     torch.testing.assert_close(torch.cat(steps, dim=1), ref.detach(), rtol=1e-10, atol=1e-10)
 
 
-def _old_slice(grad, tp):
-    for dim, axis in enumerate(tp.axes):
-        if axis is not None:
-            grad = grad.index_select(dim, axis.positions())
-    return grad
-
-
-def _new_part(grad, tp):
-    """The gradient with its old elements zeroed."""
-    grad = grad.clone()
-    if grad.dim() == 1:
-        grad[tp.axes[0].positions() if tp.axes[0] else slice(None)] = 0
-        return grad
-    rows, cols = (a.positions() if a else torch.arange(n) for a, n in zip(tp.axes, grad.shape, strict=True))
-    grad[rows[:, None], cols[None, :]] = 0
-    return grad
-
-
 def _loss(model, tokens):
     return torch.nn.functional.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
 
@@ -86,8 +70,8 @@ def test_gradients_at_m0_old_as_original_new_msg_exactly_zero(model, tokens, scr
         if tp.fresh:  # a blended block: nothing reaches it at m = 0
             assert not p.grad.any(), name
             continue
-        torch.testing.assert_close(_old_slice(p.grad, tp), ref[tp.source], rtol=1e-9, atol=1e-12, msg=name)
-        assert not _new_part(p.grad, tp).any(), f"{name}: a new element has a gradient"
+        torch.testing.assert_close(old_part(p.grad, tp), ref[tp.source], rtol=1e-9, atol=1e-12, msg=name)
+        assert not new_part(p.grad, tp).any(), f"{name}: a new element has a gradient"
 
 
 def test_llamapro_gradients_only_reach_output_projections_of_new_blocks(model, tokens, scramble):

@@ -11,6 +11,8 @@ from motif.growth.optimizer_state import new_element_flags
 from motif.model.checkpoint import save
 from motif.model.safetensors_io import SafetensorsWriter
 
+from .conftest import new_part, old_part
+
 LR, WD, BETAS = 1e-2, 0.1, (0.9, 0.999)
 TARGETS = GrowthTargets(layers=8, hidden=48, intermediate=64, heads=12, kv_heads=3)
 
@@ -28,25 +30,6 @@ def _trained(model, tokens, steps=3):
     return opt
 
 
-def _old(t, tp):
-    for dim, axis in enumerate(tp.axes):
-        if axis is not None:
-            t = t.index_select(dim, axis.positions())
-    return t
-
-
-def _new_part(t, tp):
-    t = t.clone()
-    if tp.fresh:
-        return t
-    if t.dim() == 1:
-        t[tp.axes[0].positions() if tp.axes[0] else slice(None)] = 0
-        return t
-    rows, cols = (a.positions() if a else torch.arange(n) for a, n in zip(tp.axes, t.shape, strict=True))
-    t[rows[:, None], cols[None, :]] = 0
-    return t
-
-
 @pytest.mark.parametrize("depth_method", ["msg", "llamapro"])
 def test_moments_carried_new_slices_zero_step_reset_for_new_tensors(model, tokens, depth_method):
     opt = _trained(model, tokens)
@@ -61,8 +44,8 @@ def test_moments_carried_new_slices_zero_step_reset_for_new_tensors(model, token
             if tp.fresh:  # a block inserted by depth growth is wholly new
                 assert not state[key].any(), name
             else:
-                assert torch.equal(_old(state[key], tp), src[key]), name
-                assert not _new_part(state[key], tp).any(), name
+                assert torch.equal(old_part(state[key], tp), src[key]), name
+                assert not new_part(state[key], tp).any(), name
         assert state["step"].item() == (0 if tp.fresh else 3), name
     assert new_opt.defaults["betas"] == BETAS and new_opt.param_groups[0]["weight_decay"] == WD
 
@@ -89,9 +72,10 @@ def test_one_step_at_m0_moves_old_parameters_as_in_the_ungrown_model(model, toke
     for name, p in grown.named_parameters():
         tp = plan.tensors[name]
         if not tp.fresh:
-            torch.testing.assert_close(_old(p.detach(), tp), old[tp.source].detach(), rtol=1e-9, atol=1e-12, msg=name)
+            source = old[tp.source].detach()
+            torch.testing.assert_close(old_part(p.detach(), tp), source, rtol=1e-9, atol=1e-12, msg=name)
         # New weights neither learn (no gradient at m = 0) nor decay (mask 0).
-        assert torch.equal(_new_part(p.detach(), tp), _new_part(before[name], tp)), name
+        assert torch.equal(new_part(p.detach(), tp), new_part(before[name], tp)), name
 
 
 def test_masked_weight_decay_is_adamw_decay_for_old_elements_and_m_scaled_for_new(model):
@@ -163,6 +147,6 @@ def test_optimizer_file_grows_alongside_the_weights(model, tokens, tmp_path):
             if tp.fresh:
                 assert not t.any(), name
             else:
-                assert torch.equal(_old(t, tp), tensors[f"{key}.{tp.source}"]), name
-                assert not _new_part(t, tp).any(), name
+                assert torch.equal(old_part(t, tp), tensors[f"{key}.{tp.source}"]), name
+                assert not new_part(t, tp).any(), name
         assert grown[f"step.{name}"].item() == (0.0 if tp.fresh else 3.0)

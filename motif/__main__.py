@@ -1,5 +1,4 @@
-import sys
-
 from motif.cli import main
+from motif.teardown import run_main
 
-sys.exit(main())
+run_main(main)

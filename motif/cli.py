@@ -11,9 +11,11 @@ import importlib
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from motif import __version__
 from motif.errors import MotifError
+from motif.teardown import run_main
 
 # name -> module. Order is the order in `motif --help`.
 COMMANDS: dict[str, str] = {
@@ -73,3 +75,13 @@ def kubectl_plugin_main() -> int:
     """`kubectl motif ...` (kubectl runs `kubectl-motif` from PATH): same commands as `motif`."""
     os.environ.setdefault("MOTIF_PROG", "kubectl motif")
     return main()
+
+
+def entry() -> NoReturn:
+    """The `motif` console script: `main()`, then an exit that survives a joined process group."""
+    run_main(main)
+
+
+def kubectl_plugin_entry() -> NoReturn:
+    """The `kubectl-motif` console script."""
+    run_main(kubectl_plugin_main)

@@ -32,4 +32,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from motif.teardown import run_main
+
+    run_main(main)

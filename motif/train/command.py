@@ -92,16 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from motif.train.trainer import RunOptions
 
     options = RunOptions(max_steps=args.max_steps, resume=args.resume, log_every=max(1, args.log_every))
-    code = run_stage(stage, options, metrics_port=args.metrics_port, linger_seconds=args.linger_seconds)
-    if stage.parallel.engine == "deepspeed":
-        # DeepSpeed's CPU communication threads can abort the interpreter's teardown after a finished
-        # run ("terminate called without an active exception"), turning success into SIGABRT.
-        # Everything is written and synchronised by now: flush and leave without that teardown.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    return run_stage(stage, options, metrics_port=args.metrics_port, linger_seconds=args.linger_seconds)
 
 
 def run_stage(

@@ -84,6 +84,9 @@ def init(device_kind: str, timeout_s: int, *, force_group: bool = False) -> Worl
     if backend == "nccl":
         # Turn a stuck NCCL collective into an error (and a non-zero exit) at the timeout.
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    from motif.teardown import joined_process_group
+
+    joined_process_group()  # first: a failed rendezvous may leave the store's threads running too
     dist.init_process_group(
         backend=backend,
         timeout=datetime.timedelta(seconds=timeout_s),

@@ -104,8 +104,9 @@ def test_sigterm_before_training_exits_143_at_once_and_after_the_output_exits_0(
     proc = subprocess.Popen(cmd, cwd=workdir, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert b"metrics at" in proc.stdout.readline()  # printed just before the data and model are set up
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
-    assert proc.returncode == PREEMPTED and not (workdir / "out/early").exists()
+    _, err = proc.communicate(timeout=60)
+    trained = (workdir / "out/early").exists()
+    assert proc.returncode == PREEMPTED and not trained, (proc.returncode, trained, err.decode()[-3000:])
 
     cmd = [sys.executable, "-m", "motif", "train", str(stage), "--metrics-port", "0", "--linger-seconds", "120"]
     proc = subprocess.Popen(cmd, cwd=workdir, env=subprocess_env(), stderr=subprocess.DEVNULL)

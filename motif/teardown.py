@@ -29,7 +29,7 @@ def joined_process_group() -> None:
     _joined_process_group = True
 
 
-def exit_process(code: object) -> NoReturn:
+def exit_process(code: str | int | None) -> NoReturn:
     """Exit with `code` (an int, None for 0, or a message for status 1, as `sys.exit` reads it)."""
     if not _joined_process_group:
         sys.exit(code)
@@ -50,7 +50,8 @@ def exit_process(code: object) -> NoReturn:
 def run_main(main: Callable[[], object]) -> NoReturn:
     """Run a process's `main()` and exit with its status, including a `SystemExit` raised inside it."""
     try:
-        code = main()
+        returned = main()
+        code = returned if returned is None or isinstance(returned, int | str) else 1
     except SystemExit as e:
         code = e.code
     exit_process(code)

@@ -118,6 +118,91 @@ def verify(directory: str | Path, recorded: dict[str, Any], *, content: bool = T
     return None
 
 
+class FileStream:
+    """One file's checksum, taken from the bytes a load reads anyway, as it reads them.
+
+    A read that continues the hashed prefix feeds the hash (only its new bytes, if it overlaps);
+    a read past the hashed prefix first hashes the bytes in between straight from the file (a
+    header, a range this rank does not load), so the file's bytes always enter the hash in order,
+    each once. `finish` hashes what no read reached.
+    """
+
+    def __init__(self, path: Path, want: dict[str, Any]):
+        self.path = path
+        self.want = want
+        self.hasher = Hasher()
+        self.hashed = 0  # bytes [0, hashed) are in the hash
+
+    def feed(self, offset: int, data: bytes | bytearray | memoryview, fd: int) -> None:
+        """`data`, just read from `offset` of the file open as `fd`."""
+        end = offset + len(data)
+        if end <= self.hashed:
+            return  # read again: already in the hash
+        if offset > self.hashed:
+            self._hash_from(fd, self.hashed, offset)
+            if self.hashed < offset:
+                return  # the file ended before `offset`: its size check names it
+        self.hasher.update(memoryview(data)[self.hashed - offset :])
+        self.hashed = end
+
+    def finish(self) -> str | None:
+        """The problem with this file, if any, once the bytes no read reached are hashed too."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            self._hash_from(fd, self.hashed, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        return compare(self.path, self.want, self.hasher.text())
+
+    def _hash_from(self, fd: int, start: int, stop: int) -> None:
+        buf = bytearray(min(CHUNK_BYTES, max(stop - start, 0)))
+        view = memoryview(buf)
+        while start < stop:
+            n = os.preadv(fd, [view[: min(len(buf), stop - start)]], start)
+            if n == 0:
+                break  # shorter than recorded: the size check names it
+            self.hasher.update(view[:n])
+            start += n
+        self.hashed = max(self.hashed, start)
+
+
+class ReadVerifier:
+    """The checksums of a directory's files, checked from the bytes a load reads (one pass, not two).
+
+    The loader asks `stream(path)` for each file it reads and feeds it what it reads; `finish` then
+    completes and compares every file that was fed. Files nobody fed are left to `verify`.
+    """
+
+    def __init__(self, directory: str | Path, recorded: dict[str, Any]):
+        self.directory = Path(directory)
+        self.recorded = recorded
+        self.streams: dict[str, FileStream] = {}
+
+    def stream(self, path: str | Path) -> FileStream | None:
+        """The stream of `path`, None for a file without a recorded checksum (nothing to check)."""
+        path = Path(path)
+        if path.parent != self.directory or path.name not in self.recorded:
+            return None
+        if path.name not in self.streams:
+            self.streams[path.name] = FileStream(path, self.recorded[path.name])
+        return self.streams[path.name]
+
+    def whole(self, path: str | Path, data: bytes) -> None:
+        """A file read whole into memory (a small JSON record): hashed from those bytes."""
+        stream = self.stream(path)
+        if stream is not None:
+            stream.feed(0, data, -1)  # from offset 0: never a gap to read
+
+    def finish(self) -> tuple[str | None, list[str]]:
+        """(the first problem or None, the names of the files checked here)."""
+        names = sorted(self.streams)
+        for name in names:
+            problem = _size_problem(self.directory / name, self.recorded[name]) or self.streams[name].finish()
+            if problem:
+                return problem, names
+        return None, names
+
+
 def _size_problem(path: Path, want: Any) -> str | None:
     if not isinstance(want, dict) or not isinstance(want.get("size"), int) or not isinstance(want.get("checksum"), str):
         return f"{path}: bad checksum record entry {want!r} (expected size and checksum)"

@@ -39,7 +39,7 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -64,6 +64,15 @@ FORMAT = "motif-train-checkpoint/2"
 WRITE_ERRORS = (OSError, SafetensorError)
 
 
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint whose files do not match their checksums, found while loading it (on every rank)."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"{path}: not a usable training checkpoint: {problem}")
+        self.path = path
+        self.problem = problem
+
+
 class Stateful(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -80,7 +89,8 @@ class TensorState(Protocol):
     def save(self, directory: Path) -> dict[str, str] | None:
         """Write this rank's files; return the checksums of those it hashed while writing them."""
 
-    def load(self, directory: Path) -> None: ...
+    def load(self, directory: Path, verifier: integrity.ReadVerifier) -> None:
+        """Read this rank's part, feeding `verifier` the bytes of the files it reads."""
 
 
 def write_cause(err: BaseException) -> BaseException | None:
@@ -223,41 +233,45 @@ class CheckpointManager:
                 log.warning("skipping incomplete checkpoint %s: %s", path, problem)
         return None
 
-    def find(self, how: str) -> Path | None:
-        """Collective: the checkpoint `--resume` names, verified: auto (the newest complete one whose
-        files match their checksums; newer ones that do not are skipped with a warning), none, or a
-        directory (which must verify)."""
+    def find(self, how: str, failed: Sequence[tuple[Path, str]] = ()) -> Path | None:
+        """Collective: the checkpoint `--resume` names: auto (the newest complete one whose files have
+        their recorded sizes; newer ones that do not are skipped with a warning), none, or a directory.
+
+        Contents are checked against their checksums by `load`, from the bytes it reads: a checkpoint
+        that fails there is handed back in `failed` ((path, problem) pairs), and auto goes on to an
+        older one."""
         if how == "none":
             return None
         if how != "auto":
             path = Path(how)
-            problem = check_complete(path) or self._verify(path)
+            problem = check_complete(path) or self._check_sizes(path)
             if problem:
                 raise CheckpointError(f"{path}: not a usable training checkpoint: {problem}")
             return path
-        failed = []
+        refused = {p: problem for p, problem in failed}
+        skipped = [f"{p.name}: {problem}" for p, problem in failed]
         for path in self.candidates():
+            if path in refused:
+                continue
             # Every rank asks the same question: a rank seeing another answer must not skip the collective check.
-            problem = first_problem(self.world, check_complete(path)) or self._verify(path)
+            problem = first_problem(self.world, check_complete(path)) or self._check_sizes(path)
             if problem is None:
                 return path
-            failed.append(f"{path.name}: {problem}")
+            skipped.append(f"{path.name}: {problem}")
             if self.world.is_main:
                 log.warning("skipping checkpoint %s: %s", path, problem)
-        if failed:
+        if skipped:
             # Restarting from the stage's start here would silently repeat all the work they hold.
             raise CheckpointError(
-                f"motif.checkpoint.dir: {self.root} holds {len(failed)} checkpoint(s) and none verifies "
-                f"({'; '.join(failed)}): restore one, or start over with --resume none (which keeps them aside)"
+                f"motif.checkpoint.dir: {self.root} holds {len(skipped)} checkpoint(s) and none verifies "
+                f"({'; '.join(skipped)}): restore one, or start over with --resume none (which keeps them aside)"
             )
         return None
 
-    def _verify(self, path: Path) -> str | None:
-        """Collective: every recorded file against its checksum, each rank reading its share."""
+    def _check_sizes(self, path: Path) -> str | None:
+        """Collective: every recorded file present with its recorded size (no byte read)."""
         recorded = read_meta(path).get("checksums", {})
-        names = sorted(recorded)[self.world.rank :: self.world.world_size]
-        problem = integrity.verify(path, {n: recorded[n] for n in names})
-        return first_problem(self.world, problem)
+        return first_problem(self.world, integrity.verify(path, recorded, content=False))
 
     def rollback(self, path: Path | None) -> list[Path]:
         """Rank 0: rename the checkpoints after `path` (every one for None: a start over) aside (kept),
@@ -410,7 +424,10 @@ class CheckpointManager:
     # ---- resuming ----------------------------------------------------------------------------
 
     def load(self, path: Path) -> dict[str, Any]:
-        """Load every part from the checkpoint `path` (written by any world size); returns its meta."""
+        """Collective: load every part from the checkpoint `path` (written by any world size), checking
+        every file against its checksum on the way; returns its meta. A file that does not match is a
+        `CorruptCheckpoint` on every rank, raised once everything is read (the parts then hold a mix:
+        load another checkpoint, or stop)."""
         meta = read_meta(path)
         engine = self.tensors.name if self.tensors is not None else None
         if meta.get("engine") != engine:
@@ -418,20 +435,47 @@ class CheckpointManager:
                 f"{path}: written by engine {meta.get('engine')}, this run uses {engine} (motif.parallel.engine): "
                 "a checkpoint's tensor layout belongs to its engine"
             )
+        verifier = integrity.ReadVerifier(path, meta.get("checksums", {}))
+        failed = None
+        try:
+            self._load_parts(path, meta, verifier)
+        except CheckpointError as e:
+            failed = str(e)
+        self._check_contents(path, verifier)  # first: a file that changed explains a load that failed
+        failed = first_problem(self.world, failed)
+        if failed is not None:
+            raise CheckpointError(failed)  # a checkpoint that verifies but does not fit this run
+        return meta
+
+    def _load_parts(self, path: Path, meta: dict[str, Any], verifier: integrity.ReadVerifier) -> None:
         for name, part in self.parts.items():
             if name not in meta["parts"]:
                 raise CheckpointError(f"{path}: meta.json: parts.{name}: missing")
             part.load_state_dict(meta["parts"][name])
-        rank_files = [path / RANK_STATE.format(rank=r) for r in range(meta["world_size"])]
-        try:
-            states = [json.loads(f.read_text()) for f in rank_files]
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: unreadable per-rank state: {e}") from None
+        states = []
+        for f in (path / RANK_STATE.format(rank=r) for r in range(meta["world_size"])):
+            try:
+                data = f.read_bytes()
+                verifier.whole(f, data)
+                states.append(json.loads(data))
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{path}: unreadable per-rank state: {e}") from None
         for name, part in self.rank_parts.items():
             part.load_state_dict(union([s.get(name, {}) for s in states]))
         if self.tensors is not None:
-            self.tensors.load(path)
-        return meta
+            self.tensors.load(path, verifier)
+
+    def _check_contents(self, path: Path, verifier: integrity.ReadVerifier) -> None:
+        """Collective: every recorded file checked once by some rank. Those a rank read while loading
+        were hashed then; the rest (DCP's files, which DCP reads itself) are shared out and read now."""
+        recorded = verifier.recorded
+        problem, checked = verifier.finish()
+        checked_anywhere = gather_dicts(self.world, dict.fromkeys(checked, self.world.rank))
+        rest = sorted(set(recorded) - set(checked_anywhere))[self.world.rank :: self.world.world_size]
+        problem = problem or integrity.verify(path, {n: recorded[n] for n in rest})
+        problem = first_problem(self.world, problem)
+        if problem is not None:
+            raise CorruptCheckpoint(path, problem)
 
 
 def _reason(err: BaseException) -> str:

@@ -18,14 +18,16 @@ import torch
 
 from motif.errors import CheckpointError
 from motif.model.safetensors_io import TensorEntry, read_header, read_into_buffer, read_tensor
+from motif.storage.integrity import FileStream, ReadVerifier
 
 
 class TensorReader:
     """Parts of the tensors of a checkpoint directory or of one safetensors file."""
 
-    def __init__(self, entries: dict[str, TensorEntry], source: str):
+    def __init__(self, entries: dict[str, TensorEntry], source: str, verifier: ReadVerifier | None = None):
         self.entries = entries
         self.source = source
+        self.verifier = verifier  # checksums taken from the bytes as they are read (checkpoint loads)
         self.bytes_read = 0
         self._fds: dict[Path, int] = {}
 
@@ -37,8 +39,8 @@ class TensorReader:
         return cls(open_checkpoint(path).entries, str(path))
 
     @classmethod
-    def file(cls, path: str | Path) -> TensorReader:
-        return cls(read_header(Path(path))[0], str(path))
+    def file(cls, path: str | Path, verifier: ReadVerifier | None = None) -> TensorReader:
+        return cls(read_header(Path(path))[0], str(path), verifier)
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
@@ -56,7 +58,7 @@ class TensorReader:
         """Elements [start, stop) of the flattened tensor, as a 1-D tensor in the file's dtype."""
         part = self._part(name, start, stop)
         self.bytes_read += part.nbytes
-        return read_tensor(part, self._fd(part.path))
+        return read_tensor(part, self._fd(part.path), self._stream(part.path))
 
     def read_into(self, name: str, start: int, stop: int, out: torch.Tensor) -> None:
         """Elements [start, stop) of the flattened tensor into `out` (a CPU tensor of stop - start
@@ -69,7 +71,8 @@ class TensorReader:
             numel = math.prod(self.entry(name).shape)
             raise CheckpointError(f"{self.source}: {name}: elements {start}..{stop} outside 0..{numel}")
         # `ndarray.data`: the array's own buffer as a memoryview (bytes, writable): `out`'s memory.
-        read_into_buffer(part, out.detach().reshape(-1).view(torch.uint8).numpy().data, self._fd(part.path))
+        view = out.detach().reshape(-1).view(torch.uint8).numpy().data
+        read_into_buffer(part, view, self._fd(part.path), self._stream(part.path))
         self.bytes_read += part.nbytes
 
     def _part(self, name: str, start: int, stop: int) -> TensorEntry:
@@ -84,6 +87,9 @@ class TensorReader:
     def read(self, name: str) -> torch.Tensor:
         shape = self.shape(name)
         return self.read_flat(name, 0, math.prod(shape)).reshape(shape)
+
+    def _stream(self, path: Path) -> FileStream | None:
+        return self.verifier.stream(path) if self.verifier is not None else None
 
     def _fd(self, path: Path) -> int:
         if path not in self._fds:

@@ -35,7 +35,7 @@ from motif.eval.heldout import HeldoutSet
 from motif.metrics import names, trainjob
 from motif.metrics.logger import MetricLogger
 from motif.train import dist, growth_aware, guards
-from motif.train.checkpoint import CheckpointManager, read_meta
+from motif.train.checkpoint import CheckpointManager, CorruptCheckpoint, read_meta
 from motif.train.dist import World
 from motif.train.engines import build_engine, loss_sums
 from motif.train.output import output_bytes, write_output
@@ -146,6 +146,36 @@ class Trainer:
     # ---- set-up ----------------------------------------------------------------------------------
 
     def setup(self) -> None:
+        """Build everything the loop needs and resume from the checkpoint `--resume` names.
+
+        A checkpoint is checked against its checksums while it is read (no pass of its own): with
+        `--resume auto`, one that fails is skipped with a warning and everything is built again
+        from the next older one (the first build holds a mix of both; it is dropped first)."""
+        failed: list[tuple[Path, str]] = []
+        while True:
+            try:
+                self._setup(failed)
+                return
+            except CorruptCheckpoint as e:
+                if self.options.resume != "auto":
+                    raise
+                if self.world.is_main:
+                    log.warning("skipping checkpoint %s: %s", e.path, e.problem)
+                failed.append((e.path, e.problem))
+                self._drop_built()
+
+    def _drop_built(self) -> None:
+        """Forget what `_setup` built (its memory is freed before the next build)."""
+        import gc
+
+        self.close()
+        for name in ("engine", "model", "weights", "moments", "data", "heldout"):
+            setattr(self, name, None)
+        self.state = TrainState()
+        self.resumed_from = None
+        gc.collect()
+
+    def _setup(self, failed: list[tuple[Path, str]]) -> None:
         s = self.stage
         self._seed_everything()
         finished = guards.refuse_fewer_steps(s, self.max_steps)  # never replaced by fewer steps
@@ -159,7 +189,7 @@ class Trainer:
             every_steps=s.checkpoint.every_steps,
             lease=self.lease,
         )
-        resume = self.checkpoints.find(self.options.resume)
+        resume = self.checkpoints.find(self.options.resume, failed)
         num_shards = self._num_shards(resume)
         self.weights, self.moments, frozen = self._start_sources()
         self._verify_start()

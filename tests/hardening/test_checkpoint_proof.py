@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import motif
 from motif.errors import CheckpointError
@@ -225,3 +228,28 @@ def test_ranks_verify_a_checkpoint_together_each_reading_its_share(tmp_path):
     with pytest.raises(CheckpointError, match=rf"{victim.name}: checksum mismatch"):
         verify_checkpoint(ckpt, rank=owner, world=3)
     verify_checkpoint(ckpt, rank=(owner + 1) % 3, world=3)  # the others do not read that file
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 1500)), max_size=12), st.integers(0, 4999))
+def test_a_checksum_taken_from_reads_in_any_order_is_the_files_and_shows_a_flip(tmp_path_factory, reads, flip):
+    """Whatever ranges a load reads, in whatever order (gaps, overlaps, re-reads, backwards), the
+    checksum taken from them (plus the bytes they skipped) is the file's, and one changed byte shows."""
+    from motif.storage.integrity import ReadVerifier, checksum_file, entry
+
+    d = tmp_path_factory.mktemp("stream")
+    data = bytes(random.Random(len(reads)).randbytes(5000))
+    (d / "f.bin").write_bytes(data)
+    recorded = {"f.bin": entry(d / "f.bin", checksum_file(d / "f.bin"))}
+    for content, expect_ok in ((data, True), (data[:flip] + bytes([data[flip] ^ 1]) + data[flip + 1 :], False)):
+        (d / "f.bin").write_bytes(content)
+        verifier = ReadVerifier(d, recorded)
+        stream = verifier.stream(d / "f.bin")
+        fd = os.open(d / "f.bin", os.O_RDONLY)
+        try:
+            for offset, n in reads:
+                stream.feed(offset, os.pread(fd, n, offset), fd)
+        finally:
+            os.close(fd)
+        problem, checked = verifier.finish()
+        assert checked == ["f.bin"] and (problem is None) == expect_ok, problem

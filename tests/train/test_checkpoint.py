@@ -134,7 +134,7 @@ def test_a_checkpoint_of_another_engine_is_refused_by_name(tmp_path):
         def save(self, directory):
             (directory / "t.bin").write_bytes(b"x")
 
-        def load(self, directory):
+        def load(self, directory, verifier):
             raise AssertionError("not reached")
 
     path = CheckpointManager(tmp_path / "ck", 2, WORLD, tensors=Tensors("fsdp")).save(3, {"stage": "s"})
@@ -153,7 +153,7 @@ def test_checksums_taken_while_writing_are_recorded_and_verify(tmp_path):
             tensors = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
             return {"model.safetensors": write_tensors(directory / "model.safetensors", tensors)}
 
-        def load(self, directory):
+        def load(self, directory, verifier):
             pass
 
     m = CheckpointManager(tmp_path / "ck", 2, WORLD, tensors=Tensors())
@@ -178,3 +178,45 @@ def test_an_fsync_failure_leaves_no_checkpoint_and_names_the_last_one(tmp_path, 
     with pytest.raises(ckpt.WriteError, match="No space left on device.*last complete checkpoint is .*step_00000010"):
         _save(m, 20)
     assert [p.name for p in (tmp_path / "ck").iterdir()] == ["step_00000010"]
+
+
+def test_a_load_checks_every_file_from_the_bytes_it_reads_and_names_a_changed_one(tmp_path):
+    """One pass: the engine's reads feed the checksums (find reads no byte); a flipped byte in a tensor
+    file is a CorruptCheckpoint naming it, raised after the load, on every rank."""
+    from motif.train.checkpoint import CorruptCheckpoint
+    from motif.train.slices import TensorReader, write_tensors
+
+    tensors = {f"w{i}": torch.randn(64, 33) for i in range(4)}
+    read_back: dict[str, torch.Tensor] = {}
+
+    class Tensors:
+        name = "ddp"
+
+        def save(self, directory):
+            return {"model.safetensors": write_tensors(directory / "model.safetensors", tensors)}
+
+        def load(self, directory, verifier):
+            with TensorReader.file(directory / "model.safetensors", verifier) as reader:
+                for key, value in tensors.items():
+                    read_back[key] = torch.empty_like(value)
+                    reader.read_into(key, 0, value.numel(), read_back[key].view(-1))
+            stream = verifier.streams["model.safetensors"]
+            read_back["hashed"] = torch.tensor(stream.hashed)
+
+    m = CheckpointManager(tmp_path / "ck", 2, WORLD, tensors=Tensors())
+    path = m.save(4, {"stage": "s"})
+    m.load(path)
+    assert all(torch.equal(read_back[k], tensors[k]) for k in tensors)
+    size = (path / "model.safetensors").stat().st_size
+    assert int(read_back["hashed"]) == size  # every byte hashed as it was read (the header from the file)
+
+    victim = path / "model.safetensors"
+    data = bytearray(victim.read_bytes())
+    data[-7] ^= 0x10
+    victim.write_bytes(bytes(data))
+    assert m.find("auto") == path  # sizes only: the content is checked by the load
+    with pytest.raises(CorruptCheckpoint, match=r"model.safetensors: checksum mismatch") as caught:
+        m.load(path)
+    assert caught.value.path == path
+    with pytest.raises(CheckpointError, match="none verifies"):
+        m.find("auto", [(path, caught.value.problem)])

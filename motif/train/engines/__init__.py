@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from motif.config import StageConfig
     from motif.data.mixture import Batch
     from motif.model import Llama
+    from motif.storage.integrity import ReadVerifier
     from motif.train.dist import World
     from motif.train.start import MomentSource, WeightSource
 
@@ -95,8 +96,9 @@ class Engine(Protocol):
         """Write this rank's part of the weights and Adam state of a training checkpoint; return the
         checksums of the files it hashed while writing them ({name relative to `directory`: checksum})."""
 
-    def load(self, directory: Path) -> None:
-        """Read this rank's part of a checkpoint written by any world size."""
+    def load(self, directory: Path, verifier: ReadVerifier) -> None:
+        """Read this rank's part of a checkpoint written by any world size, feeding `verifier` the
+        bytes of each file it reads (so their checksums cost no second pass)."""
 
     def full_tensors(self, frozen: WeightSource, carried: MomentSource) -> Iterator[tuple[str, torch.Tensor | None]]:
         """Collective: every weight, then every Adam tensor (`exp_avg.<name>` ...), whole, in

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from torch.nn.parallel import DistributedDataParallel
 
     from motif.data.mixture import Batch
+    from motif.storage.integrity import ReadVerifier
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -139,16 +140,16 @@ class DdpEngine:
         return {name: future.result() for name, future in sums.items()}
 
     @torch.no_grad()
-    def load(self, directory: Path) -> None:
+    def load(self, directory: Path, verifier: ReadVerifier) -> None:
         def read(reader: TensorReader, key: str, into: torch.Tensor) -> None:
             if key not in reader or reader.shape(key) != tuple(into.shape):
                 raise CheckpointError(f"{reader.source}: no tensor {key} of shape {list(into.shape)}")
             reader.read_into(key, 0, into.numel(), into.view(-1) if into.dim() else into.view(1))
 
-        with TensorReader.file(directory / MODEL_FILE) as weights:
+        with TensorReader.file(directory / MODEL_FILE, verifier) as weights:
             for name, p in self.model.named_parameters():
                 read(weights, name, p.data)
-        with TensorReader.file(directory / OPTIMIZER_FILE) as moments:
+        with TensorReader.file(directory / OPTIMIZER_FILE, verifier) as moments:
             for name, p in self.params.items():
                 state = self.optimizer.state[p]
                 for key in MOMENTS:

@@ -43,6 +43,7 @@ from motif.train.start import MOMENTS, MomentSource, WeightSource
 
 if TYPE_CHECKING:
     from motif.data.mixture import Batch
+    from motif.storage.integrity import ReadVerifier
 
 # DeepSpeed 0.19 calls collectives torch 2.13 deprecated; the warning would repeat at every step.
 warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
@@ -196,6 +197,7 @@ class DeepSpeedEngine:
                 "exp_avg_sq": torch.zeros_like(flat),
             }
 
+    @torch.no_grad()  # DeepSpeed's fp32 partitions are leaves that require grad: filled in place here
     def _set_local(
         self,
         key: str,
@@ -212,17 +214,39 @@ class DeepSpeedEngine:
             if not only(name):
                 continue
             start, stop, size = partition(p, self.world.rank)
-            value = torch.empty(size, dtype=torch.float32)  # filled on the host, then one copy into DeepSpeed's
+            own = self._own_partition(key, p, size)
+            value = own if own is not None else torch.empty(size, dtype=torch.float32)
             value[stop - start :] = 0.0  # the partition's padding
             if stop > start:
                 fill(name, start, stop, value[: stop - start])
             value = value.to(self.world.device)
+            if own is not None:  # filled in place: only the compute copy is left to set
+                if key == "param":
+                    zero(p).ds_tensor.data.copy_(value.to(zero(p).ds_tensor.dtype))
+                continue
             if key == "param":
                 safe_set_local_fp32_param(p, value)
                 with torch.no_grad():  # and the compute copy DeepSpeed gathers for forward
                     zero(p).ds_tensor.data.copy_(value.to(zero(p).ds_tensor.dtype))
             else:
                 safe_set_local_optimizer_state(p, value, key)
+
+    def _own_partition(self, key: str, p: torch.nn.Parameter, size: int) -> torch.Tensor | None:
+        """DeepSpeed's own fp32 memory of this rank's partition of `key`, to be filled in place (a
+        checkpoint's bytes are read straight into it: no buffer, no second copy); None where that
+        memory is not a plain host view (GPU, or swapped to NVMe), which then gets a host buffer."""
+        from deepspeed.utils import safe_get_local_fp32_param, safe_get_local_optimizer_state
+
+        own = safe_get_local_fp32_param(p) if key == "param" else safe_get_local_optimizer_state(p, key)
+        usable = (
+            own is not None
+            and own._is_view()  # a narrow of DeepSpeed's flat partition, not a copy of it
+            and own.device.type == "cpu"
+            and own.dtype == torch.float32
+            and own.is_contiguous()
+            and own.numel() == size
+        )
+        return own if usable else None
 
     # ---- stepping --------------------------------------------------------------------------------
 
@@ -278,7 +302,8 @@ class DeepSpeedEngine:
         for name, p in self.params.items():
             start, stop, _ = partition(p, self.world.rank)
             ranges[name] = [start, stop, list(zero(p).ds_shape)]
-            for key in ("param", *MOMENTS):
+        for key in ("param", *MOMENTS):  # in the order `load` reads them: the file front to back
+            for name, p in self.params.items():
                 tensors[f"{key}.{name}"] = self._local(key, p)
         steps = {name: self._group_step(p) for name, p in self.params.items()}
         meta = {"world_size": self.world.world_size, "ranges": ranges, "steps": steps}
@@ -292,7 +317,7 @@ class DeepSpeedEngine:
                 return float(inner.state[flat]["step"])
         raise MotifError("engine deepspeed: a parameter is in no ZeRO group")
 
-    def load(self, directory: Path) -> None:
+    def load(self, directory: Path, verifier: ReadVerifier) -> None:
         """This rank's partitions, assembled from the files of the ranks that saved them (any count)."""
         from motif.model.safetensors_io import read_header
 
@@ -303,7 +328,7 @@ class DeepSpeedEngine:
         for f in files:
             _, metadata = read_header(f)
             try:
-                saved.append((TensorReader.file(f), json.loads(metadata[META_KEY])))
+                saved.append((TensorReader.file(f, verifier), json.loads(metadata[META_KEY])))
             except (KeyError, json.JSONDecodeError):
                 raise CheckpointError(f"{f}: no {META_KEY} metadata (not written by engine deepspeed)") from None
         try:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
     from motif.data.mixture import Batch
+    from motif.storage.integrity import ReadVerifier
 
 CHECKPOINT_DIR = "fsdp"  # the DCP directory inside a training checkpoint
 
@@ -230,7 +231,8 @@ class FsdpEngine:
         save(state, storage_writer=writer)
         return {}  # DCP's files: the checkpoint manager hashes them, each rank a share
 
-    def load(self, directory: Path) -> None:
+    def load(self, directory: Path, verifier: ReadVerifier) -> None:
+        # DCP reads the files itself: the checkpoint manager verifies them after this, in a pass of their own.
         from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
         from torch.distributed.checkpoint.state_dict_loader import load
 

@@ -16,6 +16,7 @@ Nothing here ever unpickles anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -132,7 +133,7 @@ def read_into_buffer(entry: TensorEntry, view: memoryview, fd: int, stream: File
             if n == 0:
                 raise CheckpointError(f"{entry.path}: truncated while reading tensor {entry.name}")
             if stream is not None:
-                stream.feed(entry.offset + done, view[done : done + n], fd)
+                stream.feed(entry.offset + done, view[done : done + n])
             done += n
     except OSError as e:
         raise CheckpointError(f"{entry.path}: cannot read tensor {entry.name}: {e.strerror or e}") from None
@@ -232,6 +233,13 @@ class SafetensorsWriter:
         os.close(self._fd)
         self._reader.close()
         return self._hasher.text()
+
+
+    def abort(self) -> None:
+        """Close after a failed write (the caller removes the partial file's directory)."""
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._reader.close()
 
 
 class _ReadThrough:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -125,21 +125,32 @@ class FileStream:
     a read past the hashed prefix first hashes the bytes in between straight from the file (a
     header, a range this rank does not load), so the file's bytes always enter the hash in order,
     each once. `finish` hashes what no read reached.
+
+    The hashing runs on the verifier's thread, in the order of the reads, while the loader reads
+    on: the bytes are hashed where they landed (the destination's memory, which nothing changes
+    before the load ends), so reading and hashing overlap instead of taking turns.
     """
 
-    def __init__(self, path: Path, want: dict[str, Any]):
+    def __init__(self, path: Path, want: dict[str, Any], hashing: ThreadPoolExecutor):
         self.path = path
         self.want = want
         self.hasher = Hasher()
         self.hashed = 0  # bytes [0, hashed) are in the hash
+        self.read_for_hash = 0  # bytes read only to hash them (what the loader skipped): the second pass
+        self._hashing = hashing
+        self._pending: list[Future[None]] = []
 
-    def feed(self, offset: int, data: bytes | bytearray | memoryview, fd: int) -> None:
-        """`data`, just read from `offset` of the file open as `fd`."""
+    def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """`data`, just read from `offset` of the file: hashed on the verifier's thread."""
+        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+        self._pending.append(self._hashing.submit(self._take, offset, data))
+
+    def _take(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         end = offset + len(data)
         if end <= self.hashed:
             return  # read again: already in the hash
         if offset > self.hashed:
-            self._hash_from(fd, self.hashed, offset)
+            self._hash_from(self.hashed, offset)
             if self.hashed < offset:
                 return  # the file ended before `offset`: its size check names it
         self.hasher.update(memoryview(data)[self.hashed - offset :])
@@ -147,22 +158,30 @@ class FileStream:
 
     def finish(self) -> str | None:
         """The problem with this file, if any, once the bytes no read reached are hashed too."""
-        fd = os.open(self.path, os.O_RDONLY)
         try:
-            self._hash_from(fd, self.hashed, os.fstat(fd).st_size)
-        finally:
-            os.close(fd)
+            for pending in self._pending:
+                pending.result()
+            self._hash_from(self.hashed, self.path.stat().st_size)
+        except OSError as e:
+            return f"{self.path}: cannot read: {e.strerror or e}"
         return compare(self.path, self.want, self.hasher.text())
 
-    def _hash_from(self, fd: int, start: int, stop: int) -> None:
-        buf = bytearray(min(CHUNK_BYTES, max(stop - start, 0)))
+    def _hash_from(self, start: int, stop: int) -> None:
+        if start >= stop:
+            return
+        buf = bytearray(min(CHUNK_BYTES, stop - start))
         view = memoryview(buf)
-        while start < stop:
-            n = os.preadv(fd, [view[: min(len(buf), stop - start)]], start)
-            if n == 0:
-                break  # shorter than recorded: the size check names it
-            self.hasher.update(view[:n])
-            start += n
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            while start < stop:
+                n = os.preadv(fd, [view[: min(len(buf), stop - start)]], start)
+                if n == 0:
+                    break  # shorter than recorded: the size check names it
+                self.hasher.update(view[:n])
+                start += n
+                self.read_for_hash += n
+        finally:
+            os.close(fd)
         self.hashed = max(self.hashed, start)
 
 
@@ -170,37 +189,47 @@ class ReadVerifier:
     """The checksums of a directory's files, checked from the bytes a load reads (one pass, not two).
 
     The loader asks `stream(path)` for each file it reads and feeds it what it reads; `finish` then
-    completes and compares every file that was fed. Files nobody fed are left to `verify`.
+    completes and compares every file that was fed. Files nobody fed are left to `verify`. One
+    hashing thread serves every stream (xxhash releases the GIL while it hashes).
     """
 
     def __init__(self, directory: str | Path, recorded: dict[str, Any]):
         self.directory = Path(directory)
         self.recorded = recorded
         self.streams: dict[str, FileStream] = {}
+        self._hashing = ThreadPoolExecutor(1, thread_name_prefix="motif-verify")
 
     def stream(self, path: str | Path) -> FileStream | None:
-        """The stream of `path`, None for a file without a recorded checksum (nothing to check)."""
+        """The stream of `path` (a file of the directory, or of a folder in it), None for a file
+        without a recorded checksum (nothing to check)."""
         path = Path(path)
-        if path.parent != self.directory or path.name not in self.recorded:
+        try:
+            name = str(path.relative_to(self.directory))
+        except ValueError:
             return None
-        if path.name not in self.streams:
-            self.streams[path.name] = FileStream(path, self.recorded[path.name])
-        return self.streams[path.name]
+        if name not in self.recorded:
+            return None
+        if name not in self.streams:
+            self.streams[name] = FileStream(path, self.recorded[name], self._hashing)
+        return self.streams[name]
 
     def whole(self, path: str | Path, data: bytes) -> None:
         """A file read whole into memory (a small JSON record): hashed from those bytes."""
         stream = self.stream(path)
         if stream is not None:
-            stream.feed(0, data, -1)  # from offset 0: never a gap to read
+            stream.feed(0, data)
 
     def finish(self) -> tuple[str | None, list[str]]:
-        """(the first problem or None, the names of the files checked here)."""
+        """(the first problem or None, the names of the files checked here). Waits for the hashing."""
         names = sorted(self.streams)
-        for name in names:
-            problem = _size_problem(self.directory / name, self.recorded[name]) or self.streams[name].finish()
-            if problem:
-                return problem, names
-        return None, names
+        try:
+            for name in names:
+                problem = _size_problem(self.directory / name, self.recorded[name]) or self.streams[name].finish()
+                if problem:
+                    return problem, names
+            return None, names
+        finally:
+            self._hashing.shutdown(wait=True)
 
 
 def _size_problem(path: Path, want: Any) -> str | None:

@@ -341,18 +341,23 @@ class CheckpointManager:
             except WRITE_ERRORS as e:
                 raise self._write_failed(final, tmp, e) from None
         barrier(self.world)
+        written, failed = None, None
         try:
             written = write(tmp)
         except BaseException as e:
             cause = write_cause(e)
             if cause is None:
                 raise
-            raise self._write_failed(final, tmp, cause) from None
+            failed = _reason(cause)
+        # Collective: a rank whose write failed (its disk full) stops every rank, with its reason;
+        # none is left waiting for it in the next collective.
+        failed = first_problem(self.world, failed)
+        if failed is not None:
+            raise self._write_failed(final, tmp, failed) from None
         # Collective: every rank has written. Anything but a mapping means no checksum was taken.
         mine = written if isinstance(written, dict) else {}
         known = gather_dicts(self.world, {name: (self.world.rank, checksum) for name, checksum in mine.items()})
         share: dict[str, dict[str, Any]] = {}
-        failed = None
         try:
             share = self._seal_share(tmp, known)
         except WRITE_ERRORS as e:  # an fsync is where a full or failing volume often shows first
@@ -479,7 +484,9 @@ class CheckpointManager:
 
 
 def _reason(err: BaseException) -> str:
-    return f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.strerror else str(err)
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    return str(err)
 
 
 def _remove(path: Path) -> None:

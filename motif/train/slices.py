@@ -114,6 +114,10 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     from motif.model.safetensors_io import SafetensorsWriter
 
     writer = SafetensorsWriter(path, [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()], metadata)
-    for key, value in tensors.items():
-        writer.write(key, value)
-    return writer.close()
+    try:
+        for key, value in tensors.items():
+            writer.write(key, value)
+        return writer.close()
+    except OSError as e:  # a full disk, say: name the file (a write's error has no file name)
+        writer.abort()
+        raise OSError(e.errno, e.strerror, str(path)) from None

@@ -245,11 +245,9 @@ def test_a_checksum_taken_from_reads_in_any_order_is_the_files_and_shows_a_flip(
         (d / "f.bin").write_bytes(content)
         verifier = ReadVerifier(d, recorded)
         stream = verifier.stream(d / "f.bin")
-        fd = os.open(d / "f.bin", os.O_RDONLY)
-        try:
+        with open(d / "f.bin", "rb") as f:
             for offset, n in reads:
-                stream.feed(offset, os.pread(fd, n, offset), fd)
-        finally:
-            os.close(fd)
+                f.seek(offset)
+                stream.feed(offset, f.read(n))
         problem, checked = verifier.finish()
         assert checked == ["f.bin"] and (problem is None) == expect_ok, problem

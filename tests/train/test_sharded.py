@@ -90,6 +90,32 @@ def test_the_output_loads_in_transformers_with_the_same_logits(pipeline):
         assert (ours(tokens) - hf(tokens).logits).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("pipeline", ["fsdp"], indirect=True)
+def test_torch_dcp_reads_an_fsdp_checkpoint_as_its_saved_rows_say(pipeline):
+    """The fsdp engine writes DCP's Hugging Face layout itself (one safetensors file per rank, each
+    shard's row offset in DCP's header metadata): torch.distributed.checkpoint's own reader loads it,
+    and gets every tensor as the shards put together by their recorded rows."""
+    from safetensors import safe_open
+    from torch.distributed.checkpoint import load
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
+
+    workdir, _ = pipeline
+    ck = workdir / "ck/s0/step_00000004/fsdp"
+    files = sorted(ck.glob("*.safetensors"))
+    assert len(files) == 2  # one per rank
+    parts: dict[str, list[tuple[list[int], torch.Tensor]]] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            info = json.loads(h.metadata()["DCP_SHARDING_INFO"])
+            for key in h.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                parts.setdefault(key, []).append((info[key]["saved_offsets"], h.get_tensor(key)))
+    whole = {k: torch.cat([t for _, t in sorted(p, key=lambda p: p[0])]) for k, p in parts.items() if p[0][1].dim()}
+    assert any(len(p) == 2 for p in parts.values())  # tensors split between the two ranks' files
+    state = {k: torch.full_like(v, float("nan")) for k, v in whole.items()}
+    load(state, storage_reader=HuggingFaceStorageReader(str(ck)), no_dist=True)
+    assert [k for k in whole if not torch.equal(state[k], whole[k])] == []
+
+
 def test_two_ranks_resumed_on_one_continue_every_data_shard_without_loss_or_repeat(pipeline, corpus, monkeypatch):
     workdir, runs = pipeline
     monkeypatch.chdir(workdir)  # the stage file's data paths are relative to it

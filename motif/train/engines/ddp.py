@@ -139,22 +139,29 @@ class DdpEngine:
             sums = {name: pool.submit(write_tensors, directory / name, tensors) for name, tensors in files.items()}
         return {name: future.result() for name, future in sums.items()}
 
-    @torch.no_grad()
     def load(self, directory: Path, verifier: ReadVerifier) -> None:
-        def read(reader: TensorReader, key: str, into: torch.Tensor) -> None:
-            if key not in reader or reader.shape(key) != tuple(into.shape):
-                raise CheckpointError(f"{reader.source}: no tensor {key} of shape {list(into.shape)}")
-            reader.read_into(key, 0, into.numel(), into.view(-1) if into.dim() else into.view(1))
+        """Every rank reads both files (each holds them whole), the two at once on threads; each file is
+        hashed on the way by one rank only (the others leave it to that rank's checksum)."""
+        from concurrent.futures import ThreadPoolExecutor
 
-        with TensorReader.file(directory / MODEL_FILE, verifier) as weights:
-            for name, p in self.model.named_parameters():
-                read(weights, name, p.data)
-        with TensorReader.file(directory / OPTIMIZER_FILE, verifier) as moments:
-            for name, p in self.params.items():
+        def into(name: str) -> list[tuple[str, torch.Tensor]]:
+            if name == MODEL_FILE:
+                return [(key, p.data) for key, p in self.model.named_parameters()]
+            out = []
+            for key, p in self.params.items():
                 state = self.optimizer.state[p]
-                for key in MOMENTS:
-                    read(moments, f"{key}.{name}", state[key])
-                read(moments, f"step.{name}", state["step"])
+                out += [(f"{m}.{key}", state[m]) for m in (*MOMENTS, "step")]
+            return out
+
+        files = [MODEL_FILE, OPTIMIZER_FILE]
+        hashes = files[self.world.rank :: self.world.world_size]
+        with ThreadPoolExecutor(len(files)) as pool:
+            reads = [
+                pool.submit(_read_file, directory / name, into(name), verifier if name in hashes else None)
+                for name in files
+            ]
+        for done in reads:
+            done.result()
 
     # ---- the stage's output --------------------------------------------------------------------
 
@@ -182,3 +189,13 @@ class DdpEngine:
 
     def close(self) -> None:
         pass
+
+
+@torch.no_grad()
+def _read_file(path: Path, tensors: list[tuple[str, torch.Tensor]], verifier: ReadVerifier | None) -> None:
+    """Read the named tensors of one safetensors file into `tensors`' memory, in place."""
+    with TensorReader.file(path, verifier) as reader:
+        for key, into in tensors:
+            if key not in reader or reader.shape(key) != tuple(into.shape):
+                raise CheckpointError(f"{reader.source}: no tensor {key} of shape {list(into.shape)}")
+            reader.read_into(key, 0, into.numel(), into.view(-1) if into.dim() else into.view(1))

@@ -27,6 +27,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from motif.config import StageConfig
+from motif.errors import CheckpointError
 from motif.model import Llama, ModelArgs
 from motif.train import optimizer as optim
 from motif.train.dist import World
@@ -39,26 +40,17 @@ if TYPE_CHECKING:
 
     from motif.data.mixture import Batch
     from motif.storage.integrity import ReadVerifier
+    from motif.train.slices import TensorReader
 
 CHECKPOINT_DIR = "fsdp"  # the DCP directory inside a training checkpoint
 
 
-FILES_PER_RANK = 8  # DCP files each rank writes per checkpoint (see `_file_of`)
-
-
-def _file_of(state: dict[str, torch.Tensor], layers: int) -> dict[str, int]:
-    """DCP file index (1-based) of every key: the blocks in 7 runs of consecutive blocks, the rest in file 1.
-
-    DCP's safetensors writer builds a whole file in memory before writing it, and every rank reads
-    every file's header when a checkpoint is loaded: 8 files per rank keep the first transient at
-    1/8 of a rank's state and the second at 8 x world_size small reads.
-    """
-    runs = FILES_PER_RANK - 1
-    out = {}
-    for key in state:
-        parts = key.split(".")
-        out[key] = 2 + int(parts[parts.index("layers") + 1]) * runs // layers if "layers" in parts else 1
-    return out
+# DCP's Hugging Face layout, kept so `torch.distributed.checkpoint`'s HuggingFaceStorageReader reads
+# these checkpoints too (tests/train/test_sharded.py checks it): a rank's shards in one safetensors
+# file, the row offset of each shard in the header's metadata as DCP's JSON.
+SHARD_FILE = "shard-{index:05d}-model-00001-of-00001.safetensors"  # DCP's _gen_file_name, one file per rank
+SHARDING_KEY = "DCP_SHARDING_INFO"  # torch.distributed.checkpoint._hf_utils.CUSTOM_METADATA_KEY
+OFFSETS_KEY = "saved_offsets"  # ... SAVED_OFFSETS_KEY
 
 
 def device_mesh(stage: StageConfig, world: World) -> DeviceMesh:
@@ -220,23 +212,40 @@ class FsdpEngine:
         return out
 
     def save(self, directory: Path) -> dict[str, str]:
-        from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
-        from torch.distributed.checkpoint.state_dict_saver import save
+        """This rank's shards, streamed into one safetensors file and hashed as they are written (no
+        file built in memory, no read-back, no planning round): the rows each holds in DCP's
+        metadata. A shard another rank also holds (HSDP's replicas, the step counts) is written once."""
+        import json
 
-        state = self._state()
-        files = _file_of(state, self.model.args.num_hidden_layers)
-        writer = HuggingFaceStorageWriter(
-            str(directory / CHECKPOINT_DIR), fqn_to_index_mapping=files, save_distributed=True
-        )
-        save(state, storage_writer=writer)
-        return {}  # DCP's files: the checkpoint manager hashes them, each rank a share
+        from motif.train.slices import write_tensors
 
+        tensors: dict[str, torch.Tensor] = {}
+        offsets: dict[str, list[int]] = {}
+        for key, value in self._state().items():
+            local, start, writes = _shard_of(value, self.world.rank)
+            if writes and local.numel():
+                tensors[key] = local
+                offsets[key] = [start] + [0] * (local.dim() - 1) if local.dim() else []  # DCP's: one per dim
+        name = f"{CHECKPOINT_DIR}/{SHARD_FILE.format(index=self.world.rank + 1)}"
+        (directory / CHECKPOINT_DIR).mkdir(exist_ok=True)
+        metadata = {SHARDING_KEY: json.dumps({key: {OFFSETS_KEY: o} for key, o in offsets.items()})}
+        return {name: write_tensors(directory / name, tensors, metadata)}
+
+    @torch.no_grad()
     def load(self, directory: Path, verifier: ReadVerifier) -> None:
-        # DCP reads the files itself: the checkpoint manager verifies them after this, in a pass of their own.
-        from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
-        from torch.distributed.checkpoint.state_dict_loader import load
-
-        load(self._state(), storage_reader=HuggingFaceStorageReader(str(directory / CHECKPOINT_DIR)))
+        """This rank's rows of every tensor, read straight into its shards from the saved shards that
+        hold them (any world size), in file order so the checksums are taken on the way."""
+        chunks = _saved_chunks(directory / CHECKPOINT_DIR, verifier)
+        try:
+            reads = []
+            for key, value in self._state().items():
+                local, start, _ = _shard_of(value, self.world.rank)
+                reads += _reads_for(chunks, key, local, start, directory)
+            for reader, key, lo, hi, out in sorted(reads, key=lambda r: (r[0].source, r[0].entry(r[1]).offset, r[2])):
+                reader.read_into(key, lo, hi, out)
+        finally:
+            for reader in {c[0] for found in chunks.values() for c in found}:
+                reader.close()
 
     # ---- the stage's output --------------------------------------------------------------------
 
@@ -273,3 +282,71 @@ class FsdpEngine:
 
     def close(self) -> None:
         pass
+
+
+def _shard_of(value: torch.Tensor, rank: int) -> tuple[torch.Tensor, int, bool]:
+    """(this rank's local tensor, its first row in the whole tensor, whether this rank writes it).
+
+    A replicated copy (HSDP's replicas of a shard, a plain step count) is written by the ranks at
+    coordinate 0 of the replicating mesh dimensions (rank 0 for a plain tensor), as DCP dedups it."""
+    if not isinstance(value, DTensor):
+        return value.detach(), 0, rank == 0
+    start, _ = local_rows(value)
+    coordinate = value.device_mesh.get_coordinate()
+    assert coordinate is not None  # every rank is in the mesh
+    writes = all(c == 0 for c, p in zip(coordinate, value.placements, strict=True) if p.is_replicate())
+    local: torch.Tensor = value.to_local().detach()  # the shard's own memory: a load fills it in place
+    return local, start, writes
+
+
+def _saved_chunks(path: Path, verifier: ReadVerifier) -> dict[str, list[tuple[TensorReader, int]]]:
+    """{key: [(reader of the file holding a saved shard, its first row)]} over every saved file."""
+    import json
+
+    from motif.model.safetensors_io import read_header
+    from motif.train.slices import TensorReader
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: no safetensors shards (not a checkpoint of engine fsdp)")
+    chunks: dict[str, list[tuple[TensorReader, int]]] = {}
+    for f in files:
+        entries, metadata = read_header(f)
+        try:
+            info = json.loads(metadata[SHARDING_KEY])
+            offsets = {key: [int(o) for o in info[key][OFFSETS_KEY]] for key in entries}
+        except (KeyError, IndexError, TypeError, ValueError, json.JSONDecodeError):
+            raise CheckpointError(
+                f"{f}: no {SHARDING_KEY} offsets for its tensors (not written by engine fsdp)"
+            ) from None
+        for key, o in offsets.items():
+            if len(o) != len(entries[key].shape) or any(o[1:]):
+                raise CheckpointError(f"{f}: {key}: saved at offsets {o}, not a range of rows (fsdp shards rows)")
+        reader = TensorReader(entries, str(f), verifier)
+        for key, o in offsets.items():
+            chunks.setdefault(key, []).append((reader, o[0] if o else 0))
+    return chunks
+
+
+def _reads_for(
+    chunks: dict[str, list[tuple[TensorReader, int]]], key: str, local: torch.Tensor, start: int, directory: Path
+) -> list[tuple[TensorReader, str, int, int, torch.Tensor]]:
+    """The reads that fill `local` (rows [start, start + len) of `key`) from the saved shards."""
+    rows = local.shape[0] if local.dim() else 1
+    per_row = math.prod(local.shape[1:]) if local.dim() else 1
+    flat = local.reshape(-1) if local.dim() else local.view(1)
+    reads, covered = [], 0
+    for reader, first in chunks.get(key, []):
+        saved = reader.shape(key)[0] if reader.shape(key) else 1
+        lo, hi = max(first, start), min(first + saved, start + rows)
+        if lo < hi:
+            out = flat[(lo - start) * per_row : (hi - start) * per_row]
+            reads.append((reader, key, (lo - first) * per_row, (hi - first) * per_row, out))
+            covered += hi - lo
+            if not local.dim():
+                break  # a step count: one saved copy is enough
+    if covered < rows and local.numel():
+        raise CheckpointError(
+            f"{directory}: {key}: rows {start}..{start + rows} are not all in the saved shards (fsdp)"
+        )
+    return reads

@@ -234,7 +234,6 @@ class SafetensorsWriter:
         self._reader.close()
         return self._hasher.text()
 
-
     def abort(self) -> None:
         """Close after a failed write (the caller removes the partial file's directory)."""
         with contextlib.suppress(OSError):

@@ -34,6 +34,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SAVE_TARGET = 1.3  # checkpoint save time over `cp -r` + `sync` of the same files
+DROP_CACHES = "/proc/sys/vm/drop_caches"  # root only: cold-cache loads are measured where it is writable
 LOAD_TARGET = 1.3  # checkpoint load time over `cat` of the same files
 MODEL = {
     "vocab_size": 8192,
@@ -246,6 +247,24 @@ def _copy_baseline(path: Path) -> dict:
     return {"bytes": nbytes, "files": len(files), "cp_sync_s": cp, "cat_s": time.perf_counter() - t0}
 
 
+def _can_drop_caches() -> bool:
+    return os.access(DROP_CACHES, os.W_OK)
+
+
+def _drop_caches() -> None:
+    subprocess.run(["sync"], check=True)
+    Path(DROP_CACHES).write_text("3\n")
+
+
+def _cold_cat(path: Path) -> dict:
+    """`cat` of the checkpoint's files from the disk (the page cache dropped first)."""
+    files = [str(f) for f in sorted(path.rglob("*")) if f.is_file()]
+    _drop_caches()
+    t0 = time.perf_counter()
+    subprocess.run(["cat", *files], check=True, stdout=subprocess.DEVNULL)
+    return {"cold_cat_s": time.perf_counter() - t0}
+
+
 def _logged_seconds(log: str, marker: str) -> float | None:
     for line in log.splitlines():
         if marker in line:
@@ -290,6 +309,11 @@ def main(argv: list[str]) -> int:
                 second = _run_phase(work, engine, world, "ck/scale/step_00000002", f"{engine}-{world}-resume")
                 io["save_s"] = _logged_seconds(first["log"], "checkpoint ck/scale/step_00000002 written in ")
                 io["load_s"] = _logged_seconds(second["log"], "(read in ")
+                if _can_drop_caches():  # the same load from the disk: what a restart on a fresh node does
+                    io.update(_cold_cat(work / "ck/scale/step_00000002"))
+                    _drop_caches()
+                    cold = _run_phase(work, engine, world, "ck/scale/step_00000002", f"{engine}-{world}-cold")
+                    io["cold_load_s"] = _logged_seconds(cold["log"], "(read in ")
                 for d in ("ck", "out"):
                     shutil.rmtree(work / d, ignore_errors=True)
                 measured = max(first["peak_over_baseline"], second["peak_over_baseline"])
@@ -327,6 +351,8 @@ def _report_row(r: dict) -> None:
     io = r["checkpoint"]
     save = _versus(io.get("save_s"), io["cp_sync_s"], "cp+sync", SAVE_TARGET)
     load = _versus(io.get("load_s"), io["cat_s"], "cat", LOAD_TARGET)
+    if io.get("cold_load_s"):
+        load += f"; cold cache {_versus(io['cold_load_s'], io['cold_cat_s'], 'cat', LOAD_TARGET)}"
     print(
         f"  {r['engine']:<9} W={r['world']}  peak RSS over baseline {r['peak_over_baseline_bytes'] / gib:5.2f} GiB "
         f"(start {r['start_phase_bytes'] / gib:.2f}, resume {r['resume_phase_bytes'] / gib:.2f})   "

@@ -56,7 +56,7 @@ def row(stage: Any, memory: Any, time: Any, args: Any, device: Any) -> dict[str,
 def checkpoint_cost(stage: Any, rank_bytes: int, step_seconds: float) -> dict[str, Any]:
     """A checkpoint's size and its write and read time from `checkpoint.storage_gb_s` (per node, each
     direction; the storage is assumed to scale with the nodes that use it). Each node writes and reads
-    its ranks' shards; with HSDP one replica's nodes write (DCP saves a replicated shard once), and
+    its ranks' shards; with HSDP one replica's nodes write (a replicated shard is saved once), and
     every node reads its own. The share is of wall-clock: the writes are synchronous, one per
     `checkpoint.every_steps` steps."""
     p, c = stage.parallel, stage.checkpoint

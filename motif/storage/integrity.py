@@ -213,6 +213,13 @@ class ReadVerifier:
             self.streams[name] = FileStream(path, self.recorded[name], self._hashing)
         return self.streams[name]
 
+    def share(self, files: list[Path], rank: int, world: int) -> list[ReadVerifier | None]:
+        """For each of `files` (in the same order on every rank): this verifier where this rank hashes
+        that file, None elsewhere. Each file is hashed by one rank (file i by rank i mod world: a
+        rank's own file when the world size is the one that wrote them), whoever else reads from it,
+        so no rank reads another's file again only to hash it."""
+        return [self if i % world == rank else None for i in range(len(files))]
+
     def whole(self, path: str | Path, data: bytes) -> None:
         """A file read whole into memory (a small JSON record): hashed from those bytes."""
         stream = self.stream(path)

@@ -11,18 +11,20 @@ Why it is built this way:
   shard, a rank of a world size), never by position, and a resume gives every part the union of
   all ranks' keys: each rank takes what it owns now. The engines reshard their tensors likewise.
 - **A checkpoint appears only complete.** Every rank writes into `.step_NNNNNNNN.tmp`, then
-  fsyncs its share of the files (those it wrote, and a slice of DCP's), all at once on threads
+  fsyncs its share of the files (those it wrote, and a slice of any others), all at once on threads
   (one fsync per file, at the end: the volume gets every file's writeback together); rank 0 waits
   for all, writes `meta.json` last (listing every file with its size) and renames the directory.
   A kill at any moment leaves the previous checkpoints untouched or a stale `.tmp` that the next
   save removes; `latest()` re-checks the sizes, so a directory damaged later (a copy cut short, a
   truncated file) is skipped with a warning instead of failing a resume.
-- **A checkpoint proves itself.** `meta.json` records every file's size and checksum (a rank's own
-  files, its state and the ddp and deepspeed engines' tensors, are hashed as they are written;
-  DCP's files are read back, each rank hashing a slice, so the cost is spread like the write); a
-  resume verifies them the same way, and `--resume auto` falls back to the newest checkpoint that
-  verifies, naming the one it skipped. Checkpoints of which none verifies stop the run (only
-  `--resume none` starts over): a silent restart from the stage's start would repeat weeks of work.
+- **A checkpoint proves itself, in one pass.** `meta.json` records every file's size and checksum,
+  each hashed as it is written (no read-back). A resume checks the sizes first (`find`: no byte
+  read), then the checksums from the bytes the load reads anyway (`load`, `integrity.ReadVerifier`:
+  hashed on a thread while the reading goes on; a file no rank read is hashed by one rank after).
+  A file that does not match is a `CorruptCheckpoint` on every rank once the load ends, and
+  `--resume auto` rebuilds from the newest older checkpoint, naming the one it skipped. Checkpoints
+  of which none verifies stop the run (only `--resume none` starts over): a silent restart from the
+  stage's start would repeat weeks of work.
 - **A rollback keeps the abandoned branch.** `--resume PATH` renames the checkpoints after PATH to
   `step_N.abandoned-<time>` (kept, never deleted), so a later `--resume auto` cannot jump back to them;
   so do a fallback past checkpoints that failed verification and `--resume none` (every checkpoint).

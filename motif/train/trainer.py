@@ -334,7 +334,7 @@ class Trainer:
         self.resumed_from = path
         if self.world.is_main:
             how = "" if meta["world_size"] == self.world.world_size else f", saved by {meta['world_size']} ranks"
-            log.info("resumed from %s at step %d (read in %.2fs%s)", path, self.state.step, seconds, how)
+            log.info("resumed from %s at step %d (read in %.3fs%s)", path, self.state.step, seconds, how)
 
     # ---- the loop ----------------------------------------------------------------------------------
 

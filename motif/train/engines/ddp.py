@@ -153,13 +153,10 @@ class DdpEngine:
                 out += [(f"{m}.{key}", state[m]) for m in (*MOMENTS, "step")]
             return out
 
-        files = [MODEL_FILE, OPTIMIZER_FILE]
-        hashes = files[self.world.rank :: self.world.world_size]
+        files = [directory / MODEL_FILE, directory / OPTIMIZER_FILE]
+        hashes = verifier.share(files, self.world.rank, self.world.world_size)
         with ThreadPoolExecutor(len(files)) as pool:
-            reads = [
-                pool.submit(_read_file, directory / name, into(name), verifier if name in hashes else None)
-                for name in files
-            ]
+            reads = [pool.submit(_read_file, f, into(f.name), h) for f, h in zip(files, hashes, strict=True)]
         for done in reads:
             done.result()
 

@@ -325,10 +325,10 @@ class DeepSpeedEngine:
         if not files:
             raise CheckpointError(f"{directory}: no zero_rank_*.safetensors (not a checkpoint of engine deepspeed)")
         saved = []
-        for f in files:
+        for f, hashes in zip(files, verifier.share(files, self.world.rank, self.world.world_size), strict=True):
             _, metadata = read_header(f)
             try:
-                saved.append((TensorReader.file(f, verifier), json.loads(metadata[META_KEY])))
+                saved.append((TensorReader.file(f, hashes), json.loads(metadata[META_KEY])))
             except (KeyError, json.JSONDecodeError):
                 raise CheckpointError(f"{f}: no {META_KEY} metadata (not written by engine deepspeed)") from None
         try:

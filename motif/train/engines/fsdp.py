@@ -8,11 +8,15 @@
 - **HSDP** with `parallel.replicate = R > 1`: a 2-D mesh (R replicas x W/R shards), so the
   forward's all-gathers stay inside a shard group (a node) and only the gradient reduction
   crosses the replicas.
-- **Checkpoints through torch.distributed.checkpoint** with its Hugging Face storage: each rank
-  writes its own shards as safetensors (the shard offsets in the safetensors header, JSON), and a
-  load reads the pieces it needs from whichever files hold them, so a job resumed on another
-  world size reshards natively. No pickle is written or read. Frozen weights (LlamaPro's original
-  blocks) are not checkpointed: they are the start checkpoint's, read again on resume.
+- **Checkpoints in torch.distributed.checkpoint's Hugging Face layout**, written and read here
+  directly: each rank streams its shards into one safetensors file, hashed as it is written, with
+  each shard's first row in DCP's header metadata; a load reads, straight into each shard, the
+  rows it needs from whichever files hold them (a job resumed on another world size reshards),
+  in file order so the checksums are taken on the way. DCP's own reader loads these files too
+  (tested). Going through DCP itself cost a planning round, a whole file built in memory before
+  it is written and a read-back to hash it: 4-6x a plain copy (docs/benchmarks.md). No pickle is
+  written or read. Frozen weights (LlamaPro's original blocks) are not checkpointed: they are the
+  start checkpoint's, read again on resume.
 """
 
 from __future__ import annotations
@@ -235,7 +239,7 @@ class FsdpEngine:
     def load(self, directory: Path, verifier: ReadVerifier) -> None:
         """This rank's rows of every tensor, read straight into its shards from the saved shards that
         hold them (any world size), in file order so the checksums are taken on the way."""
-        chunks = _saved_chunks(directory / CHECKPOINT_DIR, verifier)
+        chunks = _saved_chunks(directory / CHECKPOINT_DIR, verifier, self.world.rank, self.world.world_size)
         try:
             reads = []
             for key, value in self._state().items():
@@ -299,7 +303,9 @@ def _shard_of(value: torch.Tensor, rank: int) -> tuple[torch.Tensor, int, bool]:
     return local, start, writes
 
 
-def _saved_chunks(path: Path, verifier: ReadVerifier) -> dict[str, list[tuple[TensorReader, int]]]:
+def _saved_chunks(
+    path: Path, verifier: ReadVerifier, rank: int, world: int
+) -> dict[str, list[tuple[TensorReader, int]]]:
     """{key: [(reader of the file holding a saved shard, its first row)]} over every saved file."""
     import json
 
@@ -310,7 +316,7 @@ def _saved_chunks(path: Path, verifier: ReadVerifier) -> dict[str, list[tuple[Te
     if not files:
         raise CheckpointError(f"{path}: no safetensors shards (not a checkpoint of engine fsdp)")
     chunks: dict[str, list[tuple[TensorReader, int]]] = {}
-    for f in files:
+    for f, hashes in zip(files, verifier.share(files, rank, world), strict=True):
         entries, metadata = read_header(f)
         try:
             info = json.loads(metadata[SHARDING_KEY])
@@ -322,7 +328,7 @@ def _saved_chunks(path: Path, verifier: ReadVerifier) -> dict[str, list[tuple[Te
         for key, o in offsets.items():
             if len(o) != len(entries[key].shape) or any(o[1:]):
                 raise CheckpointError(f"{f}: {key}: saved at offsets {o}, not a range of rows (fsdp shards rows)")
-        reader = TensorReader(entries, str(f), verifier)
+        reader = TensorReader(entries, str(f), hashes)
         for key, o in offsets.items():
             chunks.setdefault(key, []).append((reader, o[0] if o else 0))
     return chunks

@@ -94,7 +94,9 @@ def run_step(shape: StageShape, stage: Any, progress, fake: bool = True) -> tupl
     return memory, record
 
 
-def _step(engine, stage, world, progress) -> tuple[StepMemory, Record]:
+def optimizer_step(engine, stage, world, phase=lambda name, batch: None, progress=lambda message: None) -> None:
+    """One optimizer step of the trainer's own code: `grad_accum_steps` micro-batches (forward, loss,
+    backward), the clip and the optimizer's step; `phase(name)` is told where it is."""
     from motif.data.mixture import Batch
     from motif.train.trainer import RunOptions, Trainer
 
@@ -103,23 +105,32 @@ def _step(engine, stage, world, progress) -> tuple[StepMemory, Record]:
     t = stage.train
     tokens = torch.zeros(t.micro_batch_size, stage.data.seq_len + 1, dtype=torch.long)
     batch = Batch(tokens, torch.zeros(t.micro_batch_size, dtype=torch.long))
+    for i in range(t.grad_accum_steps):
+        t0 = time.perf_counter()
+        phase(f"micro-batch {i + 1}/{t.grad_accum_steps}", batch)
+        loss, _ = trainer.forward_loss(batch)
+        engine.backward(loss, t.grad_accum_steps)
+        del loss
+        progress(f"micro-batch {i + 1}/{t.grad_accum_steps}: forward and backward ({time.perf_counter() - t0:.0f}s)")
+    t0 = time.perf_counter()
+    phase("clip", None)
+    engine.clip_grad_norm(stage.optim.grad_clip)
+    phase("optimizer step", None)
+    engine.step(1e-4, finite=True)
+    progress(f"clip and optimizer step ({time.perf_counter() - t0:.0f}s)")
+
+
+def _step(engine, stage, world, progress) -> tuple[StepMemory, Record]:
     tracker = StepMemTracker(engine.model, engine.optimizer)
     counter = OpCounter()
-    with tracker, counter:
-        for i in range(t.grad_accum_steps):
-            t0 = time.perf_counter()
-            tracker.phase = f"micro-batch {i + 1}/{t.grad_accum_steps}"
+
+    def phase(name: str, batch) -> None:
+        tracker.phase = name
+        if batch is not None:
             tracker.track_inputs((batch.tokens,))
-            loss, _ = trainer.forward_loss(batch)
-            engine.backward(loss, t.grad_accum_steps)
-            del loss
-            progress(f"{tracker.phase}: forward and backward ({time.perf_counter() - t0:.0f}s)")
-        t0 = time.perf_counter()
-        tracker.phase = "clip"
-        engine.clip_grad_norm(stage.optim.grad_clip)
-        tracker.phase = "optimizer step"
-        engine.step(1e-4, finite=True)
-        progress(f"clip and optimizer step ({time.perf_counter() - t0:.0f}s)")
+
+    with tracker, counter:
+        optimizer_step(engine, stage, world, phase, progress)
     snapshot = tracker._peak_mem_snap[torch.device("cpu")]
     peak = snapshot["Total"]
     by_category = {CATEGORIES[str(k.value)]: int(v) for k, v in snapshot.items() if k != "Total" and v}

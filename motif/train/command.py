@@ -100,11 +100,12 @@ def run_stage(
 ) -> int:
     """Train `stage` on this rank (the process group comes from the environment); the exit status."""
     from motif.train import dist, growth_aware, guards
+    from motif.train.allocator import return_freed_memory
     from motif.train.start import StartCheckpoint
     from motif.train.trainer import NonFiniteStop, Preempted, Trainer
 
     sigterm = _stop_on_sigterm()
-    _return_freed_memory()
+    return_freed_memory()  # before anything is allocated: see motif/train/allocator.py
     guards.preflight(stage)  # every rank: nothing is read or written before the destinations are known good
     world = dist.init(
         stage.parallel.device, stage.parallel.collective_timeout_s, force_group=stage.parallel.engine != "ddp"
@@ -145,29 +146,6 @@ def run_stage(
             lease.release()
         dist.close(world)
         _linger(exporter, linger_seconds)
-
-
-# glibc's mallopt parameter: allocations of at least this many bytes get their own mapping.
-_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES = -3, 128 << 10  # glibc's own starting value
-
-
-def _return_freed_memory() -> None:
-    """Make freed tensors go back to the OS instead of staying in the heap.
-
-    glibc raises its mmap threshold each time a large block is freed (up to 32 MB), so after a few
-    steps the shards, gathered blocks and gradients a step allocates and frees come from the heap,
-    which keeps the memory: measured on the 113M scale benchmark (bench/scale.py), a rank's peak
-    RSS grew by 1 GB over two steps that way. Fixing the threshold (which also disables the
-    adjustment) keeps a rank's memory at what it holds. A libc without mallopt is left as it is.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
-    except (OSError, AttributeError):
-        pass
 
 
 class _Sigterm:

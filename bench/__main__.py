@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Each module exposes main(argv: list[str]) -> int.
-BENCHMARKS = ["bench.grow", "bench.copy", "bench.train", "bench.scale", "bench.generate", "bench.gpu"]
+BENCHMARKS = ["bench.grow", "bench.copy", "bench.load", "bench.train", "bench.scale", "bench.generate", "bench.gpu"]
 # Run only when named: plan against simulation at full size takes ~15 minutes on 2 cores.
 LONG = ["bench.agree"]
 

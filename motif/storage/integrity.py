@@ -126,22 +126,23 @@ class FileStream:
     header, a range this rank does not load), so the file's bytes always enter the hash in order,
     each once. `finish` hashes what no read reached.
 
-    The hashing runs on the verifier's thread, in the order of the reads, while the loader reads
-    on: the bytes are hashed where they landed (the destination's memory, which nothing changes
-    before the load ends), so reading and hashing overlap instead of taking turns.
+    The hashing runs on a thread of the file's own, in the order of the reads, while the loader
+    reads on: the bytes are hashed where they landed (the destination's memory, which nothing
+    changes before the load ends), so reading and hashing overlap instead of taking turns, and
+    files read at once are hashed at once.
     """
 
-    def __init__(self, path: Path, want: dict[str, Any], hashing: ThreadPoolExecutor):
+    def __init__(self, path: Path, want: dict[str, Any]):
         self.path = path
         self.want = want
         self.hasher = Hasher()
         self.hashed = 0  # bytes [0, hashed) are in the hash
         self.read_for_hash = 0  # bytes read only to hash them (what the loader skipped): the second pass
-        self._hashing = hashing
+        self._hashing = ThreadPoolExecutor(1, thread_name_prefix="motif-verify")
         self._pending: list[Future[None]] = []
 
     def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """`data`, just read from `offset` of the file: hashed on the verifier's thread."""
+        """`data`, just read from `offset` of the file: hashed on the file's thread."""
         self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
         self._pending.append(self._hashing.submit(self._take, offset, data))
 
@@ -164,6 +165,8 @@ class FileStream:
             self._hash_from(self.hashed, self.path.stat().st_size)
         except OSError as e:
             return f"{self.path}: cannot read: {e.strerror or e}"
+        finally:
+            self._hashing.shutdown(wait=True)
         return compare(self.path, self.want, self.hasher.text())
 
     def _hash_from(self, start: int, stop: int) -> None:
@@ -189,15 +192,14 @@ class ReadVerifier:
     """The checksums of a directory's files, checked from the bytes a load reads (one pass, not two).
 
     The loader asks `stream(path)` for each file it reads and feeds it what it reads; `finish` then
-    completes and compares every file that was fed. Files nobody fed are left to `verify`. One
-    hashing thread serves every stream (xxhash releases the GIL while it hashes).
+    completes and compares every file that was fed. Files nobody fed are left to `verify`. Each
+    stream hashes on a thread of its own (xxhash releases the GIL while it hashes).
     """
 
     def __init__(self, directory: str | Path, recorded: dict[str, Any]):
         self.directory = Path(directory)
         self.recorded = recorded
         self.streams: dict[str, FileStream] = {}
-        self._hashing = ThreadPoolExecutor(1, thread_name_prefix="motif-verify")
 
     def stream(self, path: str | Path) -> FileStream | None:
         """The stream of `path` (a file of the directory, or of a folder in it), None for a file
@@ -210,7 +212,7 @@ class ReadVerifier:
         if name not in self.recorded:
             return None
         if name not in self.streams:
-            self.streams[name] = FileStream(path, self.recorded[name], self._hashing)
+            self.streams[name] = FileStream(path, self.recorded[name])
         return self.streams[name]
 
     def share(self, files: list[Path], rank: int, world: int) -> list[ReadVerifier | None]:
@@ -229,14 +231,13 @@ class ReadVerifier:
     def finish(self) -> tuple[str | None, list[str]]:
         """(the first problem or None, the names of the files checked here). Waits for the hashing."""
         names = sorted(self.streams)
-        try:
-            for name in names:
-                problem = _size_problem(self.directory / name, self.recorded[name]) or self.streams[name].finish()
-                if problem:
-                    return problem, names
-            return None, names
-        finally:
-            self._hashing.shutdown(wait=True)
+        problems = [self._problem(name) for name in names]  # every stream finished: no thread left running
+        return next((p for p in problems if p), None), names
+
+    def _problem(self, name: str) -> str | None:
+        stream = self.streams[name]
+        problem = stream.finish()
+        return _size_problem(self.directory / name, self.recorded[name]) or problem
 
 
 def _size_problem(path: Path, want: Any) -> str | None:

@@ -91,6 +91,7 @@ def test_the_output_loads_in_transformers_with_the_same_logits(pipeline):
 
 
 @pytest.mark.parametrize("pipeline", ["fsdp"], indirect=True)
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # no_dist=True: one process, on purpose
 def test_torch_dcp_reads_an_fsdp_checkpoint_as_its_saved_rows_say(pipeline):
     """The fsdp engine writes DCP's Hugging Face layout itself (one safetensors file per rank, each
     shard's row offset in DCP's header metadata): torch.distributed.checkpoint's own reader loads it,

@@ -32,7 +32,8 @@ from motif.growth.tensors import grow_tensor
 from motif.model.args import ModelArgs
 from motif.model.model import Llama, new_head_flags
 from motif.model.safetensors_io import SafetensorsWriter, read_header, read_tensor
-from motif.model.verify import SequentialHash
+from motif.model.verify import feed_tensor
+from motif.storage.integrity import SequentialHash
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -160,7 +161,7 @@ def grow_optimizer_file(
             for k in (*MOMENTS, "step"):
                 entry = entries[f"{k}.{tp.source}"]
                 state[k] = read_tensor(entry, fd)
-                hashed.feed_tensor(entry.offset, state[k])
+                feed_tensor(hashed, entry.offset, state[k])
             new = grow_param_state(plan, name, state)
             fresh += tp.fresh
             for key in (*MOMENTS, "step"):

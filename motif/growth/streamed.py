@@ -51,9 +51,10 @@ from motif.model.checkpoint import (
     write_json,
 )
 from motif.model.safetensors_io import FILE_MODE, SafetensorsWriter, TensorEntry, read_header, read_tensor
-from motif.model.verify import SequentialHash, check_finite, check_record
+from motif.model.verify import check_finite, check_record, feed_tensor
 from motif.storage import integrity
 from motif.storage.atomic import atomic_dir, check_replaceable
+from motif.storage.integrity import SequentialHash
 from motif.storage.lease import Lease, acquire
 from motif.storage.space import check_free_space, check_memory, check_writable
 
@@ -207,7 +208,7 @@ def _write_weights(
                     writer.copy(name, fds[entry.path], entry.offset, _checked(hashes[entry.path], entry))
                 else:
                     source = read_tensor(entry, fds[entry.path])
-                    hashes[entry.path].feed_tensor(entry.offset, source)
+                    feed_tensor(hashes[entry.path], entry.offset, source)
                     check_finite(source, str(entry.path), entry.name)
                     writer.write(name, grow_tensor(tp, source, name, seed).to(dtype))
                     del source

@@ -45,37 +45,10 @@ def check_finite(tensor: torch.Tensor, where: str, name: str) -> None:
         )
 
 
-class SequentialHash:
-    """The checksum of a file whose bytes are read in any order and amounts: each byte is hashed once,
-    in file order. A read ahead of the hashed prefix hashes the gap first (reading it); a read
-    behind it is already counted. A file read front to back, as a grow reads a motif checkpoint,
-    is thus hashed from the bytes the work reads anyway, at no extra I/O."""
-
-    def __init__(self, path: Path, fd: int):
-        self.path, self.fd = path, fd
-        self.hasher = integrity.Hasher()
-        self.pos = 0
-
-    def feed(self, offset: int, data: Any) -> None:
-        data = memoryview(data).cast("B")
-        end = offset + len(data)
-        if end <= self.pos:
-            return
-        if offset > self.pos:
-            self.pos = _hash_range(self.fd, self.pos, offset, self.hasher, self.path)
-        self.hasher.update(data[self.pos - offset :])
-        self.pos = end
-
-    def feed_tensor(self, offset: int, tensor: torch.Tensor) -> None:
-        """Feed the bytes of a tensor just read from `offset` (fresh memory, as `read_tensor` gives)."""
-        if tensor.numel():
-            self.feed(offset, tensor.reshape(-1).view(torch.uint8).numpy())
-
-    def finish(self) -> str:
-        size = os.fstat(self.fd).st_size
-        if self.pos < size:
-            self.pos = _hash_range(self.fd, self.pos, size, self.hasher, self.path)
-        return self.hasher.text()
+def feed_tensor(hashed: integrity.SequentialHash, offset: int, tensor: torch.Tensor) -> None:
+    """Feed `hashed` the bytes of a tensor just read from `offset` (fresh memory, as `read_tensor` gives)."""
+    if tensor.numel():
+        hashed.feed(offset, tensor.reshape(-1).view(torch.uint8).numpy())
 
 
 def read_file(
@@ -94,13 +67,13 @@ def read_file(
     fd = os.open(path, os.O_RDONLY)
     try:
         data_start = ordered[0].offset if ordered else os.fstat(fd).st_size
-        pos = _hash_range(fd, 0, data_start, hasher, path)
+        pos = integrity.hash_range(fd, 0, data_start, hasher, path)
         sequential = True
         for e in ordered:
             if e.offset < pos:  # overlapping tensors: not a layout we write; hash the file separately
                 sequential = False
             elif e.offset > pos:
-                pos = _hash_range(fd, pos, e.offset, hasher, path)
+                pos = integrity.hash_range(fd, pos, e.offset, hasher, path)
             if wanted is not None and e.name in wanted:
                 tensor = _read_tensor(fd, e, hasher if sequential else None)
                 if finite:
@@ -113,7 +86,7 @@ def read_file(
                 progress(e.nbytes)
         end = os.fstat(fd).st_size
         if sequential and pos < end:
-            _hash_range(fd, pos, end, hasher, path)
+            integrity.hash_range(fd, pos, end, hasher, path)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
     finally:
@@ -175,17 +148,6 @@ def check_record(
 
 
 SMALL_FILE_BYTES = 64 << 20  # configs, index, tokenizer: hashed by `load` too (milliseconds)
-
-
-def _hash_range(fd: int, start: int, end: int, hasher: integrity.Hasher, path: Path) -> int:
-    pos = start
-    while pos < end:
-        data = os.pread(fd, min(CHUNK_BYTES, end - pos), pos)
-        if not data:
-            raise CheckpointError(f"{path}: truncated while reading")
-        hasher.update(data)
-        pos += len(data)
-    return pos
 
 
 def _read_tensor(fd: int, e: TensorEntry, hasher: integrity.Hasher | None) -> torch.Tensor:

@@ -118,13 +118,53 @@ def verify(directory: str | Path, recorded: dict[str, Any], *, content: bool = T
     return None
 
 
-class FileStream:
-    """One file's checksum, taken from the bytes a load reads anyway, as it reads them.
+def hash_range(fd: int, start: int, end: int, hasher: Hasher, path: Path) -> int:
+    """Hash bytes [start, end) of the file open as `fd` into `hasher` (16 MB reads); returns `end`."""
+    pos = start
+    while pos < end:
+        data = os.pread(fd, min(CHUNK_BYTES, end - pos), pos)
+        if not data:
+            raise CheckpointError(f"{path}: truncated while reading")
+        hasher.update(data)
+        pos += len(data)
+    return pos
 
-    A read that continues the hashed prefix feeds the hash (only its new bytes, if it overlaps);
-    a read past the hashed prefix first hashes the bytes in between straight from the file (a
-    header, a range this rank does not load), so the file's bytes always enter the hash in order,
-    each once. `finish` hashes what no read reached.
+
+class SequentialHash:
+    """The checksum of a file whose bytes are read in any order and amounts: each byte is hashed once,
+    in file order. A read ahead of the hashed prefix hashes the gap first (reading it); a read
+    behind it is already counted. A file read front to back, as a grow reads a motif checkpoint or
+    a resume its rank's files, is thus hashed from the bytes the work reads anyway, at no extra I/O."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self.fd = path, fd
+        self.hasher = Hasher()
+        self.pos = 0  # bytes [0, pos) are in the hash
+        self.read_for_hash = 0  # bytes read only to hash them (what the work skipped): a second pass
+
+    def feed(self, offset: int, data: Any) -> None:
+        data = memoryview(data).cast("B")
+        end = offset + len(data)
+        if not len(data) or end <= self.pos:
+            return  # nothing read, or read again: already in the hash
+        if offset > self.pos:
+            self._hash_to(offset)
+        self.hasher.update(data[self.pos - offset :])
+        self.pos = end
+
+    def finish(self) -> str:
+        self._hash_to(os.fstat(self.fd).st_size)
+        return self.hasher.text()
+
+    def _hash_to(self, end: int) -> None:
+        if self.pos < end:
+            self.read_for_hash += end - self.pos
+            self.pos = hash_range(self.fd, self.pos, end, self.hasher, self.path)
+
+
+class FileStream:
+    """One file's checksum, taken from the bytes a load reads anyway, as it reads them
+    (`SequentialHash`: in file order, each byte once, what no read reached hashed at the end).
 
     The hashing runs on a thread of the file's own, in the order of the reads, while the loader
     reads on: the bytes are hashed where they landed (the destination's memory, which nothing
@@ -135,57 +175,30 @@ class FileStream:
     def __init__(self, path: Path, want: dict[str, Any]):
         self.path = path
         self.want = want
-        self.hasher = Hasher()
-        self.hashed = 0  # bytes [0, hashed) are in the hash
-        self.read_for_hash = 0  # bytes read only to hash them (what the loader skipped): the second pass
+        self._fd = os.open(path, os.O_RDONLY)  # for the bytes no read reached
+        self.sequence = SequentialHash(path, self._fd)
         self._hashing = ThreadPoolExecutor(1, thread_name_prefix="motif-verify")
         self._pending: list[Future[None]] = []
 
     def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """`data`, just read from `offset` of the file: hashed on the file's thread."""
         self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
-        self._pending.append(self._hashing.submit(self._take, offset, data))
-
-    def _take(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        end = offset + len(data)
-        if end <= self.hashed:
-            return  # read again: already in the hash
-        if offset > self.hashed:
-            self._hash_from(self.hashed, offset)
-            if self.hashed < offset:
-                return  # the file ended before `offset`: its size check names it
-        self.hasher.update(memoryview(data)[self.hashed - offset :])
-        self.hashed = end
+        self._pending.append(self._hashing.submit(self.sequence.feed, offset, data))
 
     def finish(self) -> str | None:
         """The problem with this file, if any, once the bytes no read reached are hashed too."""
         try:
             for pending in self._pending:
                 pending.result()
-            self._hash_from(self.hashed, self.path.stat().st_size)
+            found = self.sequence.finish()
+        except CheckpointError as e:
+            return str(e)
         except OSError as e:
             return f"{self.path}: cannot read: {e.strerror or e}"
         finally:
             self._hashing.shutdown(wait=True)
-        return compare(self.path, self.want, self.hasher.text())
-
-    def _hash_from(self, start: int, stop: int) -> None:
-        if start >= stop:
-            return
-        buf = bytearray(min(CHUNK_BYTES, stop - start))
-        view = memoryview(buf)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            while start < stop:
-                n = os.preadv(fd, [view[: min(len(buf), stop - start)]], start)
-                if n == 0:
-                    break  # shorter than recorded: the size check names it
-                self.hasher.update(view[:n])
-                start += n
-                self.read_for_hash += n
-        finally:
-            os.close(fd)
-        self.hashed = max(self.hashed, start)
+            os.close(self._fd)
+        return compare(self.path, self.want, found)
 
 
 class ReadVerifier:

@@ -474,7 +474,7 @@ class CheckpointManager:
 
     def _check_contents(self, path: Path, verifier: integrity.ReadVerifier) -> None:
         """Collective: every recorded file checked once by some rank. Those a rank read while loading
-        were hashed then; the rest (DCP's files, which DCP reads itself) are shared out and read now."""
+        were hashed then; the rest (a file its hashing rank did not read from) are shared out and read now."""
         recorded = verifier.recorded
         problem, checked = verifier.finish()
         checked_anywhere = gather_dicts(self.world, dict.fromkeys(checked, self.world.rank))

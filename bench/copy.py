@@ -32,6 +32,8 @@ from pathlib import Path
 
 import xxhash
 
+from bench import cache
+
 MB = 10**6
 CHUNK = 16 << 20
 
@@ -90,15 +92,11 @@ METHODS: dict[str, Callable[[Path, Path], None]] = {
 }
 
 
-def _can_drop_caches() -> bool:
-    return os.access("/proc/sys/vm/drop_caches", os.W_OK)
-
-
 def _prepare_cache(src: Path, cold: bool) -> None:
-    os.sync()  # the previous run's writeback must not be billed to this one
     if cold:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        cache.drop()
         return
+    os.sync()  # the previous run's writeback must not be billed to this one
     with open(src, "rb") as f:
         while f.read(64 << 20):
             pass
@@ -131,7 +129,7 @@ def main(argv: list[str]) -> int:
             for _ in range(max(1, opts.mb * MB // CHUNK)):
                 f.write(os.urandom(CHUNK))
         size = src.stat().st_size
-        caches = ["warm", "cold"] if _can_drop_caches() else ["warm"]
+        caches = ["warm", "cold"] if cache.can_drop() else ["warm"]
         print(f"{size / MB:,.0f} MB file; best of {opts.repeat}; caches: {', '.join(caches)}", flush=True)
         if "cold" not in caches:
             print("cold cache: not measured (dropping the page cache needs root)")

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import cache
+
 MB = 10**6
 SHAPE = dict(
     vocab_size=32000,
@@ -40,7 +42,6 @@ DEPTH = ["--layers", "20"]
 WIDTH = ["--hidden", "2304", "--intermediate", "5120", "--heads", "20"]
 # Work time per byte written over cp + sync's, per growth: depth copies bytes as cp does.
 TARGETS = {"depth": 1.2, "width": 1.5}
-DROP_CACHES = "/proc/sys/vm/drop_caches"
 
 
 def make_checkpoint(path: Path) -> int:
@@ -98,8 +99,8 @@ def main(argv: list[str]) -> int:
         "--cold", action="store_true", help="drop the page cache before every run (needs root; default: warm cache)"
     )
     opts = parser.parse_args(argv)
-    if opts.cold and not os.access(DROP_CACHES, os.W_OK):
-        print(f"--cold: {DROP_CACHES} is not writable (run as root)", file=sys.stderr)
+    if opts.cold and not cache.can_drop():
+        print(f"--cold: {cache.DROP_CACHES} is not writable (run as root)", file=sys.stderr)
         return 2
     work = Path(opts.keep or tempfile.mkdtemp(prefix="motif-bench-grow-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -137,8 +138,7 @@ def _run(work: Path, repeat: int, cold: bool) -> int:
         for label, cmd in methods:
             shutil.rmtree(out, ignore_errors=True)
             if cold:  # every method reads its source from the disk
-                os.sync()
-                Path(DROP_CACHES).write_text("3\n")
+                cache.drop()
             wall, rss, work = _timed(cmd)
             written = _size(out)
             shutil.rmtree(out, ignore_errors=True)
@@ -146,8 +146,8 @@ def _run(work: Path, repeat: int, cold: bool) -> int:
             prev = best.get(label, (wall, rss, written, work))
             best[label] = (min(wall, prev[0]), max(rss, prev[1]), written, min(work, prev[3]))
     runs = [(label, *best[label]) for label, _ in methods]
-    cache = "cold cache (dropped before every run)" if cold else "warm cache"
-    print(f"best of {repeat} runs each, {cache}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    state = "cold cache (dropped before every run)" if cold else "warm cache"
+    print(f"best of {repeat} runs each, {state}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
     cp_per_byte = runs[0][1] / runs[0][3]
     rss_budget = base_rss + 2 * largest + 300 * MB

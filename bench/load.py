@@ -31,9 +31,10 @@ from pathlib import Path
 
 import torch
 
+from bench import cache
+
 MB = 10**6
 TARGET = 1.3
-DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 ROWS = 1024  # each tensor is ROWS x cols fp32; the optimizer file holds twice the model's bytes
 
 
@@ -81,11 +82,6 @@ def _cat(paths: list[Path]) -> float:
     return time.perf_counter() - t0
 
 
-def _drop() -> None:
-    subprocess.run(["sync"], check=True)
-    DROP_CACHES.write_text("3\n")
-
-
 def measure(directory: Path, into: dict[Path, dict[str, torch.Tensor]], cold: bool, repeat: int) -> dict:
     runs: dict[str, list[float]] = {"read + verify": [], "read only": [], "cat": []}
     for _ in range(repeat):
@@ -95,7 +91,7 @@ def measure(directory: Path, into: dict[Path, dict[str, torch.Tensor]], cold: bo
             ("read only", lambda: _load(directory, into, False)),
         ):
             if cold:
-                _drop()
+                cache.drop()
             else:
                 _cat(list(into))  # warm: every byte in the page cache
             runs[name].append(run())
@@ -107,17 +103,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--mb", type=int, default=1300, help="checkpoint size in MB (default 1300, as bench.scale's)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per method and cache state, median kept")
     args = parser.parse_args(argv)
-    caches = ["warm", "cold"] if DROP_CACHES.exists() and _writable() else ["warm"]
+    caches = ["warm", "cold"] if cache.can_drop() else ["warm"]
     with tempfile.TemporaryDirectory(prefix="motif-bench-load-") as tmp:
         directory = Path(tmp)
         into = _make(directory, args.mb)
         nbytes = sum(p.stat().st_size for p in into)
         print(f"load benchmark: {nbytes / MB:.0f} MB in {len(into)} files, median of {args.repeat}", flush=True)
-        for cache in caches:
-            m = measure(directory, into, cache == "cold", args.repeat)
+        for state in caches:
+            m = measure(directory, into, state == "cold", args.repeat)
             ratio = m["read + verify"] / m["cat"]
             print(
-                f"  {cache:<4}  cat {m['cat']:.3f} s   read only {m['read only']:.3f} s   read + verify "
+                f"  {state:<4}  cat {m['cat']:.3f} s   read only {m['read only']:.3f} s   read + verify "
                 f"{m['read + verify']:.3f} s: {ratio:.2f}x cat (target <= {TARGET}: "
                 f"{'met' if ratio <= TARGET else 'MISSED'})",
                 flush=True,
@@ -125,12 +121,6 @@ def main(argv: list[str]) -> int:
         if caches == ["warm"]:
             print("  cold: not measured (the page cache can be dropped only as root)")
     return 0
-
-
-def _writable() -> bool:
-    import os
-
-    return os.access(DROP_CACHES, os.W_OK)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,10 @@ from pathlib import Path
 
 import yaml
 
+from bench import cache
+
 ROOT = Path(__file__).resolve().parents[1]
 SAVE_TARGET = 1.3  # checkpoint save time over `cp -r` + `sync` of the same files
-DROP_CACHES = "/proc/sys/vm/drop_caches"  # root only: cold-cache loads are measured where it is writable
 LOAD_TARGET = 1.3  # checkpoint load time over `cat` of the same files
 MODEL = {
     "vocab_size": 8192,
@@ -247,19 +248,10 @@ def _copy_baseline(path: Path) -> dict:
     return {"bytes": nbytes, "files": len(files), "cp_sync_s": cp, "cat_s": time.perf_counter() - t0}
 
 
-def _can_drop_caches() -> bool:
-    return os.access(DROP_CACHES, os.W_OK)
-
-
-def _drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path(DROP_CACHES).write_text("3\n")
-
-
 def _cold_cat(path: Path) -> dict:
     """`cat` of the checkpoint's files from the disk (the page cache dropped first)."""
     files = [str(f) for f in sorted(path.rglob("*")) if f.is_file()]
-    _drop_caches()
+    cache.drop()
     t0 = time.perf_counter()
     subprocess.run(["cat", *files], check=True, stdout=subprocess.DEVNULL)
     return {"cold_cat_s": time.perf_counter() - t0}
@@ -309,9 +301,9 @@ def main(argv: list[str]) -> int:
                 second = _run_phase(work, engine, world, "ck/scale/step_00000002", f"{engine}-{world}-resume")
                 io["save_s"] = _logged_seconds(first["log"], "checkpoint ck/scale/step_00000002 written in ")
                 io["load_s"] = _logged_seconds(second["log"], "(read in ")
-                if _can_drop_caches():  # the same load from the disk: what a restart on a fresh node does
+                if cache.can_drop():  # the same load from the disk (root only): a restart on a fresh node
                     io.update(_cold_cat(work / "ck/scale/step_00000002"))
-                    _drop_caches()
+                    cache.drop()
                     cold = _run_phase(work, engine, world, "ck/scale/step_00000002", f"{engine}-{world}-cold")
                     io["cold_load_s"] = _logged_seconds(cold["log"], "(read in ")
                 for d in ("ck", "out"):

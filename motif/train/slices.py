@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -106,6 +108,21 @@ class TensorReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+S = TypeVar("S")
+
+
+def overlaps(saved: Iterable[tuple[S, int, int]], start: int, stop: int) -> list[tuple[S, int, int, int, int]]:
+    """Where saved ranges [a, b) hold parts of the wanted range [start, stop) (elements or rows, both
+    sides alike): `(source, lo - a, hi - a, lo - start, hi - start)` for each one that overlaps it, in
+    the order given. How a job resumed on another world size assembles its part from the saved ones."""
+    found = []
+    for source, a, b in saved:
+        lo, hi = max(a, start), min(b, stop)
+        if lo < hi:
+            found.append((source, lo - a, hi - a, lo - start, hi - start))
+    return found
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:

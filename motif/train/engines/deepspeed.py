@@ -38,7 +38,7 @@ from motif.model import Llama, ModelArgs
 from motif.train import optimizer as optim
 from motif.train.dist import World
 from motif.train.engines import StepResult, loss_sums
-from motif.train.slices import TensorReader, write_tensors
+from motif.train.slices import TensorReader, overlaps, write_tensors
 from motif.train.start import MOMENTS, MomentSource, WeightSource
 
 if TYPE_CHECKING:
@@ -406,16 +406,15 @@ def _assemble(
     out: torch.Tensor,
 ) -> None:
     """Elements [start, stop) of `key.name` into `out`, from the saved partitions that overlap them."""
-    covered = 0
+    ranges: list[tuple[TensorReader, int, int]] = []
     for reader, meta in saved:
-        if name not in meta["ranges"]:
-            continue
-        a, b, _ = meta["ranges"][name]
-        lo, hi = max(a, start), min(b, stop)
-        if lo < hi:
-            reader.read_into(f"{key}.{name}", lo - a, hi - a, out[lo - start : hi - start])
-            covered += hi - lo
-    if covered != stop - start:
+        if name in meta["ranges"]:
+            a, b, _ = meta["ranges"][name]  # elements [a, b) of the whole tensor, and its shape
+            ranges.append((reader, a, b))
+    found = overlaps(ranges, start, stop)
+    for reader, a, b, lo, hi in found:
+        reader.read_into(f"{key}.{name}", a, b, out[lo:hi])
+    if sum(hi - lo for *_, lo, hi in found) != stop - start:
         raise CheckpointError(
             f"{directory}: {key}.{name}: elements {start}..{stop} are not all in the saved partitions"
         )

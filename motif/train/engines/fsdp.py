@@ -338,20 +338,22 @@ def _reads_for(
     chunks: dict[str, list[tuple[TensorReader, int]]], key: str, local: torch.Tensor, start: int, directory: Path
 ) -> list[tuple[TensorReader, str, int, int, torch.Tensor]]:
     """The reads that fill `local` (rows [start, start + len) of `key`) from the saved shards."""
+    from motif.train.slices import overlaps
+
     rows = local.shape[0] if local.dim() else 1
     per_row = math.prod(local.shape[1:]) if local.dim() else 1
     flat = local.reshape(-1) if local.dim() else local.view(1)
-    reads, covered = [], 0
-    for reader, first in chunks.get(key, []):
-        saved = reader.shape(key)[0] if reader.shape(key) else 1
-        lo, hi = max(first, start), min(first + saved, start + rows)
-        if lo < hi:
-            out = flat[(lo - start) * per_row : (hi - start) * per_row]
-            reads.append((reader, key, (lo - first) * per_row, (hi - first) * per_row, out))
-            covered += hi - lo
-            if not local.dim():
-                break  # a step count: one saved copy is enough
-    if covered < rows and local.numel():
+    saved = [
+        (reader, first, first + (reader.shape(key)[0] if reader.shape(key) else 1))
+        for reader, first in chunks.get(key, [])
+    ]
+    found = overlaps(saved, start, start + rows)
+    if not local.dim():
+        found = found[:1]  # a step count: one saved copy is enough
+    reads = [
+        (reader, key, a * per_row, b * per_row, flat[lo * per_row : hi * per_row]) for reader, a, b, lo, hi in found
+    ]
+    if sum(hi - lo for *_, lo, hi in found) < rows and local.numel():
         raise CheckpointError(
             f"{directory}: {key}: rows {start}..{start + rows} are not all in the saved shards (fsdp)"
         )

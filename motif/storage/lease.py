@@ -18,10 +18,15 @@ Why it is built this way:
   start time and the boot id are recorded too, because containers reuse small pids), so a rerun
   after a kill does not wait. Across hosts the judgement uses wall clocks, which a cluster keeps
   within milliseconds of each other (NTP); `stale_s` (60 s) is far above any such skew.
-* **Takeover without a race.** A stale lease is renamed to a unique name, then read back: only
-  if it is still the stale lease that was judged (same nonce) is it discarded and a fresh O_EXCL
-  create attempted. If another contender got there first, the file read back is its fresh lease:
-  it is put back with `link` (which never overwrites) and this contender fails as a second writer.
+* **Takeover without a race.** The lease path never goes missing while a stale lease is
+  replaced, so no contender can slip a create into a gap. A contender that judged lease S stale
+  claims it with `link(path, .NAME.lease.claim-<S's nonce>)`: `link` never overwrites, so only one
+  contender gets that name, and reading through it shows what it linked. If that is still S, this
+  contender alone writes its fresh lease under a unique name and renames it over the path (an
+  atomic replace), then drops the claim. If the path already named another contender's fresh
+  lease, the claim is only a second name for it: it is removed, and the path was never touched.
+  A claim outlives its contender only if that contender dies within the few milliseconds of a
+  takeover; such a claim is broken once it is `stale_s` old.
 * **The holder writes only through its own file descriptor.** Heartbeats go to the inode it
   created, never by path, so a holder that was paused past `stale_s` and taken over can never
   overwrite its successor's lease; it sees the path now names another inode, marks itself lost,
@@ -203,8 +208,11 @@ def acquire(
             continue
         problem = _stale_reason(path, current, stale_s)
         if problem is not None:
-            if _take_over(path, current):
+            fd = _take_over(path, current, holder, stale_s)
+            if fd is not None:
                 log.warning("%s: took over a stale lease: %s", directory, problem)
+                _HELD.add(str(path))
+                return Lease(path, directory, holder, fd, heartbeat_s)
             continue
         until = deadline
         if isinstance(current, Holder) and current.host == socket.gethostname() and current.boot != _boot_id():
@@ -345,24 +353,58 @@ def _heartbeat_age(path: Path, holder: Holder, now: float) -> tuple[float, float
         return 0.0, ahead
 
 
-def _take_over(path: Path, judged: Holder | str) -> bool:
-    """Remove the stale lease `judged`; False (and nothing changed) if it is no longer that one."""
-    aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:12]}")
+def _take_over(path: Path, judged: Holder | str, holder: Holder, stale_s: float) -> int | None:
+    """Replace the stale lease `judged` at `path` by a fresh one for `holder`: its descriptor, or
+    None (nothing changed) if another contender is taking it over or already has."""
     try:
-        os.rename(path, aside)
+        identity = judged.nonce if isinstance(judged, Holder) else f"ino{os.stat(path).st_ino}"
     except FileNotFoundError:
-        return False  # someone else removed it: just try to create
-    found = _read(aside)
+        return None  # released or replaced since it was read: just try again
+    claim = path.with_name(f"{path.name}.claim-{identity}")
+    try:
+        os.link(path, claim)
+    except FileNotFoundError:
+        return None
+    except FileExistsError:  # another contender is replacing it right now (or died doing so)
+        _break_if_abandoned(claim, stale_s)
+        time.sleep(0.02)
+        return None
+    found = _read(claim)
     same = (isinstance(found, Holder) and isinstance(judged, Holder) and found.nonce == judged.nonce) or (
         isinstance(found, str) and isinstance(judged, str)
     )
-    if not same:  # we moved a fresh lease of another contender: put it back, never overwriting
-        with contextlib.suppress(FileExistsError):  # a third process created one meanwhile: the moved
-            os.link(aside, path)  # holder sees its lease lost at its next heartbeat
-        os.unlink(aside)
-        return False
-    os.unlink(aside)
-    return True
+    if not same:  # the path already names a fresh lease: the claim is only a second name for it
+        os.unlink(claim)
+        return None
+    fresh = path.with_name(f"{path.name}.new-{holder.nonce}")
+    fd = _create(fresh, holder)
+    if fd is None:  # the unique name exists: cannot happen unless nonces repeat
+        os.unlink(claim)
+        return None
+    try:
+        os.rename(fresh, path)  # the stale lease is replaced in one step: the path is never missing
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(fresh)
+        os.unlink(claim)
+        raise
+    os.unlink(claim)  # only now: a later claim of the same nonce reads the fresh lease, not the stale one
+    return fd
+
+
+def _break_if_abandoned(claim: Path, stale_s: float) -> None:
+    """Remove a claim whose contender died in the middle of a takeover. A claim is a hard link to the
+    stale lease, which nobody writes any more: linking it stamped the inode's ctime, so that is when
+    the claim was made."""
+    try:
+        made = os.stat(claim).st_ctime
+    except FileNotFoundError:
+        return
+    if time.time() - made > stale_s:
+        log.warning("%s: removing a takeover claim abandoned %.0fs ago", claim, time.time() - made)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(claim)
 
 
 def _busy_message(directory: Path, path: Path, current: Holder | str, stale_s: float) -> str:

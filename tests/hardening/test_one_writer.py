@@ -158,7 +158,7 @@ def test_racing_contenders_never_both_win(tmp_path, stale):
             if r.startswith("lost"):
                 assert "in use by contender (host " in r, r
         assert not leases.lease_path(directory).exists()
-        assert not list(tmp_path.glob("*.stale-*")), "a takeover left its renamed lease behind"
+        assert not list(tmp_path.glob("*.lease.*")), "a takeover left a claim or a fresh lease's temp name behind"
 
 
 def test_a_live_holder_on_another_host_is_not_taken_over(tmp_path):
@@ -200,3 +200,18 @@ def test_one_process_cannot_take_its_own_lease_twice(tmp_path):
         leases.acquire(tmp_path / "x", "second")
     with leases.acquire(tmp_path / "x", "again"):
         pass
+
+
+def test_a_claim_left_by_a_contender_that_died_mid_takeover_is_broken_after_stale_s(tmp_path, caplog):
+    directory = tmp_path / "ck"
+    _dead_holder_lease(directory)
+    path = leases.lease_path(directory)
+    dead = json.loads(path.read_text())
+    claim = path.with_name(f"{path.name}.claim-{dead['nonce']}")
+    os.link(path, claim)  # what a contender killed between claiming and replacing the lease leaves
+    t0 = time.monotonic()
+    with leases.acquire(directory, "motif grow", stale_s=1.0) as held:
+        assert time.monotonic() - t0 >= 1.0, "a fresh claim was broken: two contenders could both replace the lease"
+        assert json.loads(path.read_text())["nonce"] == held.holder.nonce
+    assert "removing a takeover claim abandoned" in caplog.text
+    assert not path.exists() and not list(tmp_path.glob("*.lease.*"))

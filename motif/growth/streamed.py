@@ -50,7 +50,15 @@ from motif.model.checkpoint import (
     write_index,
     write_json,
 )
-from motif.model.safetensors_io import FILE_MODE, SafetensorsWriter, TensorEntry, read_header, read_tensor
+from motif.model.safetensors_io import (
+    FILE_MODE,
+    SafetensorsWriter,
+    TensorEntry,
+    Writeback,
+    frombuffer_readonly,
+    read_header,
+    read_tensor,
+)
 from motif.model.verify import check_finite, check_record, feed_tensor
 from motif.storage import integrity
 from motif.storage.atomic import atomic_dir, check_replaceable
@@ -197,23 +205,24 @@ def _write_weights(
         for path in sorted({e.path for e in ckpt.entries.values()}):
             fds[path] = os.open(path, os.O_RDONLY)
             hashes[path] = SequentialHash(path, fds[path])
-        for shard, file in zip(shards, names, strict=True):
-            writer = SafetensorsWriter(tmp / file, shard)
-            for name, dtype, _ in shard:
-                tp = plan.tensors[name]
-                entry = ckpt.entries[tp.source]
-                if tp.zero:
-                    writer.zeros(name)
-                elif tp.is_copy:
-                    writer.copy(name, fds[entry.path], entry.offset, _checked(hashes[entry.path], entry))
-                else:
-                    source = read_tensor(entry, fds[entry.path])
-                    feed_tensor(hashes[entry.path], entry.offset, source)
-                    check_finite(source, str(entry.path), entry.name)
-                    writer.write(name, grow_tensor(tp, source, name, seed).to(dtype))
-                    del source
-                bar.update(_nbytes(dtype, tp.shape))
-            known[file] = writer.close()
+        with Writeback() as writeback:  # a closed shard is handed to the disk while the next is written
+            for shard, file in zip(shards, names, strict=True):
+                writer = SafetensorsWriter(tmp / file, shard, writeback=writeback)
+                for name, dtype, _ in shard:
+                    tp = plan.tensors[name]
+                    entry = ckpt.entries[tp.source]
+                    if tp.zero:
+                        writer.zeros(name)
+                    elif tp.is_copy:
+                        writer.copy(name, fds[entry.path], entry.offset, _checked(hashes[entry.path], entry))
+                    else:
+                        source = read_tensor(entry, fds[entry.path])
+                        feed_tensor(hashes[entry.path], entry.offset, source)
+                        check_finite(source, str(entry.path), entry.name)
+                        writer.write(name, grow_tensor(tp, source, name, seed).to(dtype))
+                        del source
+                    bar.update(_nbytes(dtype, tp.shape))
+                known[file] = writer.close()
         # Tensors no output needs (a tied checkpoint's head, zeroed sources) are read here, once.
         source_sums = {path.name: h.finish() for path, h in hashes.items()}
     finally:
@@ -229,7 +238,7 @@ def _checked(hashed: SequentialHash, entry: TensorEntry) -> Callable[[int, memor
 
     def on_read(offset: int, data: memoryview) -> None:
         hashed.feed(offset, data)
-        check_finite(torch.frombuffer(data, dtype=entry.dtype), str(entry.path), entry.name)
+        check_finite(frombuffer_readonly(data, entry.dtype), str(entry.path), entry.name)
 
     return on_read
 

@@ -56,8 +56,8 @@ from motif.model.safetensors_io import (
     TensorEntry,
     Writeback,
     frombuffer_readonly,
+    map_tensor,
     read_header,
-    read_tensor,
 )
 from motif.model.verify import check_finite, check_record, feed_tensor
 from motif.storage import integrity
@@ -216,7 +216,7 @@ def _write_weights(
                     elif tp.is_copy:
                         writer.copy(name, fds[entry.path], entry.offset, _checked(hashes[entry.path], entry))
                     else:
-                        source = read_tensor(entry, fds[entry.path])
+                        source = map_tensor(entry, fds[entry.path])
                         feed_tensor(hashes[entry.path], entry.offset, source)
                         check_finite(source, str(entry.path), entry.name)
                         writer.write(name, grow_tensor(tp, source, name, seed).to(dtype))

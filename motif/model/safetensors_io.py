@@ -121,6 +121,23 @@ def read_tensor(entry: TensorEntry, fd: int | None = None, stream: FileStream | 
     return torch.frombuffer(buf, dtype=entry.dtype).reshape(entry.shape)
 
 
+def map_tensor(entry: TensorEntry, fd: int) -> torch.Tensor:
+    """The entry as a read-only tensor over the file's pages in the page cache: no copy into memory
+    of its own, and none of the page faults fresh memory costs. The mapping lives as long as the
+    tensor (and anything viewing it); the tensor must never be written (it would fault). For a
+    source that nothing else writes while it is read, as a growth's input."""
+    if entry.nbytes == 0:
+        return torch.empty(entry.shape, dtype=entry.dtype)
+    start = entry.offset - entry.offset % mmap.ALLOCATIONGRANULARITY
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    try:
+        mapping = mmap.mmap(fd, entry.offset + entry.nbytes - start, flags=flags, prot=mmap.PROT_READ, offset=start)
+    except OSError as e:
+        raise CheckpointError(f"{entry.path}: cannot read tensor {entry.name}: {e.strerror or e}") from None
+    view = memoryview(mapping)[entry.offset - start :]
+    return frombuffer_readonly(view, entry.dtype).reshape(entry.shape)
+
+
 def read_into_buffer(entry: TensorEntry, view: memoryview, fd: int, stream: FileStream | None = None) -> None:
     """Fill `view` (entry.nbytes long) with the entry's bytes read from `fd`, or raise CheckpointError.
 

@@ -131,7 +131,7 @@ def no_weight_reads(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a weight was read")
 
-    monkeypatch.setattr("motif.growth.streamed.read_tensor", fail)
+    monkeypatch.setattr("motif.growth.streamed.map_tensor", fail)
     monkeypatch.setattr(SafetensorsWriter, "copy", fail)
     monkeypatch.setattr(SafetensorsWriter, "zeros", fail)
 

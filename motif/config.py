@@ -204,6 +204,9 @@ class CheckpointConfig:
     dir: str  # periodic checkpoints (shared storage on a cluster)
     every_steps: int = 100
     keep_last: int = 3
+    # "async": a checkpoint is copied to host memory between two steps and written on a thread while
+    # training goes on (torchtitan's async_mode); "disabled": training waits for the write.
+    async_mode: Literal["disabled", "async"] = "disabled"
     # Bandwidth of one node to the checkpoint storage, each direction, in GB/s; read by `motif simulate`
     # only, for the time a checkpoint write and a restart's read take. An assumption, not a measurement:
     # a node's share of a parallel filesystem. Set it from your storage's figure (`fio` or `ior` from

@@ -17,6 +17,12 @@ Why it is built this way:
   A kill at any moment leaves the previous checkpoints untouched or a stale `.tmp` that the next
   save removes; `latest()` re-checks the sizes, so a directory damaged later (a copy cut short, a
   truncated file) is skipped with a warning instead of failing a resume.
+- **Asynchronous, when asked** (`checkpoint.async_mode: async`, as torchtitan's): between two
+  steps each rank copies its state to host memory (`TensorState.snapshot(copy=True)`), then a
+  thread of the manager's writes, fsyncs and publishes it exactly as above while training goes on,
+  its collectives on a process group of their own. One is in flight at a time; the next save, the
+  stage's end and a preemption wait for it first, and its errors surface there. A kill during the
+  write leaves the previous checkpoint the newest.
 - **A checkpoint proves itself, in one pass.** `meta.json` records every file's size and checksum,
   each hashed as it is written (no read-back). A resume checks the sizes first (`find`: no byte
   read), then the checksums from the bytes the load reads anyway (`load`, `integrity.ReadVerifier`:
@@ -42,7 +48,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -88,8 +94,9 @@ class TensorState(Protocol):
     def name(self) -> str:
         """Recorded in meta.json: a checkpoint's tensor layout belongs to the engine that wrote it."""
 
-    def save(self, directory: Path) -> dict[str, str] | None:
-        """Write this rank's files; return the checksums of those it hashed while writing them."""
+    def snapshot(self, copy: bool) -> Callable[[Path], dict[str, str]]:
+        """The writer of this rank's files as they are now (`copy`: of host copies, so that it may run
+        while training goes on); it returns the checksums of the files it hashed while writing."""
 
     def load(self, directory: Path, verifier: integrity.ReadVerifier) -> None:
         """Read this rank's part, feeding `verifier` the bytes of the files it reads."""
@@ -195,6 +202,8 @@ class CheckpointManager:
         self.parts = parts or {}
         self.rank_parts = rank_parts or {}
         self.tensors = tensors
+        self._writing: ThreadPoolExecutor | None = None  # the thread of an asynchronous checkpoint
+        self._pending: Future[Path] | None = None
 
     def register(
         self,
@@ -304,34 +313,76 @@ class CheckpointManager:
     # ---- saving ------------------------------------------------------------------------------
 
     def save(self, step: int, extra: dict[str, Any] | None = None) -> Path:
-        """Collective: write every part's state as the checkpoint of `step`."""
+        """Collective: write every part's state as the checkpoint of `step` (an asynchronous one still
+        being written is finished first)."""
+        self.wait()
+        write, meta = self._snapshot(False, extra)
+        return self.publish(step, write, meta)
+
+    def save_async(self, step: int, extra: dict[str, Any] | None, side: World) -> None:
+        """Collective: take the state of `step` (host copies of this rank's tensors, the parts' state
+        as JSON) and write it on a thread of its own while training goes on, as torchtitan's
+        `async_mode`. The checkpoint appears, renamed into place by rank 0, only once every rank's
+        files are durable; a process killed before that leaves the previous checkpoint the newest.
+        The thread's collectives run on `side`, a process group of their own (`dist.side_world`).
+        The previous asynchronous checkpoint is finished first; errors are raised by `wait()`."""
+        self.wait()
+        write, meta = self._snapshot(True, extra)
+        self._writing = ThreadPoolExecutor(1, thread_name_prefix="motif-checkpoint")
+        self._pending = self._writing.submit(self.publish, step, write, meta, side)
+
+    def wait(self) -> Path | None:
+        """Collective once a checkpoint is being written asynchronously: wait for it; its path, or
+        None if none was in flight. A failed write raises here, as `save` would have."""
+        pending, pool = self._pending, self._writing
+        if pending is None or pool is None:
+            return None
+        self._pending = self._writing = None
+        try:
+            return pending.result()
+        finally:
+            pool.shutdown(wait=False)
+
+    def _snapshot(
+        self, copy: bool, extra: dict[str, Any] | None
+    ) -> tuple[Callable[[Path], dict[str, str]], dict[str, Any]]:
+        """The writer of this rank's files and the checkpoint's meta, both as of now."""
+        rank_state = json.dumps({name: part.state_dict() for name, part in self.rank_parts.items()}).encode()
+        tensors = self.tensors.snapshot(copy) if self.tensors is not None else None
 
         def write(directory: Path) -> dict[str, str]:
-            sums = self._write_rank_state(directory)
-            if self.tensors is not None:
-                sums.update(self.tensors.save(directory) or {})
+            sums = self._write_rank_state(directory, rank_state)
+            if tensors is not None:
+                sums.update(tensors(directory))
             return sums
 
         meta = {
             "world_size": self.world.world_size,
             "engine": self.tensors.name if self.tensors is not None else None,
-            "parts": {name: part.state_dict() for name, part in self.parts.items()},
+            "parts": json.loads(json.dumps({name: part.state_dict() for name, part in self.parts.items()})),
             **(extra or {}),
         }
-        return self.publish(step, write, meta)
+        return write, meta
 
-    def _write_rank_state(self, directory: Path) -> dict[str, str]:
-        """This rank's per-rank state as JSON; returns {file name: checksum of the bytes written}."""
-        data = json.dumps({name: part.state_dict() for name, part in self.rank_parts.items()}).encode()
+    def _write_rank_state(self, directory: Path, data: bytes) -> dict[str, str]:
+        """This rank's per-rank state (JSON); returns {file name: checksum of the bytes written}."""
         name = RANK_STATE.format(rank=self.world.rank)
         (directory / name).write_bytes(data)
         hasher = integrity.Hasher()
         hasher.update(data)
         return {name: hasher.text()}
 
-    def publish(self, step: int, write: Callable[[Path], dict[str, str] | None], meta: dict[str, Any]) -> Path:
+    def publish(
+        self,
+        step: int,
+        write: Callable[[Path], dict[str, str] | None],
+        meta: dict[str, Any],
+        world: World | None = None,
+    ) -> Path:
         """Collective: every rank calls it; `write(tmp_dir)` writes this rank's files and may return
-        the checksums it computed while writing them ({relative name: checksum}: not read again)."""
+        the checksums it computed while writing them ({relative name: checksum}: not read again).
+        `world`: the ranks on the group the collectives use (default: the manager's)."""
+        world = world or self.world
         final = step_dir(self.root, step)
         tmp = self.root / f".{final.name}.tmp"
         if self.world.is_main:
@@ -342,7 +393,7 @@ class CheckpointManager:
                 tmp.mkdir()
             except WRITE_ERRORS as e:
                 raise self._write_failed(final, tmp, e) from None
-        barrier(self.world)
+        barrier(world)
         written, failed = None, None
         try:
             written = write(tmp)
@@ -353,19 +404,19 @@ class CheckpointManager:
             failed = _reason(cause)
         # Collective: a rank whose write failed (its disk full) stops every rank, with its reason;
         # none is left waiting for it in the next collective.
-        failed = first_problem(self.world, failed)
+        failed = first_problem(world, failed)
         if failed is not None:
             raise self._write_failed(final, tmp, failed) from None
         # Collective: every rank has written. Anything but a mapping means no checksum was taken.
         mine = written if isinstance(written, dict) else {}
-        known = gather_dicts(self.world, {name: (self.world.rank, checksum) for name, checksum in mine.items()})
+        known = gather_dicts(world, {name: (self.world.rank, checksum) for name, checksum in mine.items()})
         share: dict[str, dict[str, Any]] = {}
         try:
             share = self._seal_share(tmp, known)
         except WRITE_ERRORS as e:  # an fsync is where a full or failing volume often shows first
             failed = _reason(e)
-        sums = gather_dicts(self.world, share)
-        failed = first_problem(self.world, failed)  # every rank stops together, none waits alone
+        sums = gather_dicts(world, share)
+        failed = first_problem(world, failed)  # every rank stops together, none waits alone
         if failed is not None:
             raise self._write_failed(final, tmp, failed) from None
         if self.world.is_main:
@@ -373,7 +424,7 @@ class CheckpointManager:
                 self._finish(step, tmp, final, {**meta, "checksums": sums})
             except WRITE_ERRORS as e:
                 raise self._write_failed(final, tmp, e) from None
-        barrier(self.world)
+        barrier(world)
         return final
 
     def _seal_share(self, tmp: Path, known: dict[str, tuple[int, str]]) -> dict[str, dict[str, Any]]:

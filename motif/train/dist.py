@@ -10,6 +10,7 @@ policy to restart the gang from the last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -36,6 +37,7 @@ class World:
     local_rank: int
     device: torch.device
     backend: str | None  # None: a single process without a process group
+    group: Any = None  # the process group its collectives use (None: the default one)
 
     @property
     def is_main(self) -> bool:
@@ -248,7 +250,7 @@ def first_problem(world: World, problem: str | None) -> str | None:
     if not world.distributed:
         return problem
     problems: list[str | None] = [None] * world.world_size
-    dist.all_gather_object(problems, problem)
+    dist.all_gather_object(problems, problem, group=world.group)
     return next((p for p in problems if p is not None), None)
 
 
@@ -260,18 +262,28 @@ def gather_dicts(world: World, mine: dict[str, V]) -> dict[str, V]:
     if not world.distributed:
         return dict(mine)
     parts: list[dict[str, V]] = [{}] * world.world_size
-    dist.all_gather_object(parts, mine)
+    dist.all_gather_object(parts, mine, group=world.group)
     return {k: v for part in parts for k, v in part.items()}
 
 
 def barrier(world: World) -> None:
     if world.distributed:
-        dist.barrier()
+        dist.barrier(group=world.group)
+
+
+def side_world(world: World, timeout_s: int) -> World:
+    """Collective (every rank, at the same point): the same ranks on a gloo group of their own, for
+    a thread whose collectives run beside the training loop's (an asynchronous checkpoint's): two
+    threads must never share one group, whose collectives are matched by order."""
+    if not world.distributed:
+        return world
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    return dataclasses.replace(world, group=group)
 
 
 def all_reduce_sum(world: World, t: torch.Tensor) -> torch.Tensor:
     if world.distributed:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=world.group)
     return t
 
 

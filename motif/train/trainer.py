@@ -142,6 +142,8 @@ class Trainer:
         self.finished = False  # set by the command once `train` returned: SIGTERM then means done
         self.resumed_from: Path | None = None
         self.growth_loss: tuple[float, float] | None = None
+        self._side_world: World | None = None  # the asynchronous checkpoints' process group (made on first use)
+        self._writing: tuple[int, float] | None = None  # (step, start) of the checkpoint being written asynchronously
 
     # ---- set-up ----------------------------------------------------------------------------------
 
@@ -390,9 +392,10 @@ class Trainer:
             if self._heldout_due():
                 self._collective(self.score_heldout)
             if self.checkpoints.due(self.state.step, self.max_steps):
-                self._collective(self.save_checkpoint)
+                self._collective(self.save_checkpoint, s.checkpoint.async_mode == "async")
         # A ramp that ends with the stage (ramp_steps == max_steps) removes its masks here.
         growth_aware.apply_mask(self.model, self.state.step, self.ramp_steps)
+        self._collective(self.finish_checkpoint)
         self._collective(self.score_heldout)
         self._collective(self.save_output)
         self.training = False
@@ -576,7 +579,11 @@ class Trainer:
 
     # ---- checkpoints and output --------------------------------------------------------------------
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, asynchronous: bool = False) -> Path | None:
+        """The checkpoint of this step: written now (its path), or with `asynchronous`, taken now and
+        written while training goes on (None; `finish_checkpoint` ends it). A checkpoint still being
+        written is finished first."""
+        self.finish_checkpoint()
         t0 = time.perf_counter()
         extra = {
             "stage": self.stage.name,
@@ -585,14 +592,34 @@ class Trainer:
             "settings": guards.settings(self.stage, self.world),
             "data_files": self.data_files,
         }
+        if asynchronous:
+            if self._side_world is None:  # collective: every rank saves at the same step
+                self._side_world = dist.side_world(self.world, self.stage.parallel.collective_timeout_s)
+            self.checkpoints.save_async(self.state.step, extra, self._side_world)
+            self._writing = (self.state.step, t0)
+            if self.world.is_main:
+                log.info(
+                    "checkpoint of step %d taken in %.2fs; written while training goes on",
+                    self.state.step,
+                    time.perf_counter() - t0,
+                )
+            return None
         path = self.checkpoints.save(self.state.step, extra)
+        self._checkpoint_written(path, self.state.step, t0)
+        return path
+
+    def finish_checkpoint(self) -> None:
+        """Wait for the checkpoint being written asynchronously, if any (collective then)."""
+        path = self.checkpoints.wait()
+        if path is not None and self._writing is not None:
+            self._checkpoint_written(path, *self._writing)
+        self._writing = None
+
+    def _checkpoint_written(self, path: Path, step: int, t0: float) -> None:
         seconds = time.perf_counter() - t0
-        self.metrics.log(
-            {names.CHECKPOINT_SECONDS.name: seconds, names.LAST_CHECKPOINT.name: time.time()}, self.state.step
-        )
+        self.metrics.log({names.CHECKPOINT_SECONDS.name: seconds, names.LAST_CHECKPOINT.name: time.time()}, step)
         if self.world.is_main:
             log.info("checkpoint %s written in %.2fs", path, seconds)
-        return path
 
     def save_output(self) -> None:
         """The stage's output: HF layout (motif layout while masks are below 1) + optimizer state."""

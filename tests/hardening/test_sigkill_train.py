@@ -31,15 +31,19 @@ PLAN_SEED = 20261126
 # (engine, ranks) -> kills: 11 for ddp, the sharded engines' own checkpoint formats get 4 each
 # (each plan has two kills inside a checkpoint write and one inside the output write).
 KILLS = {("ddp", 1): 6, ("ddp", 2): 5, ("fsdp", 2): 4, ("deepspeed", 2): 4}
+# Asynchronous checkpoints (written on a thread while training goes on): a kill inside their write
+# lands while the next steps run.
+ASYNC_KILLS = {("ddp", 1): 4, ("fsdp", 2): 4, ("deepspeed", 2): 4}
+CASES = [(*case, "disabled") for case in KILLS] + [(*case, "async") for case in ASYNC_KILLS]
 MAX_STEPS = {1: 60, 2: 40}
 EVERY = {1: 1, 2: 2}
 
 
-def _section(name: str, engine: str, world: int, keep_last: int) -> dict:
+def _section(name: str, engine: str, world: int, keep_last: int, async_mode: str = "disabled") -> dict:
     return stage_section(
         name,
         train={"max_steps": MAX_STEPS[world], "micro_batch_size": 2, "grad_accum_steps": 2},
-        checkpoint={"every_steps": EVERY[world], "keep_last": keep_last},
+        checkpoint={"every_steps": EVERY[world], "keep_last": keep_last, "async_mode": async_mode},
         parallel={"engine": engine, "nodes": world, "collective_timeout_s": 30},
     )
 
@@ -123,9 +127,12 @@ def _complete_steps(ck: Path) -> list[Path]:
     return dirs
 
 
-def _kill_plan(engine: str, world: int) -> list[str]:
-    rng = random.Random(f"{PLAN_SEED}-{world}" if engine == "ddp" else f"{PLAN_SEED}-{engine}-{world}")
-    kills = KILLS[engine, world]
+def _kill_plan(engine: str, world: int, async_mode: str) -> list[str]:
+    if async_mode == "async":
+        rng, kills = random.Random(f"{PLAN_SEED}-{engine}-{world}-async"), ASYNC_KILLS[engine, world]
+    else:
+        rng = random.Random(f"{PLAN_SEED}-{world}" if engine == "ddp" else f"{PLAN_SEED}-{engine}-{world}")
+        kills = KILLS[engine, world]
     kinds = ["write", "write"] + [rng.choice(["startup", "step", "step", "write"]) for _ in range(kills - 3)]
     rng.shuffle(kinds)
     return [*kinds, "final"]  # the last one inside the write of the stage's output
@@ -144,19 +151,20 @@ def _per_step(records: list[dict]) -> dict[int, tuple]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("engine", "world"), list(KILLS))
-def test_sigkill_at_random_moments_then_resume_is_exact(workdir, zygote, engine, world):
+@pytest.mark.parametrize(("engine", "world", "async_mode"), CASES, ids=lambda v: str(v))
+def test_sigkill_at_random_moments_then_resume_is_exact(workdir, zygote, engine, world, async_mode):
     rng = random.Random(f"{PLAN_SEED}-{world}-moments")
     ref_section = _section(f"ref{world}", engine, world, keep_last=1000)
     ref = Job(zygote, workdir, write_stage(workdir, ref_section), world, "ref")
     assert ref.wait() == [0] * world, ref.tail()
 
-    section = _section(f"kill{world}", engine, world, keep_last=3)
+    section = _section(f"kill{world}", engine, world, keep_last=3, async_mode=async_mode)
     stage = write_stage(workdir, section)
     ck, out = workdir / "ck" / section["name"], workdir / "out" / section["name"]
     jsonl = ck / "metrics.jsonl"
     write_hits = final_hits = 0
-    for attempt, kind in enumerate(_kill_plan(engine, world)):
+    logs = []
+    for attempt, kind in enumerate(_kill_plan(engine, world, async_mode)):
         before = _complete_steps(ck)
         resume_from = before[-1] if before else None
         stale = _tmp_dirs(ck)
@@ -175,6 +183,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(workdir, zygote, engine,
             _until(lambda: list(out.parent.glob(f".{out.name}.partial-*")), job, "final output write")
         assert job.alive(), f"attempt {attempt} ({kind}) ended before it was killed:\n{job.tail()}"
         assert job.kill() == [-signal.SIGKILL] * world
+        logs.append(job.log())
         assert not out.exists(), "the stage output appeared although the run was killed"
         _complete_steps(ck)  # every visible checkpoint is complete
         if kind == "write" and _tmp_dirs(ck) - stale:
@@ -189,6 +198,8 @@ def test_sigkill_at_random_moments_then_resume_is_exact(workdir, zygote, engine,
             assert f"resumed from {resume_from.relative_to(workdir)} " in job.log(), job.tail()
 
     assert write_hits >= 1, "no kill landed inside a checkpoint write"
+    asynchronous = "written while training goes on" in "".join(logs)
+    assert asynchronous == (async_mode == "async"), "checkpoints were not written as checkpoint.async_mode says"
     assert final_hits == 1, "the kill meant for the output write missed it"
 
     latest = _complete_steps(ck)[-1]

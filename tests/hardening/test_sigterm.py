@@ -26,11 +26,13 @@ MAX_STEPS = 24
 PREEMPTED = 143
 
 
-def _section(name: str, nproc: int) -> dict:
+def _section(name: str, nproc: int, async_mode: str = "disabled") -> dict:
+    # Asynchronous checkpoints every 2 steps: a SIGTERM mostly arrives while one is being written.
+    every = 2 if async_mode == "async" else 10
     return stage_section(
         name,
         train={"max_steps": MAX_STEPS, "micro_batch_size": 2, "grad_accum_steps": 2},
-        checkpoint={"every_steps": 10, "keep_last": 5},
+        checkpoint={"every_steps": every, "keep_last": 5, "async_mode": async_mode},
         parallel={"procs_per_node": nproc, "collective_timeout_s": 30},
     )
 
@@ -61,14 +63,14 @@ def _steps_logged(jsonl: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_sigterm_checkpoints_the_agreed_step_and_resume_is_bit_identical(workdir, nproc):
+@pytest.mark.parametrize(("nproc", "async_mode"), [(1, "disabled"), (2, "disabled"), (2, "async")])
+def test_sigterm_checkpoints_the_agreed_step_and_resume_is_bit_identical(workdir, nproc, async_mode):
     ref = _section(f"ref{nproc}", nproc)
     done = motif_train(workdir, write_stage(workdir, ref), nproc=nproc)
     assert done.returncode == 0, done.stderr[-3000:]
     reference = _tensors(workdir / "out" / ref["name"])
 
-    section = _section(f"term{nproc}", nproc)
+    section = _section(f"term{nproc}", nproc, async_mode)
     stage = write_stage(workdir, section)
     ck, jsonl = workdir / "ck" / section["name"], workdir / "ck" / section["name"] / "metrics.jsonl"
     rng = random.Random(f"{SEED}-{nproc}")

@@ -126,3 +126,21 @@ def test_a_checkpoint_costs_a_nodes_bytes_over_its_storage_bandwidth():
     assert cost["checkpoint_bytes"] == 8 * 10**9
     assert cost["checkpoint_write_seconds"] == cost["checkpoint_read_seconds"] == 1.6
     assert cost["checkpoint_share"] == 1.6 / 1001.6
+
+
+def test_an_asynchronous_checkpoint_stalls_training_for_its_copy_to_host_memory_only():
+    """1 GB a rank copied at HOST_COPY_GB_S (10 GB/s): 0.1 s of every 1000.1; the 1.6 s write runs
+    beside the steps. Checkpoints every step of 1 s leave 0.6 s of each write to wait for."""
+    from types import SimpleNamespace
+
+    from motif.simulate.report import HOST_COPY_GB_S, checkpoint_cost
+
+    parallel = SimpleNamespace(procs_per_node=8, world_size=64, replicate=8)
+    often = SimpleNamespace(storage_gb_s=5.0, every_steps=1, async_mode="async")
+    rare = SimpleNamespace(storage_gb_s=5.0, every_steps=100, async_mode="async")
+    copy = 10**9 / (HOST_COPY_GB_S * 1e9)
+    cost = checkpoint_cost(SimpleNamespace(parallel=parallel, checkpoint=rare), 10**9, step_seconds=10.0)
+    assert cost["checkpoint_write_seconds"] == 1.6 and cost["checkpoint_stall_seconds"] == copy
+    assert cost["checkpoint_share"] == copy / (1000 + copy)
+    cost = checkpoint_cost(SimpleNamespace(parallel=parallel, checkpoint=often), 10**9, step_seconds=1.0)
+    assert cost["checkpoint_stall_seconds"] == pytest.approx(copy + 0.6)

@@ -131,8 +131,8 @@ def test_a_checkpoint_of_another_engine_is_refused_by_name(tmp_path):
         def __init__(self, name):
             self.name = name
 
-        def save(self, directory):
-            (directory / "t.bin").write_bytes(b"x")
+        def snapshot(self, copy):
+            return lambda directory: (directory / "t.bin").write_bytes(b"x") and {}
 
         def load(self, directory, verifier):
             raise AssertionError("not reached")
@@ -149,9 +149,9 @@ def test_checksums_taken_while_writing_are_recorded_and_verify(tmp_path):
     class Tensors:
         name = "ddp"
 
-        def save(self, directory):
+        def snapshot(self, copy):
             tensors = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
-            return {"model.safetensors": write_tensors(directory / "model.safetensors", tensors)}
+            return lambda directory: {"model.safetensors": write_tensors(directory / "model.safetensors", tensors)}
 
         def load(self, directory, verifier):
             pass
@@ -193,8 +193,8 @@ def test_a_load_checks_every_file_from_the_bytes_it_reads_and_names_a_changed_on
     class Tensors:
         name = "ddp"
 
-        def save(self, directory):
-            return {"model.safetensors": write_tensors(directory / "model.safetensors", tensors)}
+        def snapshot(self, copy):
+            return lambda directory: {"model.safetensors": write_tensors(directory / "model.safetensors", tensors)}
 
         def load(self, directory, verifier):
             with TensorReader.file(directory / "model.safetensors", verifier) as reader:
@@ -222,3 +222,69 @@ def test_a_load_checks_every_file_from_the_bytes_it_reads_and_names_a_changed_on
     assert caught.value.path == path
     with pytest.raises(CheckpointError, match="none verifies"):
         m.find("auto", [(path, caught.value.problem)])
+
+
+class Weights:
+    """An engine's tensors in miniature: `snapshot(copy)` as the engines take it."""
+
+    name = "ddp"
+
+    def __init__(self):
+        self.w = torch.zeros(4)
+        self.release = None  # a threading.Event the writer waits for, to hold a write in flight
+
+    def snapshot(self, copy):
+        from motif.train.engines import held
+        from motif.train.slices import write_tensors
+
+        tensors = {"w": held(self.w, copy)}
+
+        def write(directory):
+            if self.release is not None:
+                assert self.release.wait(10)
+            return {"model.safetensors": write_tensors(directory / "model.safetensors", tensors)}
+
+        return write
+
+    def load(self, directory, verifier):
+        from safetensors.torch import load_file
+
+        self.w = load_file(str(directory / "model.safetensors"))["w"]
+
+
+def test_an_asynchronous_checkpoint_holds_the_state_of_its_step_while_training_goes_on(tmp_path):
+    import threading
+
+    train, weights = Counter(1), Weights()
+    m = CheckpointManager(tmp_path / "ck", 3, WORLD, parts={"train": train}, tensors=weights)
+    weights.w += 1
+    weights.release = threading.Event()
+    m.save_async(1, {"stage": "s"}, WORLD)
+    weights.w += 10  # the next steps change the state while the checkpoint is written
+    train.value = 2
+    assert m.latest() is None, "visible before its files were written"
+    weights.release.set()
+    path = m.wait()
+    assert path is not None and path.name == "step_00000001" and m.wait() is None
+    assert read_meta(path)["parts"] == {"train": {"value": 1}}
+    m.load(path)
+    assert torch.equal(weights.w, torch.ones(4)) and train.value == 1
+
+
+def test_a_save_waits_for_the_asynchronous_one_and_a_failed_one_raises_at_the_wait(tmp_path, monkeypatch):
+    from motif.errors import WriteError
+
+    weights = Weights()
+    m = CheckpointManager(tmp_path / "ck", 3, WORLD, tensors=weights)
+    m.save_async(1, {"stage": "s"}, WORLD)
+    assert m.save(2, {"stage": "s"}).name == "step_00000002"  # finished step 1 first
+    assert [p.name for p in m.candidates()] == ["step_00000002", "step_00000001"]
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("motif.train.slices.write_tensors", full)
+    m.save_async(3, {"stage": "s"}, WORLD)
+    with pytest.raises(WriteError, match=r"step_00000003: cannot write the checkpoint .*last complete checkpoint is"):
+        m.wait()
+    assert m.latest().name == "step_00000002" and not list((tmp_path / "ck").glob(".step_*.tmp"))

@@ -45,6 +45,19 @@ class StepResult:
     grad_norm: float | None = None  # the global norm, for engines that measure it inside the step
 
 
+# The writer of one rank's checkpoint files, as of the step it was taken at (`Engine.snapshot`):
+# writes them into a directory and returns {name relative to it: checksum taken while writing}.
+Snapshot = Callable[[Path], dict[str, str]]
+
+
+def held(tensor: torch.Tensor, copy: bool) -> torch.Tensor:
+    """`tensor` as a checkpoint writes it. With `copy`, a host copy of its own (an asynchronous write
+    reads it while the next steps change the original; from a GPU it is the copy to host memory
+    torchtitan stages); without, the tensor itself, which the writer moves to the host one at a time."""
+    t = tensor.detach()
+    return t.to("cpu", copy=True) if copy else t
+
+
 def loss_sums(
     forward: Callable[[torch.Tensor], torch.Tensor], batches: list[Batch], device: torch.device
 ) -> torch.Tensor:
@@ -92,9 +105,12 @@ class Engine(Protocol):
     def trainable(self) -> list[str]:
         """Names of the parameters this stage trains."""
 
-    def save(self, directory: Path) -> dict[str, str]:
-        """Write this rank's part of the weights and Adam state of a training checkpoint; return the
-        checksums of the files it hashed while writing them ({name relative to `directory`: checksum})."""
+    def snapshot(self, copy: bool) -> Snapshot:
+        """This rank's part of the weights and Adam state of a training checkpoint, ready to write:
+        called between steps, it returns the writer of those files, which returns the checksums of the
+        files it hashed while writing them ({name relative to the directory: checksum}). `copy`: the
+        tensors are copies (host memory), so the writer may run while training goes on; without it,
+        the writer reads the live state and must run before the next step."""
 
     def load(self, directory: Path, verifier: ReadVerifier) -> None:
         """Read this rank's part of a checkpoint written by any world size, feeding `verifier` the

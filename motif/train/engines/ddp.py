@@ -20,7 +20,7 @@ from motif.errors import CheckpointError
 from motif.model import Llama
 from motif.train import optimizer as optim
 from motif.train.dist import World
-from motif.train.engines import StepResult, loss_sums
+from motif.train.engines import Snapshot, StepResult, held, loss_sums
 from motif.train.slices import TensorReader, write_tensors
 from motif.train.start import MOMENTS, MomentSource, WeightSource
 
@@ -115,29 +115,33 @@ class DdpEngine:
 
     # ---- checkpoints -------------------------------------------------------------------------
 
-    def _optimizer_tensors(self) -> dict[str, torch.Tensor]:
+    def _optimizer_tensors(self, copy: bool) -> dict[str, torch.Tensor]:
         out = {}
         for name, p in self.params.items():
             state = self.optimizer.state[p]
             for key in MOMENTS:
-                out[f"{key}.{name}"] = state[key].detach().cpu()
-            out[f"step.{name}"] = state["step"].detach().float().cpu().reshape(())
+                out[f"{key}.{name}"] = held(state[key], copy)
+            out[f"step.{name}"] = held(state["step"].float(), copy).reshape(())
         return out
 
-    def save(self, directory: Path) -> dict[str, str]:
+    def snapshot(self, copy: bool) -> Snapshot:
         """Rank 0 writes both files at once, on two threads (the writes release the GIL, and a
         volume takes two streams faster than one); returns their checksums, taken while writing."""
         if not self.world.is_main:
-            return {}
-        from concurrent.futures import ThreadPoolExecutor
-
+            return lambda directory: {}
         files = {
-            MODEL_FILE: {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            OPTIMIZER_FILE: self._optimizer_tensors(),
+            MODEL_FILE: {k: held(v, copy) for k, v in self.model.state_dict().items()},
+            OPTIMIZER_FILE: self._optimizer_tensors(copy),
         }
-        with ThreadPoolExecutor(len(files)) as pool:
-            sums = {name: pool.submit(write_tensors, directory / name, tensors) for name, tensors in files.items()}
-        return {name: future.result() for name, future in sums.items()}
+
+        def write(directory: Path) -> dict[str, str]:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(files)) as pool:
+                sums = {name: pool.submit(write_tensors, directory / name, tensors) for name, tensors in files.items()}
+            return {name: future.result() for name, future in sums.items()}
+
+        return write
 
     def load(self, directory: Path, verifier: ReadVerifier) -> None:
         """Every rank reads both files (each holds them whole), the two at once on threads; each file is

@@ -37,7 +37,7 @@ from motif.errors import CheckpointError, MotifError
 from motif.model import Llama, ModelArgs
 from motif.train import optimizer as optim
 from motif.train.dist import World
-from motif.train.engines import StepResult, loss_sums
+from motif.train.engines import Snapshot, StepResult, held, loss_sums
 from motif.train.slices import TensorReader, overlaps, write_tensors
 from motif.train.start import MOMENTS, MomentSource, WeightSource
 
@@ -289,14 +289,14 @@ class DeepSpeedEngine:
 
     # ---- checkpoints -------------------------------------------------------------------------
 
-    def _local(self, key: str, p: torch.nn.Parameter) -> torch.Tensor:
+    def _local(self, key: str, p: torch.nn.Parameter, copy: bool) -> torch.Tensor:
         from deepspeed.utils import safe_get_local_fp32_param, safe_get_local_optimizer_state
 
         start, stop, _ = partition(p, self.world.rank)
         value: torch.Tensor = safe_get_local_fp32_param(p) if key == "param" else safe_get_local_optimizer_state(p, key)
-        return value[: stop - start].detach().float().cpu()
+        return held(value[: stop - start].float(), copy)
 
-    def save(self, directory: Path) -> dict[str, str]:
+    def snapshot(self, copy: bool) -> Snapshot:
         tensors: dict[str, torch.Tensor] = {}
         ranges: dict[str, list[object]] = {}  # name: [start, stop, whole shape]
         for name, p in self.params.items():
@@ -304,11 +304,11 @@ class DeepSpeedEngine:
             ranges[name] = [start, stop, list(zero(p).ds_shape)]
         for key in ("param", *MOMENTS):  # in the order `load` reads them: the file front to back
             for name, p in self.params.items():
-                tensors[f"{key}.{name}"] = self._local(key, p)
+                tensors[f"{key}.{name}"] = self._local(key, p, copy)
         steps = {name: self._group_step(p) for name, p in self.params.items()}
         meta = {"world_size": self.world.world_size, "ranges": ranges, "steps": steps}
         name = RANK_FILE.format(rank=self.world.rank)
-        return {name: write_tensors(directory / name, tensors, {META_KEY: json.dumps(meta)})}
+        return lambda directory: {name: write_tensors(directory / name, tensors, {META_KEY: json.dumps(meta)})}
 
     def _group_step(self, p: torch.nn.Parameter) -> float:
         inner = self.optimizer.optimizer

@@ -35,7 +35,7 @@ from motif.errors import CheckpointError
 from motif.model import Llama, ModelArgs
 from motif.train import optimizer as optim
 from motif.train.dist import World
-from motif.train.engines import StepResult, loss_sums
+from motif.train.engines import Snapshot, StepResult, held, loss_sums
 from motif.train.engines.ddp import compile_blocks
 from motif.train.start import MOMENTS, MomentSource, WeightSource
 
@@ -215,7 +215,7 @@ class FsdpEngine:
             out[f"step.{name}"] = state["step"]
         return out
 
-    def save(self, directory: Path) -> dict[str, str]:
+    def snapshot(self, copy: bool) -> Snapshot:
         """This rank's shards, streamed into one safetensors file and hashed as they are written (no
         file built in memory, no read-back, no planning round): the rows each holds in DCP's
         metadata. A shard another rank also holds (HSDP's replicas, the step counts) is written once."""
@@ -228,12 +228,16 @@ class FsdpEngine:
         for key, value in self._state().items():
             local, start, writes = _shard_of(value, self.world.rank)
             if writes and local.numel():
-                tensors[key] = local
+                tensors[key] = held(local, copy)
                 offsets[key] = [start] + [0] * (local.dim() - 1) if local.dim() else []  # DCP's: one per dim
         name = f"{CHECKPOINT_DIR}/{SHARD_FILE.format(index=self.world.rank + 1)}"
-        (directory / CHECKPOINT_DIR).mkdir(exist_ok=True)
         metadata = {SHARDING_KEY: json.dumps({key: {OFFSETS_KEY: o} for key, o in offsets.items()})}
-        return {name: write_tensors(directory / name, tensors, metadata)}
+
+        def write(directory: Path) -> dict[str, str]:
+            (directory / CHECKPOINT_DIR).mkdir(exist_ok=True)
+            return {name: write_tensors(directory / name, tensors, metadata)}
+
+        return write
 
     @torch.no_grad()
     def load(self, directory: Path, verifier: ReadVerifier) -> None:

@@ -11,7 +11,8 @@ the step and MFU says how close it gets to the machine's GEMM peak (fewer rounds
   `LlamaForCausalLM` + AdamW loop on the same batches; steps alternate between the two and the
   medians of the per-step times are compared (target: motif >= 1.0x);
 * MFU of motif's step against this machine's fp32 GEMM peak, measured in the same run;
-* checkpoint save and load time per byte against `cp -r` and `cat` of the same files;
+* checkpoint save and load time per byte against `cp -r` and `cat` of the same files, and how long
+  training waits for an asynchronous checkpoint (`checkpoint.async_mode: async`) against a save;
 * data pipeline tokens/s against the trainer's consumption (target >= 50x);
 * exporter + JSONL on against off, alternating steps (target <= 1% overhead), and the cost of one
   `log()` call as a share of a step (the overhead itself, without the step-to-step noise).
@@ -255,7 +256,7 @@ def _bench(size: str, args: argparse.Namespace) -> dict:
             path = trainer.save_checkpoint()
             saves.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            trainer.engine.load(path)
+            trainer.checkpoints.load(path)  # what a resume reads: every part, the checksums checked
             loads.append(time.perf_counter() - t0)
             dst = workdir / f"copy{i}"
             t0 = time.perf_counter()
@@ -268,7 +269,20 @@ def _bench(size: str, args: argparse.Namespace) -> dict:
             cats.append(time.perf_counter() - t0)
             trainer.state.step += 1
         nbytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        # An asynchronous checkpoint: how long training waits for it (the copy to host memory),
+        # and how long it takes to reach the disk while nothing else runs.
+        stalls, writes = [], []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            trainer.save_checkpoint(asynchronous=True)
+            stalls.append(time.perf_counter() - t0)
+            trainer.finish_checkpoint()
+            writes.append(time.perf_counter() - t0)
+            trainer.state.step += 1
         results["checkpoint"] = {
+            "async_stall_s": statistics.median(stalls),
+            "async_write_s": statistics.median(writes),
+            "async_stall_vs_save": statistics.median(stalls) / statistics.median(saves),
             "bytes": nbytes,
             "save_s": statistics.median(saves),
             "cp_sync_s": statistics.median(cps),
@@ -312,6 +326,10 @@ def _report(r: dict) -> None:
         f"  checkpoint   {c['bytes'] / 1e6:.1f} MB: save {c['save_s'] * 1e3:.0f} ms vs cp -r + sync "
         f"{c['cp_sync_s'] * 1e3:.0f} ms ({c['save_vs_cp']:.2f}x); load {c['load_s'] * 1e3:.0f} ms vs cat "
         f"{c['cat_s'] * 1e3:.0f} ms ({c['load_vs_cat']:.2f}x)"
+    )
+    print(
+        f"  async ckpt   training waits {c['async_stall_s'] * 1e3:.0f} ms ({c['async_stall_vs_save']:.2f}x the "
+        f"synchronous save), written in {c['async_write_s'] * 1e3:.0f} ms (checkpoint.async_mode: async)"
     )
 
 

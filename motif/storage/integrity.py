@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -166,10 +167,10 @@ class FileStream:
     """One file's checksum, taken from the bytes a load reads anyway, as it reads them
     (`SequentialHash`: in file order, each byte once, what no read reached hashed at the end).
 
-    The hashing runs on a thread of the file's own, in the order of the reads, while the loader
-    reads on: the bytes are hashed where they landed (the destination's memory, which nothing
-    changes before the load ends), so reading and hashing overlap instead of taking turns, and
-    files read at once are hashed at once.
+    Each chunk is hashed by the thread that read it, right after the read, while it is still in
+    the CPU's cache: xxh3 runs at 20+ GB/s, ten times a read's speed, so handing chunks to a
+    hashing thread cost more in hand-offs than it overlapped (a 54 MB file: 25 ms against 13.5 ms).
+    Threads that read one file at once take turns (a lock); a failure to hash is kept for `finish`.
     """
 
     def __init__(self, path: Path, want: dict[str, Any]):
@@ -177,26 +178,30 @@ class FileStream:
         self.want = want
         self._fd = os.open(path, os.O_RDONLY)  # for the bytes no read reached
         self.sequence = SequentialHash(path, self._fd)
-        self._hashing = ThreadPoolExecutor(1, thread_name_prefix="motif-verify")
-        self._pending: list[Future[None]] = []
+        self._lock = threading.Lock()
+        self._failed: BaseException | None = None
 
     def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """`data`, just read from `offset` of the file: hashed on the file's thread."""
-        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
-        self._pending.append(self._hashing.submit(self.sequence.feed, offset, data))
+        """`data`, just read from `offset` of the file: hashed now."""
+        with self._lock:
+            if self._failed is not None:
+                return
+            try:
+                self.sequence.feed(offset, data)
+            except (CheckpointError, OSError) as e:  # reading a gap before `data`: reported by `finish`
+                self._failed = e
 
     def finish(self) -> str | None:
         """The problem with this file, if any, once the bytes no read reached are hashed too."""
         try:
-            for pending in self._pending:
-                pending.result()
+            if self._failed is not None:
+                raise self._failed
             found = self.sequence.finish()
         except CheckpointError as e:
             return str(e)
         except OSError as e:
             return f"{self.path}: cannot read: {e.strerror or e}"
         finally:
-            self._hashing.shutdown(wait=True)
             os.close(self._fd)
         return compare(self.path, self.want, found)
 

@@ -5,7 +5,7 @@
 A resume reads every byte of a rank's checkpoint files into its tensors and must prove them
 unchanged (xxh3 against the checksums recorded at save). `motif train` does both in one pass:
 the engines read with `TensorReader`, which hands every chunk to the checkpoint's
-`ReadVerifier`, hashed on a thread of its own while the reading goes on. Timed here on the same
+`ReadVerifier`, each chunk hashed by the reading thread right after its read. Timed here on the same
 files, side by side, the median of `--repeat` runs each:
 
 * `read + verify`: what a resume does (two files, model and optimizer, as the ddp engine reads

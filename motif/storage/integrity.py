@@ -211,7 +211,7 @@ class ReadVerifier:
 
     The loader asks `stream(path)` for each file it reads and feeds it what it reads; `finish` then
     completes and compares every file that was fed. Files nobody fed are left to `verify`. Each
-    stream hashes on a thread of its own (xxhash releases the GIL while it hashes).
+    chunk is hashed by the thread that read it (xxhash releases the GIL while it hashes).
     """
 
     def __init__(self, directory: str | Path, recorded: dict[str, Any]):

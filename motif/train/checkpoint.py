@@ -26,7 +26,8 @@ Why it is built this way:
 - **A checkpoint proves itself, in one pass.** `meta.json` records every file's size and checksum,
   each hashed as it is written (no read-back). A resume checks the sizes first (`find`: no byte
   read), then the checksums from the bytes the load reads anyway (`load`, `integrity.ReadVerifier`:
-  hashed on a thread while the reading goes on; a file no rank read is hashed by one rank after).
+  each chunk hashed by the thread that read it, while it is in cache; a file no rank read is hashed
+  by one rank after).
   A file that does not match is a `CorruptCheckpoint` on every rank once the load ends, and
   `--resume auto` rebuilds from the newest older checkpoint, naming the one it skipped. Checkpoints
   of which none verifies stop the run (only `--resume none` starts over): a silent restart from the

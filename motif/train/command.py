@@ -122,6 +122,7 @@ def run_stage(
         metrics, exporter = build_metrics(stage, world, metrics_port, start)
         trainer = sigterm.trainer = Trainer(stage, options, world, metrics, lease=lease, start=start)
         trainer.setup()
+        sigterm.check()
         trainer.train()
         trainer.finished = True
         return 0
@@ -153,18 +154,31 @@ class _Sigterm:
 
     Before the loop (growing, setting up: nothing trained yet) it exits at once with 143; after the
     output is written (serving metrics a while longer) with 0, the stage being done.
+
+    The exit is a `SystemExit` raised wherever the main thread is, and Python drops an exception
+    raised inside a finalizer (`__del__`, a weakref callback) with only a line on stderr: a signal
+    handled there would be lost, and the stage would train to the end and exit 0. So the request is
+    also recorded: `check()` after set-up exits, and a trainer stops at its first step.
     """
 
     def __init__(self) -> None:
         self.trainer: Trainer | None = None
+        self.received = False
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.received = True
         trainer = self.trainer
+        if trainer is not None and not trainer.finished:
+            trainer.stop_requested = True  # a stop after the first step, should the exit below be lost
         if trainer is not None and trainer.training:
-            trainer.stop_requested = True
             log.warning("SIGTERM: stopping after this step, with a checkpoint")
             return
         raise SystemExit(0 if trainer is not None and trainer.finished else EXIT_PREEMPTED)
+
+    def check(self) -> None:
+        """Exit with 143 if a SIGTERM arrived before training and its exit was lost."""
+        if self.received:
+            raise SystemExit(EXIT_PREEMPTED)
 
 
 def _stop_on_sigterm() -> _Sigterm:

@@ -170,7 +170,10 @@ class FileStream:
     Each chunk is hashed by the thread that read it, right after the read, while it is still in
     the CPU's cache: xxh3 runs at 20+ GB/s, ten times a read's speed, so handing chunks to a
     hashing thread cost more in hand-offs than it overlapped (a 54 MB file: 25 ms against 13.5 ms).
-    Threads that read one file at once take turns (a lock); a failure to hash is kept for `finish`.
+    Several threads may read one file at once, each its own range: a chunk that arrives ahead of
+    the hashed prefix is kept (a view of where it landed, the destination's memory, which nothing
+    changes before the load ends) and hashed once the prefix reaches it, by whichever thread
+    brings the prefix there. A failure to hash is kept for `finish`.
     """
 
     def __init__(self, path: Path, want: dict[str, Any]):
@@ -179,16 +182,25 @@ class FileStream:
         self._fd = os.open(path, os.O_RDONLY)  # for the bytes no read reached
         self.sequence = SequentialHash(path, self._fd)
         self._lock = threading.Lock()
+        self._ahead: dict[int, Any] = {}  # offset -> bytes read beyond the hashed prefix
         self._failed: BaseException | None = None
 
     def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """`data`, just read from `offset` of the file: hashed now."""
+        """`data`, just read from `offset` of the file: hashed now, or kept until the bytes before it are."""
         with self._lock:
             if self._failed is not None:
                 return
+            if offset > self.sequence.pos:
+                kept = self._ahead.get(offset)
+                if kept is None or memoryview(kept).nbytes < memoryview(data).nbytes:
+                    self._ahead[offset] = data
+                return
             try:
                 self.sequence.feed(offset, data)
-            except (CheckpointError, OSError) as e:  # reading a gap before `data`: reported by `finish`
+                while self._ahead and min(self._ahead) <= self.sequence.pos:
+                    first = min(self._ahead)
+                    self.sequence.feed(first, self._ahead.pop(first))
+            except (CheckpointError, OSError) as e:  # reading a gap: reported by `finish`
                 self._failed = e
 
     def finish(self) -> str | None:
@@ -196,12 +208,15 @@ class FileStream:
         try:
             if self._failed is not None:
                 raise self._failed
+            for offset in sorted(self._ahead):  # after a gap no read reached: read it, then these
+                self.sequence.feed(offset, self._ahead.pop(offset))
             found = self.sequence.finish()
         except CheckpointError as e:
             return str(e)
         except OSError as e:
             return f"{self.path}: cannot read: {e.strerror or e}"
         finally:
+            self._ahead.clear()
             os.close(self._fd)
         return compare(self.path, self.want, found)
 
@@ -218,6 +233,7 @@ class ReadVerifier:
         self.directory = Path(directory)
         self.recorded = recorded
         self.streams: dict[str, FileStream] = {}
+        self._lock = threading.Lock()  # one stream per file, whichever thread asks first
 
     def stream(self, path: str | Path) -> FileStream | None:
         """The stream of `path` (a file of the directory, or of a folder in it), None for a file
@@ -229,9 +245,10 @@ class ReadVerifier:
             return None
         if name not in self.recorded:
             return None
-        if name not in self.streams:
-            self.streams[name] = FileStream(path, self.recorded[name])
-        return self.streams[name]
+        with self._lock:
+            if name not in self.streams:
+                self.streams[name] = FileStream(path, self.recorded[name])
+            return self.streams[name]
 
     def share(self, files: list[Path], rank: int, world: int) -> list[ReadVerifier | None]:
         """For each of `files` (in the same order on every rank): this verifier where this rank hashes

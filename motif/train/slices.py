@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +33,7 @@ class TensorReader:
         self.verifier = verifier  # checksums taken from the bytes as they are read (checkpoint loads)
         self.bytes_read = 0
         self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()  # threads may read parts of one reader at once
 
     @classmethod
     def checkpoint(cls, path: str | Path) -> TensorReader:
@@ -59,7 +61,7 @@ class TensorReader:
     def read_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Elements [start, stop) of the flattened tensor, as a 1-D tensor in the file's dtype."""
         part = self._part(name, start, stop)
-        self.bytes_read += part.nbytes
+        self._count(part.nbytes)
         return read_tensor(part, self._fd(part.path), self._stream(part.path))
 
     def read_into(self, name: str, start: int, stop: int, out: torch.Tensor) -> None:
@@ -75,7 +77,11 @@ class TensorReader:
         # `ndarray.data`: the array's own buffer as a memoryview (bytes, writable): `out`'s memory.
         view = out.detach().reshape(-1).view(torch.uint8).numpy().data
         read_into_buffer(part, view, self._fd(part.path), self._stream(part.path))
-        self.bytes_read += part.nbytes
+        self._count(part.nbytes)
+
+    def _count(self, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_read += nbytes
 
     def _part(self, name: str, start: int, stop: int) -> TensorEntry:
         """The entry of elements [start, stop) of the flattened tensor, as a tensor of its own."""
@@ -94,9 +100,10 @@ class TensorReader:
         return self.verifier.stream(path) if self.verifier is not None else None
 
     def _fd(self, path: Path) -> int:
-        if path not in self._fds:
-            self._fds[path] = os.open(path, os.O_RDONLY)
-        return self._fds[path]
+        with self._lock:
+            if path not in self._fds:
+                self._fds[path] = os.open(path, os.O_RDONLY)
+            return self._fds[path]
 
     def close(self) -> None:
         for fd in self._fds.values():

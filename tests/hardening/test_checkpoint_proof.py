@@ -251,3 +251,34 @@ def test_a_checksum_taken_from_reads_in_any_order_is_the_files_and_shows_a_flip(
                 stream.feed(offset, f.read(n))
         problem, checked = verifier.finish()
         assert checked == ["f.bin"] and (problem is None) == expect_ok, problem
+
+
+def test_two_threads_reading_halves_of_a_file_at_once_give_its_checksum(tmp_path):
+    """A rank may read one file with two threads, each its own run (the fsdp engine does, with two
+    cores to itself): the half read ahead of the hashed prefix is kept and hashed in order."""
+    import threading
+
+    from motif.storage.integrity import ReadVerifier, checksum_file, entry
+
+    data = random.Random(7).randbytes(8 << 20)
+    (tmp_path / "f.bin").write_bytes(data)
+    recorded = {"f.bin": entry(tmp_path / "f.bin", checksum_file(tmp_path / "f.bin"))}
+    for flip in (None, 6 << 20):
+        content = data if flip is None else data[:flip] + bytes([data[flip] ^ 1]) + data[flip + 1 :]
+        (tmp_path / "f.bin").write_bytes(content)
+        verifier = ReadVerifier(tmp_path, recorded)
+        stream = verifier.stream(tmp_path / "f.bin")
+
+        def run(stream, content: bytes, lo: int, hi: int) -> None:
+            for offset in range(lo, hi, 1 << 20):
+                stream.feed(offset, memoryview(content)[offset : offset + (1 << 20)])
+
+        runs = [(stream, content, hi - (4 << 20), hi) for hi in (8 << 20, 4 << 20)]  # the second half first
+        threads = [threading.Thread(target=run, args=args) for args in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        problem, _ = verifier.finish()
+        assert (problem is None) == (flip is None), problem
+        assert stream.sequence.read_for_hash == 0, "a run read ahead was read again to hash it"

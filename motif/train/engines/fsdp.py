@@ -22,7 +22,9 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, cast
@@ -249,8 +251,16 @@ class FsdpEngine:
             for key, value in self._state().items():
                 local, start, _ = _shard_of(value, self.world.rank)
                 reads += _reads_for(chunks, key, local, start, directory)
-            for reader, key, lo, hi, out in sorted(reads, key=lambda r: (r[0].source, r[0].entry(r[1]).offset, r[2])):
-                reader.read_into(key, lo, hi, out)
+            reads.sort(key=lambda r: (r[0].source, r[0].entry(r[1]).offset, r[2]))
+            for reader in {r[0] for r in reads}:  # one stream per file before the threads ask for it
+                if reader.verifier is not None:
+                    reader.verifier.stream(Path(reader.source))
+            # In file order, in as many contiguous runs as this rank has cores to itself: each run's
+            # bytes are hashed as the checksum's order allows (`FileStream` keeps a run read ahead).
+            runs = _split_by_bytes(reads, _reading_threads(self.stage.parallel.procs_per_node))
+            with ThreadPoolExecutor(len(runs)) as pool:
+                for done in [pool.submit(_read_run, run) for run in runs]:
+                    done.result()
         finally:
             for reader in {c[0] for found in chunks.values() for c in found}:
                 reader.close()
@@ -290,6 +300,32 @@ class FsdpEngine:
 
     def close(self) -> None:
         pass
+
+
+def _reading_threads(ranks_per_node: int) -> int:
+    """Threads a rank reads its checkpoint files with: two where it has two cores to itself (a
+    single reading thread leaves the second idle), else one (more would only queue for the cores)."""
+    return 2 if (os.cpu_count() or 1) >= 2 * ranks_per_node else 1
+
+
+Read = tuple["TensorReader", str, int, int, torch.Tensor]  # reader, key, first, last element, into
+
+
+def _split_by_bytes(reads: list[Read], runs: int) -> list[list[Read]]:
+    """`reads` (in file order) cut into at most `runs` contiguous runs of about equal bytes."""
+    total = sum(out.numel() * out.element_size() for *_, out in reads)
+    cut, done = total / runs, 0
+    parts: list[list[Read]] = [[] for _ in range(runs)]
+    for read in reads:
+        index = min(runs - 1, int(done // cut)) if cut else 0
+        parts[index].append(read)
+        done += read[4].numel() * read[4].element_size()
+    return [p for p in parts if p]
+
+
+def _read_run(run: list[Read]) -> None:
+    for reader, key, lo, hi, out in run:
+        reader.read_into(key, lo, hi, out)
 
 
 def _shard_of(value: torch.Tensor, rank: int) -> tuple[torch.Tensor, int, bool]:

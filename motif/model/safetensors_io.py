@@ -128,17 +128,14 @@ def map_tensor(entry: TensorEntry, fd: int) -> torch.Tensor:
     source that nothing else writes while it is read, as a growth's input."""
     if entry.nbytes == 0:
         return torch.empty(entry.shape, dtype=entry.dtype)
-    start = entry.offset - entry.offset % mmap.ALLOCATIONGRANULARITY
-    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
     try:
         # From a cold cache, faulting the pages in would read 128 KB at a time (the fault path's
         # readahead); asked for the whole range first, the kernel reads it in large requests.
         os.posix_fadvise(fd, entry.offset, entry.nbytes, os.POSIX_FADV_WILLNEED)
-        mapping = mmap.mmap(fd, entry.offset + entry.nbytes - start, flags=flags, prot=mmap.PROT_READ, offset=start)
+        mapping, skip = _map_pages(fd, entry.offset, entry.nbytes)
     except OSError as e:
         raise CheckpointError(f"{entry.path}: cannot read tensor {entry.name}: {e.strerror or e}") from None
-    view = memoryview(mapping)[entry.offset - start :]
-    return frombuffer_readonly(view, entry.dtype).reshape(entry.shape)
+    return frombuffer_readonly(memoryview(mapping)[skip:], entry.dtype).reshape(entry.shape)
 
 
 def read_into_buffer(entry: TensorEntry, view: memoryview, fd: int, stream: FileStream | None = None) -> None:
@@ -316,18 +313,25 @@ def _mapped(fd: int, offset: int, nbytes: int) -> Iterator[tuple[int, memoryview
     has just brought into the cache. A view is valid until the next one is asked for."""
     end = offset + nbytes
     while offset < end:
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
         stop = min(end, offset + _HASH_CHUNK)
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        with mmap.mmap(fd, stop - start, flags=flags, prot=mmap.PROT_READ, offset=start) as mapping:
+        mapping, skip = _map_pages(fd, offset, stop - offset)
+        with mapping:
             whole = memoryview(mapping)
-            view = whole[offset - start :]
+            view = whole[skip:]
             try:
                 yield offset, view
             finally:
                 view.release()
                 whole.release()
         offset = stop
+
+
+def _map_pages(fd: int, offset: int, nbytes: int) -> tuple[mmap.mmap, int]:
+    """A read-only mapping of bytes [offset, offset + nbytes) of `fd`, its pages populated at once, and
+    where `offset` falls in it (a mapping starts on a page boundary)."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    return mmap.mmap(fd, offset + nbytes - start, flags=flags, prot=mmap.PROT_READ, offset=start), offset - start
 
 
 def frombuffer_readonly(data: memoryview, dtype: torch.dtype) -> torch.Tensor:

@@ -72,7 +72,7 @@ def checkpoint_cost(stage: Any, rank_bytes: int, step_seconds: float) -> dict[st
     seconds = node_bytes / (c.storage_gb_s * 1e9)
     between = c.every_steps * step_seconds
     stall = seconds
-    if getattr(c, "async_mode", "disabled") == "async":
+    if c.async_mode == "async":
         stall = rank_bytes / (HOST_COPY_GB_S * 1e9) + max(0.0, seconds - between)
     return {
         "checkpoint_bytes": rank_bytes * p.world_size // p.replicate,

@@ -119,7 +119,7 @@ def test_a_checkpoint_costs_a_nodes_bytes_over_its_storage_bandwidth():
 
     stage = SimpleNamespace(
         parallel=SimpleNamespace(procs_per_node=8, world_size=64, replicate=8),
-        checkpoint=SimpleNamespace(storage_gb_s=5.0, every_steps=100),
+        checkpoint=SimpleNamespace(storage_gb_s=5.0, every_steps=100, async_mode="disabled"),
     )
     cost = checkpoint_cost(stage, 10**9, step_seconds=10.0)
     assert cost["checkpoint_bytes_per_node"] == 8 * 10**9

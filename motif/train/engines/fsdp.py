@@ -252,9 +252,6 @@ class FsdpEngine:
                 local, start, _ = _shard_of(value, self.world.rank)
                 reads += _reads_for(chunks, key, local, start, directory)
             reads.sort(key=lambda r: (r[0].source, r[0].entry(r[1]).offset, r[2]))
-            for reader in {r[0] for r in reads}:  # one stream per file before the threads ask for it
-                if reader.verifier is not None:
-                    reader.verifier.stream(Path(reader.source))
             # In file order, in as many contiguous runs as this rank has cores to itself: each run's
             # bytes are hashed as the checksum's order allows (`FileStream` keeps a run read ahead).
             runs = _split_by_bytes(reads, _reading_threads(self.stage.parallel.procs_per_node))
@@ -313,13 +310,11 @@ Read = tuple["TensorReader", str, int, int, torch.Tensor]  # reader, key, first,
 
 def _split_by_bytes(reads: list[Read], runs: int) -> list[list[Read]]:
     """`reads` (in file order) cut into at most `runs` contiguous runs of about equal bytes."""
-    total = sum(out.numel() * out.element_size() for *_, out in reads)
-    cut, done = total / runs, 0
+    cut, done = sum(out.nbytes for *_, out in reads) / runs, 0
     parts: list[list[Read]] = [[] for _ in range(runs)]
     for read in reads:
-        index = min(runs - 1, int(done // cut)) if cut else 0
-        parts[index].append(read)
-        done += read[4].numel() * read[4].element_size()
+        parts[min(runs - 1, int(done // cut)) if cut else 0].append(read)
+        done += read[4].nbytes
     return [p for p in parts if p]
 
 

@@ -20,7 +20,9 @@ from motif.growth.operators import GrowthPlan
 from motif.growth.targets import GrowthTargets, shape_dict
 from motif.model.checkpoint import CONFIG_NAME, Checkpoint
 
-FORMAT = "motif-growth/1"
+# 2: new entries are drawn region by region, each region with a generator of its own (1: one
+# generator per tensor). An output of another format holds other values for the same request.
+FORMAT = "motif-growth/2"
 
 
 FINGERPRINT = "sha256-of-xxh3"
@@ -65,7 +67,7 @@ def request_mismatch(
     recorded = prov.get("source")
     src: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     if prov.get("format") != FORMAT:
-        return f"was grown from another request (growth.json format {prov.get('format')!r})"
+        return f"was grown by another version of motif (growth.json format {prov.get('format')!r}, not {FORMAT})"
     if src.get("path") != source:
         return f"was grown from another request (source {src.get('path')})"
     if src.get("fingerprint") != fingerprint:

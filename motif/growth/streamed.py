@@ -17,22 +17,23 @@ The output gets its own checksum record, computed while it is written.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from motif.errors import CheckpointError
-from motif.growth.operators import GrowthPlan, plan_growth
+from motif.growth.operators import GrowthPlan, TensorPlan, plan_growth
 from motif.growth.optimizer_state import grow_optimizer_file
 from motif.growth.provenance import make_provenance, source_fingerprint
 from motif.growth.targets import GrowthTargets, check_seed
-from motif.growth.tensors import CHUNK_BYTES, grow_tensor
+from motif.growth.tensors import SCRATCH_BYTES, grow_tensor
 from motif.model.checkpoint import (
     CHECKSUMS_NAME,
     CONFIG_NAME,
@@ -60,7 +61,7 @@ from motif.model.safetensors_io import (
     read_header,
 )
 from motif.model.verify import check_finite, check_record, feed_tensor
-from motif.storage import integrity
+from motif.storage import direct, integrity
 from motif.storage.atomic import atomic_dir, check_replaceable
 from motif.storage.integrity import SequentialHash
 from motif.storage.lease import Lease, acquire
@@ -148,8 +149,8 @@ def preflight(ckpt: Checkpoint, plan: GrowthPlan, dst: Path) -> None:
         tp = plan.tensors[name]
         if tp.zero or tp.is_copy:
             continue  # a hole, or a kernel copy: no tensor in memory
-        # the source tensor, its grown form, and the chunks grow_tensor works in
-        here = ckpt.entries[tp.source].nbytes + _nbytes(dtype, shape) + 2 * CHUNK_BYTES
+        # the source tensor, its grown form, grow_tensor's draws and the direct writer's buffers
+        here = ckpt.entries[tp.source].nbytes + _nbytes(dtype, shape) + SCRATCH_BYTES + direct.MEMORY_BYTES
         if here > need:
             need, largest = here, name
     optimizer = ckpt.path / OPTIMIZER_NAME
@@ -157,7 +158,7 @@ def preflight(ckpt: Checkpoint, plan: GrowthPlan, dst: Path) -> None:
     if opt_bytes:  # two fp32 moments of the largest tensor, source and grown, held at once
         biggest = max(plan.tensors.values(), key=lambda tp: math.prod(tp.shape))
         source = math.prod(ckpt.entries[biggest.source].shape)
-        opt_need = 2 * 4 * (math.prod(biggest.shape) + source) + 2 * CHUNK_BYTES
+        opt_need = 2 * 4 * (math.prod(biggest.shape) + source) + SCRATCH_BYTES
         if opt_need > need:
             need, largest = opt_need, f"optimizer moments of {biggest.source}"
     if largest is not None:
@@ -199,30 +200,30 @@ def _write_weights(
     shards = plan_shards(specs, shard_bytes)
     names = shard_names(plan.args, len(shards))
     known: dict[str, str] = {}
+    buffer = _GrowthBuffer(plan, specs)
     fds: dict[Path, int] = {}
     hashes: dict[Path, SequentialHash] = {}
     try:
         for path in sorted({e.path for e in ckpt.entries.values()}):
             fds[path] = os.open(path, os.O_RDONLY)
             hashes[path] = SequentialHash(path, fds[path])
-        with Writeback() as writeback:  # a closed shard is handed to the disk while the next is written
+        # A closed shard is handed to the disk while the next is written. The growth's threads draw
+        # in parallel; this thread's own torch calls keep to one core, so that its idle OpenMP
+        # team does not spin against them.
+        with Writeback() as writeback, _intra_op_threads(1):
             for shard, file in zip(shards, names, strict=True):
-                writer = SafetensorsWriter(tmp / file, shard, writeback=writeback)
-                for name, dtype, _ in shard:
-                    tp = plan.tensors[name]
-                    entry = ckpt.entries[tp.source]
-                    if tp.zero:
-                        writer.zeros(name)
-                    elif tp.is_copy:
-                        writer.copy(name, fds[entry.path], entry.offset, _checked(hashes[entry.path], entry))
-                    else:
-                        source = map_tensor(entry, fds[entry.path])
-                        feed_tensor(hashes[entry.path], entry.offset, source)
-                        check_finite(source, str(entry.path), entry.name)
-                        writer.write(name, grow_tensor(tp, source, name, seed).to(dtype))
-                        del source
-                    bar.update(_nbytes(dtype, tp.shape))
-                known[file] = writer.close()
+                # A shard grown in memory is written past the page cache while the next tensor grows;
+                # one of byte-for-byte copies is written by kernel copies, which cost no CPU.
+                grown_only = not any(plan.tensors[name].is_copy for name, _, _ in shard)
+                writer = SafetensorsWriter(tmp / file, shard, writeback=writeback, direct=grown_only)
+                try:
+                    for name, dtype, _ in shard:
+                        _write_tensor(writer, name, plan.tensors[name], ckpt, fds, hashes, buffer.take(dtype), seed)
+                        bar.update(_nbytes(dtype, plan.tensors[name].shape))
+                    known[file] = writer.close()
+                except BaseException:
+                    writer.abort()  # its thread and its file; the caller removes the directory
+                    raise
         # Tensors no output needs (a tied checkpoint's head, zeroed sources) are read here, once.
         source_sums = {path.name: h.finish() for path, h in hashes.items()}
     finally:
@@ -230,6 +231,54 @@ def _write_weights(
             os.close(fd)
     write_index(tmp, plan.args, shards, names)
     return known, source_sums
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _write_tensor(
+    writer: SafetensorsWriter,
+    name: str,
+    tp: TensorPlan,
+    ckpt: Checkpoint,
+    fds: dict[Path, int],
+    hashes: dict[Path, SequentialHash],
+    out: Callable[[tuple[int, ...]], torch.Tensor],
+    seed: int,
+) -> None:
+    """One tensor of the output: a hole, a kernel copy, or grown from its mapped source."""
+    entry = ckpt.entries[tp.source]
+    if tp.zero:
+        writer.zeros(name)
+    elif tp.is_copy:
+        writer.copy(name, fds[entry.path], entry.offset, _checked(hashes[entry.path], entry))
+    else:
+        source = map_tensor(entry, fds[entry.path])  # unmapped when this returns
+        feed_tensor(hashes[entry.path], entry.offset, source)
+        check_finite(source, str(entry.path), entry.name)
+        writer.write(name, grow_tensor(tp, source, name, seed, out=out(tp.shape)))
+
+
+class _GrowthBuffer:
+    """One buffer, the size of the largest grown tensor, that every grown tensor is built in: a
+    fresh tensor each time would fault in new pages for every byte written (a third of the time the
+    writes themselves take here)."""
+
+    def __init__(self, plan: GrowthPlan, specs: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> None:
+        made = [(d, shape) for name, d, shape in specs if not (plan.tensors[name].zero or plan.tensors[name].is_copy)]
+        grown = [_nbytes(d, shape) for d, shape in made]
+        self._bytes = torch.empty(max(grown, default=0), dtype=torch.uint8)
+
+    def take(self, dtype: torch.dtype) -> Callable[[tuple[int, ...]], torch.Tensor]:
+        """A tensor of `dtype` and a given shape, in the buffer (valid until the next one)."""
+        return lambda shape: self._bytes[: _nbytes(dtype, shape)].view(dtype).view(shape)
 
 
 def _checked(hashed: SequentialHash, entry: TensorEntry) -> Callable[[int, memoryview], None]:

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from motif.errors import CheckpointError
+from motif.storage.direct import DirectWriter
 from motif.storage.integrity import FileStream, Hasher
 
 DTYPES: dict[str, torch.dtype] = {
@@ -172,9 +173,12 @@ class SafetensorsWriter:
         specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
         metadata: dict[str, str] | None = None,
         writeback: Writeback | None = None,
+        direct: bool = False,
     ) -> None:
         """`writeback`: where `close()` hands the file to have its writeback started and be closed
-        while the next file is written; without one, `close()` does that itself."""
+        while the next file is written; without one, `close()` does that itself. `direct`: write
+        past the page cache on a thread of its own (`DirectWriter`), for files written from memory
+        while the caller computes the next tensor; a kernel copy is then a read and a write."""
         self.path = path
         self._writeback = writeback
         header: dict[str, Any] = {"__metadata__": {"format": "pt", **(metadata or {})}}
@@ -196,9 +200,16 @@ class SafetensorsWriter:
         self._reader = _ReadThrough()
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         os.fchmod(self._fd, FILE_MODE)  # the umask must not make it private
+        self._direct = DirectWriter(self._fd, path) if direct else None
         head = struct.pack("<Q", len(raw)) + raw
-        _write_all(self._fd, memoryview(head))
+        self._put(memoryview(head))
         self._hasher.update(head)
+
+    def _put(self, data: memoryview) -> None:
+        if self._direct is not None:
+            self._direct.write(data)
+        else:
+            _write_all(self._fd, data)
 
     def _expect(self, name: str) -> int:
         want, nbytes = self._order[self._next]
@@ -216,7 +227,7 @@ class SafetensorsWriter:
             )
         if nbytes:
             data = t.view(-1).view(torch.uint8).numpy().data
-            _write_all(self._fd, data)
+            self._put(data)
             self._hasher.update(data)
 
     def copy(
@@ -230,6 +241,12 @@ class SafetensorsWriter:
         consumers: list[Callable[[int, memoryview], None]] = [lambda offset, data: self._hasher.update(data)]
         if on_read is not None:
             consumers.append(on_read)
+        if self._direct is not None:  # no kernel copy into a file written past the cache
+            consumers.append(lambda offset, data: self._put(data))
+            for offset, view in _mapped(src_fd, src_offset, nbytes):
+                for consume in consumers:
+                    consume(offset, view)
+            return
         while done < nbytes:
             chunk = min(nbytes - done, _COPY_CHUNK)
             try:
@@ -247,7 +264,10 @@ class SafetensorsWriter:
     def zeros(self, name: str) -> None:
         """An all-zero tensor as a hole in the file: it reads as zeros and costs no disk write."""
         nbytes = self._expect(name)
-        os.lseek(self._fd, nbytes, os.SEEK_CUR)
+        if self._direct is not None:  # written: a direct write cannot leave a hole mid-buffer
+            self._direct.zeros(nbytes)
+        else:
+            os.lseek(self._fd, nbytes, os.SEEK_CUR)
         self._hasher.zeros(nbytes)
 
     def close(self) -> str:
@@ -255,17 +275,24 @@ class SafetensorsWriter:
         writeback starts now, so it overlaps the writing of the next file. Returns the checksum."""
         if self._next != len(self._order):
             raise RuntimeError(f"{self.path}: {len(self._order) - self._next} tensors were never written")
-        os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_CUR))  # a trailing hole still counts
+        finish = None
+        if self._direct is not None:  # its thread's last writes are waited for with the writeback
+            self._direct.flush()
+            finish, self._direct = self._direct.close, None
+        else:
+            os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_CUR))  # a trailing hole still counts
         fd, self._fd = self._fd, -1
         self._reader.close()
         if self._writeback is not None:
-            self._writeback.submit(fd)
+            self._writeback.submit(fd, finish)
         else:
-            _start_writeback(fd)
+            _start_writeback(fd, finish)
         return self._hasher.text()
 
     def abort(self) -> None:
         """Close after a failed write (the caller removes the partial file's directory)."""
+        if self._direct is not None:
+            self._direct.abort()
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
@@ -282,8 +309,9 @@ class Writeback:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="motif-writeback")
         self._pending: list[Future[None]] = []
 
-    def submit(self, fd: int) -> None:
-        self._pending.append(self._pool.submit(_start_writeback, fd))
+    def submit(self, fd: int, finish: Callable[[], object] | None = None) -> None:
+        """`finish`: what the file's writing still has to do first (a direct writer's last writes)."""
+        self._pending.append(self._pool.submit(_start_writeback, fd, finish))
 
     def __enter__(self) -> Writeback:
         return self
@@ -296,12 +324,14 @@ class Writeback:
             self._pool.shutdown(wait=True)
 
 
-def _start_writeback(fd: int) -> None:
+def _start_writeback(fd: int, finish: Callable[[], object] | None = None) -> None:
     """Start the writeback of a closed file's dirty pages, then close it. Submitting a few hundred MB
     to the disk is CPU work in the kernel (ext4 allocates the blocks now): done on a writeback thread,
     it overlaps the writing of the next file. It also keeps a 200 GB growth from evicting everything
     else from the page cache."""
     try:
+        if finish is not None:
+            finish()
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)

@@ -130,7 +130,10 @@ def atomic_dir(
         _replace(tmp, dst)
     except (OSError, _safetensor_error()) as e:  # a full disk or a failing volume: one line, not a traceback
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
+        if isinstance(e, OSError) and e.strerror:  # a write to an fd names no file
+            reason = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+        else:
+            reason = str(e)
         kept = "its previous contents are untouched" if dst.exists() else "nothing was written there"
         raise WriteError(f"{dst}: cannot write ({reason}); the partial write was removed, {kept}") from None
     except BaseException:

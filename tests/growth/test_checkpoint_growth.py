@@ -59,6 +59,23 @@ def test_streamed_growth_equals_in_memory_growth(src, tmp_path, tokens):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # no temporary left
 
 
+@pytest.mark.parametrize("region", [64, 1 << 18])
+def test_new_entries_are_the_same_on_any_number_of_threads_and_streamed(src, tmp_path, monkeypatch, region):
+    """Each region of new entries has its own generator: one thread or two, in memory or streamed
+    (written past the page cache), the values are the same."""
+    monkeypatch.setattr("motif.growth.tensors.DRAW_ELEMENTS", region)  # 64: many regions per tensor
+    grown = {}
+    for threads in (1, 2):
+        monkeypatch.setattr("motif.growth.tensors.DRAW_THREADS", threads)
+        model, _ = grow_model(motif.load(src), WIDTH, seed=5)
+        grown[threads] = model.state_dict()
+    grow_checkpoint(src, tmp_path / "dst", WIDTH, seed=5)
+    streamed = motif.load(tmp_path / "dst").state_dict()
+    for name, one in grown[1].items():
+        assert torch.equal(one, grown[2][name]) and torch.equal(one, streamed[name]), name
+    assert grown[1]["model.embed_tokens.weight"][:, -1].abs().sum() > 0  # a new column, drawn
+
+
 def test_grown_model_round_trips_with_its_masks(make, tmp_path, tokens):
     grown, _ = grow_model(make(), GrowthTargets(layers=8, hidden=48), depth_method="msg")
     grown.set_growth_mask(0.3)

@@ -310,6 +310,19 @@ def test_a_full_disk_under_a_grow_output_fails_cleanly_and_keeps_the_old_output(
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
+def test_a_width_growth_whose_file_cannot_be_written_fails_cleanly(zygote, source_checkpoint, tmp_path):
+    """Width growth writes past the page cache on a thread of its own: a write refused by the system
+    (here EFBIG, past a file-size limit) is still one error line, exit 2, and nothing left behind."""
+    argv = ["grow", str(source_checkpoint), str(tmp_path / "wide"), "--hidden", "384", "--heads", "6"]
+    child = zygote.spawn(argv, tmp_path, tmp_path / "w.log", fsize=4 << 20)  # the first shard is larger
+    assert child.wait() == 2, child.text()[-3000:]
+    line = _error_line(child.text(), "grow")
+    assert f"{tmp_path / 'wide'}: cannot write" in line and "nothing was written there" in line, line
+    assert re.search(r"/\.wide\.partial-[^/]+/motif-model[^/]*\.safetensors: File too large\)", line), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.log"]
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():

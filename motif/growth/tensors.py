@@ -115,6 +115,14 @@ def _grow_2d(
 _POOL: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    global _POOL
+    _POOL = None  # a forked child has none of the parent's threads: it starts its own
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _run(jobs: list[Callable[[], None]]) -> None:
     """Run jobs that write disjoint parts of one tensor, on DRAW_THREADS threads (torch releases
     the GIL while it draws and copies; each thread keeps to one core of its own)."""

@@ -149,15 +149,16 @@ class SequentialHash:
         if not len(data) or end <= self.pos:
             return  # nothing read, or read again: already in the hash
         if offset > self.pos:
-            self._hash_to(offset)
+            self.hash_to(offset)
         self.hasher.update(data[self.pos - offset :])
         self.pos = end
 
     def finish(self) -> str:
-        self._hash_to(os.fstat(self.fd).st_size)
+        self.hash_to(os.fstat(self.fd).st_size)
         return self.hasher.text()
 
-    def _hash_to(self, end: int) -> None:
+    def hash_to(self, end: int) -> None:
+        """Hash the file's bytes up to `end`, reading what no caller fed."""
         if self.pos < end:
             self.read_for_hash += end - self.pos
             self.pos = hash_range(self.fd, self.pos, end, self.hasher, self.path)
@@ -201,6 +202,21 @@ class FileStream:
                     first = min(self._ahead)
                     self.sequence.feed(first, self._ahead.pop(first))
             except (CheckpointError, OSError) as e:  # reading a gap: reported by `finish`
+                self._failed = e
+
+    def read_before(self, offset: int) -> None:
+        """Hash the bytes before `offset` now, from the file: no load reads them (a safetensors
+        header), and until they are hashed every chunk read after them would wait in `_ahead`
+        for `finish`, hashed there on one thread after all the reading."""
+        with self._lock:
+            if self._failed is not None or offset <= self.sequence.pos:
+                return
+            try:
+                self.sequence.hash_to(offset)
+                while self._ahead and min(self._ahead) <= self.sequence.pos:
+                    first = min(self._ahead)
+                    self.sequence.feed(first, self._ahead.pop(first))
+            except (CheckpointError, OSError) as e:
                 self._failed = e
 
     def finish(self) -> str | None:

@@ -13,6 +13,7 @@ import math
 import os
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -22,6 +23,44 @@ import torch
 from motif.errors import CheckpointError
 from motif.model.safetensors_io import TensorEntry, read_header, read_into_buffer, read_tensor
 from motif.storage.integrity import FileStream, ReadVerifier
+
+Read = tuple["TensorReader", str, int, int, torch.Tensor]  # reader, tensor, first, last element, into
+
+
+def reading_threads(ranks_per_node: int) -> int:
+    """Threads a rank reads its checkpoint files with: two where it has two cores to itself (a
+    single reading thread leaves the second idle), else one (more would only queue for the cores)."""
+    return 2 if (os.cpu_count() or 1) >= 2 * ranks_per_node else 1
+
+
+def read_all(reads: list[Read], threads: int) -> None:
+    """Do `reads`, sorted into file order and cut into `threads` contiguous runs of about equal bytes,
+    one thread each: each run's bytes are hashed as the checksum's order allows (`FileStream` keeps
+    a run read ahead of the hashed prefix until the prefix reaches it)."""
+    reads = sorted(reads, key=lambda r: (r[0].source, r[0].entry(r[1]).offset, r[2]))
+    runs = split_by_bytes(reads, threads)
+    if len(runs) < 2:
+        _read_run(reads)
+        return
+    with ThreadPoolExecutor(len(runs)) as pool:
+        for done in [pool.submit(_read_run, run) for run in runs]:
+            done.result()
+
+
+def split_by_bytes(reads: list[Read], runs: int) -> list[list[Read]]:
+    """`reads` (in file order) cut into at most `runs` contiguous runs of about equal bytes."""
+    cut, done = sum(out.nbytes for *_, out in reads) / runs, 0
+    parts: list[list[Read]] = [[] for _ in range(runs)]
+    for read in reads:
+        parts[min(runs - 1, int(done // cut)) if cut else 0].append(read)
+        done += read[4].nbytes
+    return [p for p in parts if p]
+
+
+@torch.no_grad()  # per thread: the memory read into may be a leaf that requires grad
+def _read_run(run: list[Read]) -> None:
+    for reader, key, lo, hi, out in run:
+        reader.read_into(key, lo, hi, out)
 
 
 class TensorReader:
@@ -34,6 +73,9 @@ class TensorReader:
         self.bytes_read = 0
         self._fds: dict[Path, int] = {}
         self._lock = threading.Lock()  # threads may read parts of one reader at once
+        self._data_start: dict[Path, int] = {}  # per file: where its header ends and its tensors begin
+        for e in entries.values():
+            self._data_start[e.path] = min(e.offset, self._data_start.get(e.path, e.offset))
 
     @classmethod
     def checkpoint(cls, path: str | Path) -> TensorReader:
@@ -97,7 +139,10 @@ class TensorReader:
         return self.read_flat(name, 0, math.prod(shape)).reshape(shape)
 
     def _stream(self, path: Path) -> FileStream | None:
-        return self.verifier.stream(path) if self.verifier is not None else None
+        stream = self.verifier.stream(path) if self.verifier is not None else None
+        if stream is not None:
+            stream.read_before(self._data_start[path])  # the header: no read brings it (no-op after once)
+        return stream
 
     def _fd(self, path: Path) -> int:
         with self._lock:

@@ -76,6 +76,29 @@ def test_new_entries_are_the_same_on_any_number_of_threads_and_streamed(src, tmp
     assert grown[1]["model.embed_tokens.weight"][:, -1].abs().sum() > 0  # a new column, drawn
 
 
+def test_a_process_forked_after_a_growth_grows_too(src, monkeypatch):
+    """The drawing threads are the parent's: a forked child (a launcher, a worker) starts its own."""
+    import time
+
+    monkeypatch.setattr("motif.growth.tensors.DRAW_THREADS", 2)
+    parent, _ = grow_model(motif.load(src), WIDTH, seed=5)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only with the parent's values
+        code = 1
+        try:
+            child, _ = grow_model(motif.load(src), WIDTH, seed=5)
+            code = 0 if all(torch.equal(v, child.state_dict()[k]) for k, v in parent.state_dict().items()) else 3
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, "the forked child did not grow"
+
+
 def test_grown_model_round_trips_with_its_masks(make, tmp_path, tokens):
     grown, _ = grow_model(make(), GrowthTargets(layers=8, hidden=48), depth_method="msg")
     grown.set_growth_mask(0.3)

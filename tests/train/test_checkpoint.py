@@ -188,7 +188,7 @@ def test_a_load_checks_every_file_from_the_bytes_it_reads_and_names_a_changed_on
 
     tensors = {f"w{i}": torch.randn(64, 33) for i in range(4)}
     read_back: dict[str, torch.Tensor] = {}
-    streams = []
+    streams, hashed_while_reading = [], []
 
     class Tensors:
         name = "ddp"
@@ -202,6 +202,7 @@ def test_a_load_checks_every_file_from_the_bytes_it_reads_and_names_a_changed_on
                     read_back[key] = torch.empty_like(value)
                     reader.read_into(key, 0, value.numel(), read_back[key].view(-1))
             streams.append(verifier.streams["model.safetensors"])
+            hashed_while_reading.append(streams[-1].sequence.pos)
 
     m = CheckpointManager(tmp_path / "ck", 2, WORLD, tensors=Tensors())
     path = m.save(4, {"stage": "s"})
@@ -211,6 +212,7 @@ def test_a_load_checks_every_file_from_the_bytes_it_reads_and_names_a_changed_on
     (stream,) = streams
     assert stream.sequence.pos == size  # every byte is in the checksum...
     assert stream.sequence.read_for_hash < 1024  # ...and only the header was read for it alone: one pass
+    assert hashed_while_reading == [size]  # as the reads went, not all at the end after them
 
     victim = path / "model.safetensors"
     data = bytearray(victim.read_bytes())

@@ -38,7 +38,7 @@ from motif.model import Llama, ModelArgs
 from motif.train import optimizer as optim
 from motif.train.dist import World
 from motif.train.engines import Snapshot, StepResult, held, loss_sums
-from motif.train.slices import TensorReader, overlaps, write_tensors
+from motif.train.slices import Read, TensorReader, overlaps, write_tensors
 from motif.train.start import MOMENTS, MomentSource, WeightSource
 
 if TYPE_CHECKING:
@@ -208,8 +208,17 @@ class DeepSpeedEngine:
 
         `fill(name, start, stop, out)` writes elements [start, stop) of that tensor into `out`.
         """
-        from deepspeed.utils import safe_set_local_fp32_param, safe_set_local_optimizer_state
+        for name, p, start, stop, value, owned in self._partitions(key, only):
+            if stop > start:
+                fill(name, start, stop, value[: stop - start])
+            self._finish_partition(key, p, value, owned)
 
+    @torch.no_grad()
+    def _partitions(
+        self, key: str, only: Callable[[str], bool] = lambda name: True
+    ) -> Iterator[tuple[str, torch.nn.Parameter, int, int, torch.Tensor, bool]]:
+        """(name, parameter, first and last element, the memory to fill, whether it is DeepSpeed's own)
+        of this rank's partition of `key` for each trained parameter; the padding is zeroed already."""
         for name, p in self.params.items():
             if not only(name):
                 continue
@@ -217,19 +226,23 @@ class DeepSpeedEngine:
             own = self._own_partition(key, p, size)
             value = own if own is not None else torch.empty(size, dtype=torch.float32)
             value[stop - start :] = 0.0  # the partition's padding
-            if stop > start:
-                fill(name, start, stop, value[: stop - start])
-            value = value.to(self.world.device)
-            if own is not None:  # filled in place: only the compute copy is left to set
-                if key == "param":
-                    zero(p).ds_tensor.data.copy_(value.to(zero(p).ds_tensor.dtype))
-                continue
+            yield name, p, start, stop, value, own is not None
+
+    @torch.no_grad()
+    def _finish_partition(self, key: str, p: torch.nn.Parameter, value: torch.Tensor, owned: bool) -> None:
+        """Hand a filled partition to DeepSpeed (`owned`: filled in place, only the compute copy is left)."""
+        from deepspeed.utils import safe_set_local_fp32_param, safe_set_local_optimizer_state
+
+        value = value.to(self.world.device)
+        if owned:
             if key == "param":
-                safe_set_local_fp32_param(p, value)
-                with torch.no_grad():  # and the compute copy DeepSpeed gathers for forward
-                    zero(p).ds_tensor.data.copy_(value.to(zero(p).ds_tensor.dtype))
-            else:
-                safe_set_local_optimizer_state(p, value, key)
+                zero(p).ds_tensor.data.copy_(value.to(zero(p).ds_tensor.dtype))
+            return
+        if key == "param":
+            safe_set_local_fp32_param(p, value)
+            zero(p).ds_tensor.data.copy_(value.to(zero(p).ds_tensor.dtype))  # the copy forward gathers
+        else:
+            safe_set_local_optimizer_state(p, value, key)
 
     def _own_partition(self, key: str, p: torch.nn.Parameter, size: int) -> torch.Tensor | None:
         """DeepSpeed's own fp32 memory of this rank's partition of `key`, to be filled in place (a
@@ -332,13 +345,33 @@ class DeepSpeedEngine:
             except (KeyError, json.JSONDecodeError):
                 raise CheckpointError(f"{f}: no {META_KEY} metadata (not written by engine deepspeed)") from None
         try:
-            for key in ("param", *MOMENTS):
-                self._set_local(key, functools.partial(_assemble, saved, directory, key))
+            self._read_partitions(saved, directory)
             steps = {n: s for _, meta in saved for n, s in meta["steps"].items()}
             self._load_steps(steps, directory)
         finally:
             for reader, _ in saved:
                 reader.close()
+
+    @torch.no_grad()
+    def _read_partitions(self, saved: list[tuple[TensorReader, dict[str, Any]]], directory: Path) -> None:
+        """Every partition this rank owns, read in file order on as many threads as it has cores to
+        itself, straight into DeepSpeed's memory; a partition that lives elsewhere (a GPU) goes
+        through a host buffer, one at a time."""
+        from motif.train.slices import read_all, reading_threads
+
+        reads, filled = [], []
+        for key in ("param", *MOMENTS):
+            for name, p, start, stop, value, owned in self._partitions(key):
+                found = _reads(saved, directory, key, name, start, stop, value[: stop - start])
+                if owned:
+                    reads += found
+                    filled.append((key, p, value))
+                    continue
+                read_all(found, 1)
+                self._finish_partition(key, p, value, owned)
+        read_all(reads, reading_threads(self.stage.parallel.procs_per_node))
+        for key, p, value in filled:
+            self._finish_partition(key, p, value, owned=True)
 
     def _load_steps(self, steps: dict[str, float], directory: Path) -> None:
         inner = self.optimizer.optimizer
@@ -396,7 +429,7 @@ class DeepSpeedEngine:
         pass
 
 
-def _assemble(
+def _reads(
     saved: list[tuple[TensorReader, dict[str, Any]]],
     directory: Path,
     key: str,
@@ -404,17 +437,17 @@ def _assemble(
     start: int,
     stop: int,
     out: torch.Tensor,
-) -> None:
-    """Elements [start, stop) of `key.name` into `out`, from the saved partitions that overlap them."""
+) -> list[Read]:
+    """The reads that put elements [start, stop) of `key.name` into `out`, from the saved partitions
+    that overlap them."""
     ranges: list[tuple[TensorReader, int, int]] = []
     for reader, meta in saved:
         if name in meta["ranges"]:
             a, b, _ = meta["ranges"][name]  # elements [a, b) of the whole tensor, and its shape
             ranges.append((reader, a, b))
     found = overlaps(ranges, start, stop)
-    for reader, a, b, lo, hi in found:
-        reader.read_into(f"{key}.{name}", a, b, out[lo:hi])
     if sum(hi - lo for *_, lo, hi in found) != stop - start:
         raise CheckpointError(
             f"{directory}: {key}.{name}: elements {start}..{stop} are not all in the saved partitions"
         )
+    return [(reader, f"{key}.{name}", a, b, out[lo:hi]) for reader, a, b, lo, hi in found]

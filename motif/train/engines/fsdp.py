@@ -22,9 +22,7 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, cast
@@ -245,19 +243,15 @@ class FsdpEngine:
     def load(self, directory: Path, verifier: ReadVerifier) -> None:
         """This rank's rows of every tensor, read straight into its shards from the saved shards that
         hold them (any world size), in file order so the checksums are taken on the way."""
+        from motif.train.slices import read_all, reading_threads
+
         chunks = _saved_chunks(directory / CHECKPOINT_DIR, verifier, self.world.rank, self.world.world_size)
         try:
             reads = []
             for key, value in self._state().items():
                 local, start, _ = _shard_of(value, self.world.rank)
                 reads += _reads_for(chunks, key, local, start, directory)
-            reads.sort(key=lambda r: (r[0].source, r[0].entry(r[1]).offset, r[2]))
-            # In file order, in as many contiguous runs as this rank has cores to itself: each run's
-            # bytes are hashed as the checksum's order allows (`FileStream` keeps a run read ahead).
-            runs = _split_by_bytes(reads, _reading_threads(self.stage.parallel.procs_per_node))
-            with ThreadPoolExecutor(len(runs)) as pool:
-                for done in [pool.submit(_read_run, run) for run in runs]:
-                    done.result()
+            read_all(reads, reading_threads(self.stage.parallel.procs_per_node))
         finally:
             for reader in {c[0] for found in chunks.values() for c in found}:
                 reader.close()
@@ -297,30 +291,6 @@ class FsdpEngine:
 
     def close(self) -> None:
         pass
-
-
-def _reading_threads(ranks_per_node: int) -> int:
-    """Threads a rank reads its checkpoint files with: two where it has two cores to itself (a
-    single reading thread leaves the second idle), else one (more would only queue for the cores)."""
-    return 2 if (os.cpu_count() or 1) >= 2 * ranks_per_node else 1
-
-
-Read = tuple["TensorReader", str, int, int, torch.Tensor]  # reader, key, first, last element, into
-
-
-def _split_by_bytes(reads: list[Read], runs: int) -> list[list[Read]]:
-    """`reads` (in file order) cut into at most `runs` contiguous runs of about equal bytes."""
-    cut, done = sum(out.nbytes for *_, out in reads) / runs, 0
-    parts: list[list[Read]] = [[] for _ in range(runs)]
-    for read in reads:
-        parts[min(runs - 1, int(done // cut)) if cut else 0].append(read)
-        done += read[4].nbytes
-    return [p for p in parts if p]
-
-
-def _read_run(run: list[Read]) -> None:
-    for reader, key, lo, hi, out in run:
-        reader.read_into(key, lo, hi, out)
 
 
 def _shard_of(value: torch.Tensor, rank: int) -> tuple[torch.Tensor, int, bool]:

@@ -9,7 +9,7 @@ the engines read with `TensorReader`, which hands every chunk to the checkpoint'
 files, side by side, the median of `--repeat` runs each:
 
 * `read + verify`: what a resume does (two files, model and optimizer, as the ddp engine reads
-  them, on two threads);
+  them at W = 1: in file order, cut by bytes into two runs on two threads);
 * `read only`: the same reads with no checksum (the floor of the reading itself);
 * `cat` of the same files to /dev/null (the target's floor: load <= 1.3x cat).
 
@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -57,19 +56,21 @@ def _make(directory: Path, mb: int) -> dict[Path, dict[str, torch.Tensor]]:
 
 
 def _load(directory: Path, into: dict[Path, dict[str, torch.Tensor]], verify: bool) -> float:
+    """The two files read as the ddp engine reads them at W = 1 (`read_all` on two threads)."""
     from motif.storage import integrity
-    from motif.train.slices import TensorReader
-
-    def read(path: Path, verifier: integrity.ReadVerifier | None) -> None:
-        with TensorReader.file(path, verifier) as reader:
-            for key, out in into[path].items():
-                reader.read_into(key, 0, out.numel(), out.view(-1))
+    from motif.train.slices import TensorReader, read_all, reading_threads, whole_reads
 
     t0 = time.perf_counter()
     verifier = integrity.ReadVerifier(directory, integrity.read_record(directory) or {}) if verify else None
-    with ThreadPoolExecutor(len(into)) as pool:
-        for done in [pool.submit(read, path, verifier) for path in into]:
-            done.result()
+    readers = [TensorReader.file(path, verifier) for path in into]
+    try:
+        reads = []
+        for reader, tensors in zip(readers, into.values(), strict=True):
+            reads += whole_reads(reader, list(tensors.items()))
+        read_all(reads, reading_threads(1))
+    finally:
+        for reader in readers:
+            reader.close()
     if verifier is not None:
         problem, checked = verifier.finish()
         assert problem is None and len(checked) == len(into), problem

@@ -47,6 +47,16 @@ def read_all(reads: list[Read], threads: int) -> None:
             done.result()
 
 
+def whole_reads(reader: TensorReader, tensors: list[tuple[str, torch.Tensor]]) -> list[Read]:
+    """The reads that fill each of `tensors` (name, memory) whole from `reader`'s file, in place."""
+    reads: list[Read] = []
+    for key, into in tensors:
+        if key not in reader or reader.shape(key) != tuple(into.shape):
+            raise CheckpointError(f"{reader.source}: no tensor {key} of shape {list(into.shape)}")
+        reads.append((reader, key, 0, into.numel(), into.view(-1) if into.dim() else into.view(1)))
+    return reads
+
+
 def split_by_bytes(reads: list[Read], runs: int) -> list[list[Read]]:
     """`reads` (in file order) cut into at most `runs` contiguous runs of about equal bytes."""
     cut, done = sum(out.nbytes for *_, out in reads) / runs, 0

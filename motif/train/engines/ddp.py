@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from motif.config import StageConfig
-from motif.errors import CheckpointError
 from motif.model import Llama
 from motif.train import optimizer as optim
 from motif.train.dist import World
 from motif.train.engines import Snapshot, StepResult, held, loss_sums
-from motif.train.slices import TensorReader, write_tensors
+from motif.train.slices import TensorReader, read_all, reading_threads, whole_reads, write_tensors
 from motif.train.start import MOMENTS, MomentSource, WeightSource
 
 if TYPE_CHECKING:
@@ -144,25 +143,29 @@ class DdpEngine:
         return write
 
     def load(self, directory: Path, verifier: ReadVerifier) -> None:
-        """Every rank reads both files (each holds them whole), the two at once on threads; each file is
+        """Every rank reads both files (each holds them whole), in file order on as many threads as it
+        has cores to itself, cut by bytes (the optimizer file is twice the model's); each file is
         hashed on the way by one rank only (the others leave it to that rank's checksum)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        def into(name: str) -> list[tuple[str, torch.Tensor]]:
-            if name == MODEL_FILE:
-                return [(key, p.data) for key, p in self.model.named_parameters()]
-            out = []
-            for key, p in self.params.items():
-                state = self.optimizer.state[p]
-                out += [(f"{m}.{key}", state[m]) for m in (*MOMENTS, "step")]
-            return out
-
         files = [directory / MODEL_FILE, directory / OPTIMIZER_FILE]
-        hashes = verifier.share(files, self.world.rank, self.world.world_size)
-        with ThreadPoolExecutor(len(files)) as pool:
-            reads = [pool.submit(_read_file, f, into(f.name), h) for f, h in zip(files, hashes, strict=True)]
-        for done in reads:
-            done.result()
+        readers = []
+        try:
+            for f, hashes in zip(files, verifier.share(files, self.world.rank, self.world.world_size), strict=True):
+                readers.append(TensorReader.file(f, hashes))
+            reads = [read for reader in readers for read in whole_reads(reader, self._tensors_of(reader))]
+            read_all(reads, reading_threads(self.stage.parallel.procs_per_node))
+        finally:
+            for reader in readers:
+                reader.close()
+
+    def _tensors_of(self, reader: TensorReader) -> list[tuple[str, torch.Tensor]]:
+        """The memory each tensor of a checkpoint file is read into: the parameters, or Adam's state."""
+        if Path(reader.source).name == MODEL_FILE:
+            return [(key, p.data) for key, p in self.model.named_parameters()]
+        out = []
+        for key, p in self.params.items():
+            state = self.optimizer.state[p]
+            out += [(f"{m}.{key}", state[m]) for m in (*MOMENTS, "step")]
+        return out
 
     # ---- the stage's output --------------------------------------------------------------------
 
@@ -190,13 +193,3 @@ class DdpEngine:
 
     def close(self) -> None:
         pass
-
-
-@torch.no_grad()
-def _read_file(path: Path, tensors: list[tuple[str, torch.Tensor]], verifier: ReadVerifier | None) -> None:
-    """Read the named tensors of one safetensors file into `tensors`' memory, in place."""
-    with TensorReader.file(path, verifier) as reader:
-        for key, into in tensors:
-            if key not in reader or reader.shape(key) != tuple(into.shape):
-                raise CheckpointError(f"{reader.source}: no tensor {key} of shape {list(into.shape)}")
-            reader.read_into(key, 0, into.numel(), into.view(-1) if into.dim() else into.view(1))

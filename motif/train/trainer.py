@@ -330,6 +330,9 @@ class Trainer:
         guards.compare_data(meta.get("data_files"), self.data_files, path, self.stage)
         # The architecture at that step: masks already removed if the ramp was done.
         growth_aware.apply_mask(self.model, int(meta["step"]), self.ramp_steps)
+        # Ranks finish their set-up at different moments; the load's first collective would count
+        # the last one's lateness as reading time. Timed from when every rank is here.
+        dist.barrier(self.world)
         t0 = time.perf_counter()
         self.checkpoints.load(path)
         seconds = time.perf_counter() - t0

@@ -1,9 +1,9 @@
 """One tensor grown by its plan entry: the only place where growth touches weight values.
 
 New entries are random (normal with the source tensor's std) or, for norm gains, the mean gain.
-A tensor's entries are split into regions of whole rows, at most `CHUNK_BYTES` of fp32 each, fixed
-by the tensor's shape alone; each region of new entries has a generator of its own, seeded from
-the run's seed, the tensor's name and the region. So a tensor grows to the same values whether the
+A tensor's new entries are split into regions of whole rows, at most `DRAW_ELEMENTS` entries each,
+fixed by the tensor's shape alone; each region has a generator of its own, seeded from the run's
+seed, the tensor's name and the region. So a tensor grows to the same values whether the
 model is in memory or streamed from disk, whatever order tensors or regions are processed in, and
 the regions can be drawn on several threads at once (a seeded generator is sequential, and
 drawing is most of width growth's compute). Memory stays at the source, the output and one region

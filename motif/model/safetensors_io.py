@@ -178,7 +178,7 @@ class SafetensorsWriter:
         """`writeback`: where `close()` hands the file to have its writeback started and be closed
         while the next file is written; without one, `close()` does that itself. `direct`: write
         past the page cache on a thread of its own (`DirectWriter`), for files written from memory
-        while the caller computes the next tensor; a kernel copy is then a read and a write."""
+        while the caller computes the next tensor (such a file takes no `copy`)."""
         self.path = path
         self._writeback = writeback
         header: dict[str, Any] = {"__metadata__": {"format": "pt", **(metadata or {})}}
@@ -241,12 +241,8 @@ class SafetensorsWriter:
         consumers: list[Callable[[int, memoryview], None]] = [lambda offset, data: self._hasher.update(data)]
         if on_read is not None:
             consumers.append(on_read)
-        if self._direct is not None:  # no kernel copy into a file written past the cache
-            consumers.append(lambda offset, data: self._put(data))
-            for offset, view in _mapped(src_fd, src_offset, nbytes):
-                for consume in consumers:
-                    consume(offset, view)
-            return
+        if self._direct is not None:  # its ring tracks the file's offset; a kernel copy would not
+            raise RuntimeError(f"{self.path}: a file written past the page cache takes no kernel copies")
         while done < nbytes:
             chunk = min(nbytes - done, _COPY_CHUNK)
             try:

@@ -198,11 +198,15 @@ class FileStream:
                 return
             try:
                 self.sequence.feed(offset, data)
-                while self._ahead and min(self._ahead) <= self.sequence.pos:
-                    first = min(self._ahead)
-                    self.sequence.feed(first, self._ahead.pop(first))
+                self._feed_ahead()
             except (CheckpointError, OSError) as e:  # reading a gap: reported by `finish`
                 self._failed = e
+
+    def _feed_ahead(self) -> None:
+        """Hash the chunks kept ahead that the hashed prefix has now reached (the lock held)."""
+        while self._ahead and min(self._ahead) <= self.sequence.pos:
+            first = min(self._ahead)
+            self.sequence.feed(first, self._ahead.pop(first))
 
     def read_before(self, offset: int) -> None:
         """Hash the bytes before `offset` now, from the file: no load reads them (a safetensors
@@ -213,9 +217,7 @@ class FileStream:
                 return
             try:
                 self.sequence.hash_to(offset)
-                while self._ahead and min(self._ahead) <= self.sequence.pos:
-                    first = min(self._ahead)
-                    self.sequence.feed(first, self._ahead.pop(first))
+                self._feed_ahead()
             except (CheckpointError, OSError) as e:
                 self._failed = e
 

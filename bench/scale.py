@@ -14,7 +14,8 @@ Every rank records its peak RSS (VmHWM) minus its RSS once torch, the engine and
 at W = 4 at most 0.35x of W = 1, and `motif plan`'s estimate for the same stage file (device cpu,
 fp32) within 25% of the measurement. The same run times a step per engine and world size, the
 checkpoint's save and load against `cp -r` + `sync` and `cat` of the same files (targets: at most
-1.3x each, at every W), and for fsdp prints `motif simulate`'s prediction beside the measurement:
+1.3x each, at every W; a ddp checkpoint is not sharded: each of its W ranks reads all of it, against W
+`cat`s at once), and for fsdp prints `motif simulate`'s prediction beside the measurement:
 memory (target 15%) and step time from the step's own operators replayed on this machine (target 30%).
 """
 
@@ -233,9 +234,10 @@ def _simulate(work: Path, world: int) -> dict:
     }
 
 
-def _copy_baseline(path: Path) -> dict:
-    """The same bytes as the checkpoint, copied (`cp -r` + sync) and read (`cat`), for its save and load."""
-    files = [str(f) for f in sorted(path.rglob("*")) if f.is_file()]
+def _copy_baseline(path: Path, readers: int) -> dict:
+    """The same bytes as the checkpoint, copied (`cp -r` + sync) and read (`cat`), for its save and
+    load; `readers` `cat`s at once where every rank reads every file (a replicated checkpoint)."""
+    files = _files(path)
     nbytes = sum(Path(f).stat().st_size for f in files)
     dst = path.parent / "copy"
     t0 = time.perf_counter()
@@ -243,18 +245,27 @@ def _copy_baseline(path: Path) -> dict:
     subprocess.run(["sync", "-f", str(dst)], check=True)
     cp = time.perf_counter() - t0
     shutil.rmtree(dst)
-    t0 = time.perf_counter()
-    subprocess.run(["cat", *files], check=True, stdout=subprocess.DEVNULL)
-    return {"bytes": nbytes, "files": len(files), "cp_sync_s": cp, "cat_s": time.perf_counter() - t0}
+    return {"bytes": nbytes, "files": len(files), "readers": readers, "cp_sync_s": cp, "cat_s": _cat(files, readers)}
 
 
-def _cold_cat(path: Path) -> dict:
+def _cold_cat(path: Path, readers: int) -> dict:
     """`cat` of the checkpoint's files from the disk (the page cache dropped first)."""
-    files = [str(f) for f in sorted(path.rglob("*")) if f.is_file()]
+    files = _files(path)
     cache.drop()
+    return {"cold_cat_s": _cat(files, readers)}
+
+
+def _files(path: Path) -> list[str]:
+    return [str(f) for f in sorted(path.rglob("*")) if f.is_file()]
+
+
+def _cat(files: list[str], readers: int) -> float:
+    """Seconds for `readers` `cat`s of `files` to /dev/null, run at once."""
     t0 = time.perf_counter()
-    subprocess.run(["cat", *files], check=True, stdout=subprocess.DEVNULL)
-    return {"cold_cat_s": time.perf_counter() - t0}
+    cats = [subprocess.Popen(["cat", *files], stdout=subprocess.DEVNULL) for _ in range(readers)]
+    if any(cat.wait() for cat in cats):
+        raise RuntimeError(f"cat {files} failed")
+    return time.perf_counter() - t0
 
 
 def _logged_seconds(log: str, marker: str) -> float | None:
@@ -297,12 +308,14 @@ def main(argv: list[str]) -> int:
             for world in worlds:
                 (work / f"{engine}-{world}.yaml").write_text(yaml.safe_dump({"motif": stage_section(engine, world)}))
                 first = _run_phase(work, engine, world, "none", f"{engine}-{world}-start")
-                io = _copy_baseline(work / "ck/scale/step_00000002")
+                # A ddp rank holds the whole model and optimizer: every rank reads every file.
+                readers = world if engine == "ddp" else 1
+                io = _copy_baseline(work / "ck/scale/step_00000002", readers)
                 second = _run_phase(work, engine, world, "ck/scale/step_00000002", f"{engine}-{world}-resume")
                 io["save_s"] = _logged_seconds(first["log"], "checkpoint ck/scale/step_00000002 written in ")
                 io["load_s"] = _logged_seconds(second["log"], "(read in ")
                 if cache.can_drop():  # the same load from the disk (root only): a restart on a fresh node
-                    io.update(_cold_cat(work / "ck/scale/step_00000002"))
+                    io.update(_cold_cat(work / "ck/scale/step_00000002", readers))
                     cache.drop()
                     cold = _run_phase(work, engine, world, "ck/scale/step_00000002", f"{engine}-{world}-cold")
                     io["cold_load_s"] = _logged_seconds(cold["log"], "(read in ")
@@ -342,9 +355,10 @@ def _report_row(r: dict) -> None:
     step = f"{r['step_s']:.2f} s/step" if r["step_s"] else "-"
     io = r["checkpoint"]
     save = _versus(io.get("save_s"), io["cp_sync_s"], "cp+sync", SAVE_TARGET)
-    load = _versus(io.get("load_s"), io["cat_s"], "cat", LOAD_TARGET)
+    cat = "cat" if io["readers"] == 1 else f"{io['readers']} cats at once (each rank reads all of it)"
+    load = _versus(io.get("load_s"), io["cat_s"], cat, LOAD_TARGET)
     if io.get("cold_load_s"):
-        load += f"; cold cache {_versus(io['cold_load_s'], io['cold_cat_s'], 'cat', LOAD_TARGET)}"
+        load += f"; cold cache {_versus(io['cold_load_s'], io['cold_cat_s'], cat, LOAD_TARGET)}"
     print(
         f"  {r['engine']:<9} W={r['world']}  peak RSS over baseline {r['peak_over_baseline_bytes'] / gib:5.2f} GiB "
         f"(start {r['start_phase_bytes'] / gib:.2f}, resume {r['resume_phase_bytes'] / gib:.2f})   "

@@ -20,6 +20,7 @@ from motif.model.args import ModelArgs
 from motif.model.checkpoint import open_checkpoint, to_dtype
 from motif.model.model import Llama
 from motif.model.safetensors_io import read_tensor
+from motif.storage.reading import open_sequential
 
 # Kept free on each GPU for activations and the logits of a batch ([B, T, V] fp32 on the last one).
 HEADROOM_FRACTION = 0.15
@@ -117,7 +118,7 @@ def load_eval_model(
     try:
         for name, entry in entries:
             if entry.path not in fds:
-                fds[entry.path] = os.open(entry.path, os.O_RDONLY)
+                fds[entry.path] = open_sequential(entry.path)
             state[name] = read_tensor(entry, fds[entry.path]).to(device=param_device(placement, name), dtype=dtype)
             bar.update(entry.nbytes)
     finally:

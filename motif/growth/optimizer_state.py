@@ -34,6 +34,7 @@ from motif.model.model import Llama, new_head_flags
 from motif.model.safetensors_io import SafetensorsWriter, read_header, read_tensor
 from motif.model.verify import feed_tensor
 from motif.storage.integrity import SequentialHash
+from motif.storage.reading import open_sequential
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -152,7 +153,7 @@ def grow_optimizer_file(
     for name, tp in grown:
         specs += [(f"{k}.{name}", torch.float32, tp.shape) for k in MOMENTS] + [(f"step.{name}", torch.float32, ())]
     writer = SafetensorsWriter(dst, specs)
-    fd = os.open(src, os.O_RDONLY)
+    fd = open_sequential(src)
     hashed = SequentialHash(src, fd)
     fresh = 0
     try:

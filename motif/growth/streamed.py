@@ -65,6 +65,7 @@ from motif.storage import direct, integrity
 from motif.storage.atomic import atomic_dir, check_replaceable
 from motif.storage.integrity import SequentialHash
 from motif.storage.lease import Lease, acquire
+from motif.storage.reading import open_sequential
 from motif.storage.space import check_free_space, check_memory, check_writable
 
 
@@ -205,7 +206,7 @@ def _write_weights(
     hashes: dict[Path, SequentialHash] = {}
     try:
         for path in sorted({e.path for e in ckpt.entries.values()}):
-            fds[path] = os.open(path, os.O_RDONLY)
+            fds[path] = open_sequential(path)
             hashes[path] = SequentialHash(path, fds[path])
         # A closed shard is handed to the disk while the next is written. The growth's threads draw
         # in parallel; this thread's own torch calls keep to one core, so that its idle OpenMP

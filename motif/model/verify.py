@@ -28,6 +28,7 @@ import torch
 from motif.errors import CheckpointError
 from motif.model.safetensors_io import TensorEntry, read_header
 from motif.storage import integrity
+from motif.storage.reading import open_sequential
 
 CHUNK_BYTES = 16 << 20
 Progress = Callable[[int], None]
@@ -64,7 +65,7 @@ def read_file(
     ordered = sorted(entries.values(), key=lambda e: e.offset)
     hasher = integrity.Hasher()
     out: dict[str, torch.Tensor] = {}
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_sequential(path)
     try:
         data_start = ordered[0].offset if ordered else os.fstat(fd).st_size
         pos = integrity.hash_range(fd, 0, data_start, hasher, path)

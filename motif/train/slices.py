@@ -23,6 +23,7 @@ import torch
 from motif.errors import CheckpointError
 from motif.model.safetensors_io import TensorEntry, read_header, read_into_buffer, read_tensor
 from motif.storage.integrity import FileStream, ReadVerifier
+from motif.storage.reading import open_sequential
 
 Read = tuple["TensorReader", str, int, int, torch.Tensor]  # reader, tensor, first, last element, into
 
@@ -157,7 +158,7 @@ class TensorReader:
     def _fd(self, path: Path) -> int:
         with self._lock:
             if path not in self._fds:
-                self._fds[path] = os.open(path, os.O_RDONLY)
+                self._fds[path] = open_sequential(path)
             return self._fds[path]
 
     def close(self) -> None:

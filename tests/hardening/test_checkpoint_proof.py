@@ -15,6 +15,7 @@ import json
 import os
 import random
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -235,22 +236,54 @@ def test_ranks_verify_a_checkpoint_together_each_reading_its_share(tmp_path):
 def test_a_checksum_taken_from_reads_in_any_order_is_the_files_and_shows_a_flip(tmp_path_factory, reads, flip):
     """Whatever ranges a load reads, in whatever order (gaps, overlaps, re-reads, backwards), the
     checksum taken from them (plus the bytes they skipped) is the file's, and one changed byte shows."""
+    from motif.storage import integrity
     from motif.storage.integrity import ReadVerifier, checksum_file, entry
 
     d = tmp_path_factory.mktemp("stream")
     data = bytes(random.Random(len(reads)).randbytes(5000))
     (d / "f.bin").write_bytes(data)
-    recorded = {"f.bin": entry(d / "f.bin", checksum_file(d / "f.bin"))}
-    for content, expect_ok in ((data, True), (data[:flip] + bytes([data[flip] ^ 1]) + data[flip + 1 :], False)):
-        (d / "f.bin").write_bytes(content)
-        verifier = ReadVerifier(d, recorded)
-        stream = verifier.stream(d / "f.bin")
-        with open(d / "f.bin", "rb") as f:
-            for offset, n in reads:
-                f.seek(offset)
-                stream.feed(offset, f.read(n))
-        problem, checked = verifier.finish()
-        assert checked == ["f.bin"] and (problem is None) == expect_ok, problem
+    # Chunks of 1000 bytes (16 MiB in the algorithm) so that reads cross their boundaries.
+    with mock.patch.object(integrity, "HASH_CHUNK", 1000):
+        recorded = {"f.bin": entry(d / "f.bin", checksum_file(d / "f.bin"))}
+        for content, expect_ok in ((data, True), (data[:flip] + bytes([data[flip] ^ 1]) + data[flip + 1 :], False)):
+            (d / "f.bin").write_bytes(content)
+            verifier = ReadVerifier(d, recorded)
+            stream = verifier.stream(d / "f.bin")
+            with open(d / "f.bin", "rb") as f:
+                for offset, n in reads:
+                    f.seek(offset)
+                    stream.feed(offset, f.read(n))
+            problem, checked = verifier.finish()
+            assert checked == ["f.bin"] and (problem is None) == expect_ok, problem
+
+
+def test_the_checksum_is_the_hash_of_its_chunks_digests_and_records_of_the_whole_file_hash_still_verify(tmp_path):
+    """`xxh3_128-chunks16MiB` is xxh3-128 over the xxh3-128 digests of the file's 16 MiB chunks, the
+    last one shorter; a record of the whole-file hash (`xxh3_128:`, older checkpoints) is checked
+    by hashing the file that way, from a load's reads and by `verify`, and a flip shows in both."""
+    import xxhash
+
+    from motif.storage.integrity import ReadVerifier, checksum_file, entry, verify
+
+    chunk = 16 << 20
+    data = random.Random(3).randbytes(2 * chunk + 12345)
+    (tmp_path / "f.bin").write_bytes(data)
+    tree = xxhash.xxh3_128()
+    for lo in range(0, len(data), chunk):
+        tree.update(xxhash.xxh3_128(data[lo : lo + chunk]).digest())
+    assert checksum_file(tmp_path / "f.bin") == f"xxh3_128-chunks16MiB:{tree.hexdigest()}"
+
+    whole = {"f.bin": {"size": len(data), "checksum": f"xxh3_128:{xxhash.xxh3_128(data).hexdigest()}"}}
+    for content, expect_ok in ((data, True), (data[:-5] + b"x" + data[-4:], False)):
+        (tmp_path / "f.bin").write_bytes(content)
+        assert (verify(tmp_path, whole) is None) == expect_ok
+        verifier = ReadVerifier(tmp_path, whole)
+        verifier.stream(tmp_path / "f.bin").feed(0, content)
+        problem, _ = verifier.finish()
+        assert (problem is None) == expect_ok, problem
+        assert expect_ok or "checksum mismatch" in problem
+    recorded = {"f.bin": entry(tmp_path / "f.bin", "sha256:00")}
+    assert "unknown algorithm" in verify(tmp_path, recorded)
 
 
 def test_two_threads_reading_halves_of_a_file_at_once_give_its_checksum(tmp_path):
@@ -281,4 +314,26 @@ def test_two_threads_reading_halves_of_a_file_at_once_give_its_checksum(tmp_path
             t.join()
         problem, _ = verifier.finish()
         assert (problem is None) == (flip is None), problem
-        assert stream.sequence.read_for_hash == 0, "a run read ahead was read again to hash it"
+        assert stream.read_for_hash == 0, "a run read ahead was read again to hash it"
+
+
+def test_a_thread_reading_the_second_half_of_a_file_hashes_its_chunks_without_waiting_for_the_first(tmp_path):
+    """Chunks are hashed independently: a run that starts mid-file hashes every chunk it reads whole
+    as it reads it; only a chunk cut by the runs' boundary waits for the other run's piece."""
+    from motif.storage import integrity
+    from motif.storage.integrity import ReadVerifier, checksum_file, entry
+
+    data = random.Random(8).randbytes(8 << 20)
+    (tmp_path / "f.bin").write_bytes(data)
+    with mock.patch.object(integrity, "HASH_CHUNK", 1 << 20):
+        recorded = {"f.bin": entry(tmp_path / "f.bin", checksum_file(tmp_path / "f.bin"))}
+        verifier = ReadVerifier(tmp_path, recorded)
+        stream = verifier.stream(tmp_path / "f.bin")
+        middle = (4 << 20) + 1000  # not on a chunk's boundary
+        for offset in range(middle, 8 << 20, 300_000):
+            stream.feed(offset, data[offset : min(offset + 300_000, 8 << 20)])
+        assert stream.hashed == (8 << 20) - (5 << 20)  # chunks 5..7, while the first half is unread
+        for offset in range(0, middle, 300_000):
+            stream.feed(offset, data[offset : min(offset + 300_000, middle)])
+        assert stream.hashed == 8 << 20 and stream.read_for_hash == 0
+        assert verifier.finish()[0] is None

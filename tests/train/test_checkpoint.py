@@ -202,7 +202,7 @@ def test_a_load_checks_every_file_from_the_bytes_it_reads_and_names_a_changed_on
                     read_back[key] = torch.empty_like(value)
                     reader.read_into(key, 0, value.numel(), read_back[key].view(-1))
             streams.append(verifier.streams["model.safetensors"])
-            hashed_while_reading.append(streams[-1].sequence.pos)
+            hashed_while_reading.append(streams[-1].hashed)
 
     m = CheckpointManager(tmp_path / "ck", 2, WORLD, tensors=Tensors())
     path = m.save(4, {"stage": "s"})
@@ -210,8 +210,8 @@ def test_a_load_checks_every_file_from_the_bytes_it_reads_and_names_a_changed_on
     assert all(torch.equal(read_back[k], tensors[k]) for k in tensors)
     size = (path / "model.safetensors").stat().st_size
     (stream,) = streams
-    assert stream.sequence.pos == size  # every byte is in the checksum...
-    assert stream.sequence.read_for_hash < 1024  # ...and only the header was read for it alone: one pass
+    assert stream.hashed == size  # every byte is in the checksum...
+    assert stream.read_for_hash < 1024  # ...and only the header was read for it alone: one pass
     assert hashed_while_reading == [size]  # as the reads went, not all at the end after them
 
     victim = path / "model.safetensors"

@@ -58,7 +58,7 @@ from safetensors import SafetensorError
 from motif.errors import CheckpointError, WriteError
 from motif.storage import integrity
 from motif.storage.atomic import fsync_path
-from motif.train.dist import World, barrier, first_problem, gather_dicts
+from motif.train.dist import World, barrier, first_problem, gather, gather_dicts
 
 if TYPE_CHECKING:
     from motif.storage.lease import Lease
@@ -500,10 +500,7 @@ class CheckpointManager:
             self._load_parts(path, meta, verifier)
         except CheckpointError as e:
             failed = str(e)
-        self._check_contents(path, verifier)  # first: a file that changed explains a load that failed
-        failed = first_problem(self.world, failed)
-        if failed is not None:
-            raise CheckpointError(failed)  # a checkpoint that verifies but does not fit this run
+        self._check_contents(path, verifier, failed)
         return meta
 
     def _load_parts(self, path: Path, meta: dict[str, Any], verifier: integrity.ReadVerifier) -> None:
@@ -524,17 +521,26 @@ class CheckpointManager:
         if self.tensors is not None:
             self.tensors.load(path, verifier)
 
-    def _check_contents(self, path: Path, verifier: integrity.ReadVerifier) -> None:
-        """Collective: every recorded file checked once by some rank. Those a rank read while loading
-        were hashed then; the rest (a file its hashing rank did not read from) are shared out and read now."""
+    def _check_contents(self, path: Path, verifier: integrity.ReadVerifier, failed: str | None) -> None:
+        """Collective: every recorded file checked once by some rank, then one verdict on every rank:
+        a file that changed first (it explains a load that failed), then this rank's or another's
+        load failure (`failed`: a checkpoint that verifies but does not fit this run). Files a rank
+        read while loading were hashed then, and one collective tells every rank what all of them
+        found; the rest (a file its hashing rank did not read from) are shared out and read now."""
         recorded = verifier.recorded
         problem, checked = verifier.finish()
-        checked_anywhere = gather_dicts(self.world, dict.fromkeys(checked, self.world.rank))
-        rest = sorted(set(recorded) - set(checked_anywhere))[self.world.rank :: self.world.world_size]
-        problem = problem or integrity.verify(path, {n: recorded[n] for n in rest})
-        problem = first_problem(self.world, problem)
+        reports = gather(self.world, (problem, checked, failed))
+        checked_anywhere = {name for _, names, _ in reports for name in names}
+        problem = next((p for p, _, _ in reports if p is not None), None)
+        rest = sorted(set(recorded) - checked_anywhere)  # the same on every rank: all ranks go on alike
+        if rest and problem is None:
+            mine = rest[self.world.rank :: self.world.world_size]
+            problem = first_problem(self.world, integrity.verify(path, {n: recorded[n] for n in mine}))
         if problem is not None:
             raise CorruptCheckpoint(path, problem)
+        failed = next((f for _, _, f in reports if f is not None), None)
+        if failed is not None:
+            raise CheckpointError(failed)
 
 
 def _reason(err: BaseException) -> str:

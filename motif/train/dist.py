@@ -254,16 +254,24 @@ def first_problem(world: World, problem: str | None) -> str | None:
     return next((p for p in problems if p is not None), None)
 
 
+T = TypeVar("T")
+
+
+def gather(world: World, mine: T) -> list[T]:
+    """Every rank's `mine`, in rank order (one collective)."""
+    if not world.distributed:
+        return [mine]
+    parts: list[T] = [mine] * world.world_size
+    dist.all_gather_object(parts, mine, group=world.group)
+    return parts
+
+
 V = TypeVar("V")
 
 
 def gather_dicts(world: World, mine: dict[str, V]) -> dict[str, V]:
     """Every rank's dict, merged (their keys are disjoint)."""
-    if not world.distributed:
-        return dict(mine)
-    parts: list[dict[str, V]] = [{}] * world.world_size
-    dist.all_gather_object(parts, mine, group=world.group)
-    return {k: v for part in parts for k, v in part.items()}
+    return {k: v for part in gather(world, mine) for k, v in part.items()}
 
 
 def barrier(world: World) -> None:

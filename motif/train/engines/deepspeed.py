@@ -234,15 +234,12 @@ class DeepSpeedEngine:
         from deepspeed.utils import safe_set_local_fp32_param, safe_set_local_optimizer_state
 
         value = value.to(self.world.device)
-        if owned:
-            if key == "param":
-                zero(p).ds_tensor.data.copy_(value.to(zero(p).ds_tensor.dtype))
-            return
-        if key == "param":
+        if not owned and key == "param":
             safe_set_local_fp32_param(p, value)
-            zero(p).ds_tensor.data.copy_(value.to(zero(p).ds_tensor.dtype))  # the copy forward gathers
-        else:
+        elif not owned:
             safe_set_local_optimizer_state(p, value, key)
+        if key == "param":
+            zero(p).ds_tensor.data.copy_(value.to(zero(p).ds_tensor.dtype))  # the copy forward gathers
 
     def _own_partition(self, key: str, p: torch.nn.Parameter, size: int) -> torch.Tensor | None:
         """DeepSpeed's own fp32 memory of this rank's partition of `key`, to be filled in place (a

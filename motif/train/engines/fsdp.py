@@ -245,16 +245,26 @@ class FsdpEngine:
         hold them (any world size), in file order so the checksums are taken on the way."""
         from motif.train.slices import read_all, reading_threads
 
-        chunks = _saved_chunks(directory / CHECKPOINT_DIR, verifier, self.world.rank, self.world.world_size)
-        try:
-            reads = []
-            for key, value in self._state().items():
-                local, start, _ = _shard_of(value, self.world.rank)
-                reads += _reads_for(chunks, key, local, start, directory)
-            read_all(reads, reading_threads(self.stage.parallel.procs_per_node))
-        finally:
-            for reader in {c[0] for found in chunks.values() for c in found}:
-                reader.close()
+        path, rank = directory / CHECKPOINT_DIR, self.world.rank
+        # Saved by this world size, a rank's rows are in its own file and the step counts in rank 0's:
+        # two headers to read, not one per rank (at 128 ranks, 128 headers on every rank). Any other
+        # layout (another world size, another mesh) reads every header.
+        few = [path / SHARD_FILE.format(index=1), path / SHARD_FILE.format(index=rank + 1)]
+        for wanted in (sorted(set(few)), None):
+            chunks = _saved_chunks(path, verifier, rank, self.world.world_size, wanted)
+            try:
+                reads = []
+                for key, value in self._state().items():
+                    local, start, _ = _shard_of(value, rank)
+                    reads += _reads_for(chunks, key, local, start, directory)
+                read_all(reads, reading_threads(self.stage.parallel.procs_per_node))
+                return
+            except _NotHere:
+                if wanted is None:
+                    raise
+            finally:
+                for reader in {c[0] for found in chunks.values() for c in found}:
+                    reader.close()
 
     # ---- the stage's output --------------------------------------------------------------------
 
@@ -308,10 +318,15 @@ def _shard_of(value: torch.Tensor, rank: int) -> tuple[torch.Tensor, int, bool]:
     return local, start, writes
 
 
+class _NotHere(CheckpointError):
+    """Rows a rank needs are not in the saved files it looked in (it then looks in all of them)."""
+
+
 def _saved_chunks(
-    path: Path, verifier: ReadVerifier, rank: int, world: int
+    path: Path, verifier: ReadVerifier, rank: int, world: int, wanted: list[Path] | None = None
 ) -> dict[str, list[tuple[TensorReader, int]]]:
-    """{key: [(reader of the file holding a saved shard, its first row)]} over every saved file."""
+    """{key: [(reader of the file holding a saved shard, its first row)]} over every saved file, or
+    over those of `wanted` that exist (each file still hashed by the rank `verifier.share` names)."""
     import json
 
     from motif.model.safetensors_io import read_header
@@ -322,6 +337,8 @@ def _saved_chunks(
         raise CheckpointError(f"{path}: no safetensors shards (not a checkpoint of engine fsdp)")
     chunks: dict[str, list[tuple[TensorReader, int]]] = {}
     for f, hashes in zip(files, verifier.share(files, rank, world), strict=True):
+        if wanted is not None and f not in wanted:
+            continue
         entries, metadata = read_header(f)
         try:
             info = json.loads(metadata[SHARDING_KEY])
@@ -359,7 +376,7 @@ def _reads_for(
         (reader, key, a * per_row, b * per_row, flat[lo * per_row : hi * per_row]) for reader, a, b, lo, hi in found
     ]
     if sum(hi - lo for *_, lo, hi in found) < rows and local.numel():
-        raise CheckpointError(
+        raise _NotHere(
             f"{directory}: {key}: rows {start}..{start + rows} are not all in the saved shards (fsdp)"
         )
     return reads

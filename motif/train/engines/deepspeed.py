@@ -26,6 +26,7 @@ import functools
 import json
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
@@ -366,9 +367,12 @@ class DeepSpeedEngine:
                     continue
                 read_all(found, 1)
                 self._finish_partition(key, p, value, owned)
-        read_all(reads, reading_threads(self.stage.parallel.procs_per_node))
-        for key, p, value in filled:
-            self._finish_partition(key, p, value, owned=True)
+        threads = reading_threads(self.stage.parallel.procs_per_node)
+        read_all(reads, threads)
+        # The compute copies (a third of the bytes read, at fp32) on as many threads as read them.
+        with ThreadPoolExecutor(threads) as pool:
+            for done in [pool.submit(self._finish_partition, key, p, value, True) for key, p, value in filled]:
+                done.result()
 
     def _load_steps(self, steps: dict[str, float], directory: Path) -> None:
         inner = self.optimizer.optimizer

@@ -376,7 +376,5 @@ def _reads_for(
         (reader, key, a * per_row, b * per_row, flat[lo * per_row : hi * per_row]) for reader, a, b, lo, hi in found
     ]
     if sum(hi - lo for *_, lo, hi in found) < rows and local.numel():
-        raise _NotHere(
-            f"{directory}: {key}: rows {start}..{start + rows} are not all in the saved shards (fsdp)"
-        )
+        raise _NotHere(f"{directory}: {key}: rows {start}..{start + rows} are not all in the saved shards (fsdp)")
     return reads

@@ -335,20 +335,31 @@ class DeepSpeedEngine:
         files = sorted(directory.glob("zero_rank_*.safetensors"))
         if not files:
             raise CheckpointError(f"{directory}: no zero_rank_*.safetensors (not a checkpoint of engine deepspeed)")
-        saved = []
-        for f, hashes in zip(files, verifier.share(files, self.world.rank, self.world.world_size), strict=True):
-            _, metadata = read_header(f)
+        hashing = dict(zip(files, verifier.share(files, self.world.rank, self.world.world_size), strict=True))
+        # Saved by this world size, a rank's partitions (and every step count) are in its own file:
+        # one header to read, not one per rank. Any other world size reads every header.
+        own = directory / RANK_FILE.format(rank=self.world.rank)
+        for wanted in ([own], files) if own in hashing else (files,):
+            saved = []
             try:
-                saved.append((TensorReader.file(f, hashes), json.loads(metadata[META_KEY])))
-            except (KeyError, json.JSONDecodeError):
-                raise CheckpointError(f"{f}: no {META_KEY} metadata (not written by engine deepspeed)") from None
-        try:
-            self._read_partitions(saved, directory)
-            steps = {n: s for _, meta in saved for n, s in meta["steps"].items()}
-            self._load_steps(steps, directory)
-        finally:
-            for reader, _ in saved:
-                reader.close()
+                for f in wanted:
+                    entries, metadata = read_header(f)
+                    try:
+                        saved.append((TensorReader(entries, str(f), hashing[f]), json.loads(metadata[META_KEY])))
+                    except (KeyError, json.JSONDecodeError):
+                        raise CheckpointError(
+                            f"{f}: no {META_KEY} metadata (not written by engine deepspeed)"
+                        ) from None
+                self._read_partitions(saved, directory)
+                steps = {n: s for _, meta in saved for n, s in meta["steps"].items()}
+                self._load_steps(steps, directory)
+                return
+            except _NotHere:
+                if wanted is files:
+                    raise
+            finally:
+                for reader, _ in saved:
+                    reader.close()
 
     @torch.no_grad()
     def _read_partitions(self, saved: list[tuple[TensorReader, dict[str, Any]]], directory: Path) -> None:
@@ -430,6 +441,10 @@ class DeepSpeedEngine:
         pass
 
 
+class _NotHere(CheckpointError):
+    """Elements a rank needs are not in the saved files it looked in (it then looks in all of them)."""
+
+
 def _reads(
     saved: list[tuple[TensorReader, dict[str, Any]]],
     directory: Path,
@@ -448,7 +463,5 @@ def _reads(
             ranges.append((reader, a, b))
     found = overlaps(ranges, start, stop)
     if sum(hi - lo for *_, lo, hi in found) != stop - start:
-        raise CheckpointError(
-            f"{directory}: {key}.{name}: elements {start}..{stop} are not all in the saved partitions"
-        )
+        raise _NotHere(f"{directory}: {key}.{name}: elements {start}..{stop} are not all in the saved partitions")
     return [(reader, f"{key}.{name}", a, b, out[lo:hi]) for reader, a, b, lo, hi in found]

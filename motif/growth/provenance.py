@@ -25,7 +25,9 @@ from motif.model.checkpoint import CONFIG_NAME, Checkpoint
 FORMAT = "motif-growth/2"
 
 
-FINGERPRINT = "sha256-of-xxh3"
+# sha256 over config.json and each weight file's name, size and checksum (the chunked xxh3 of
+# `motif.storage.integrity`; "sha256-of-xxh3" was over whole-file xxh3 checksums).
+FINGERPRINT = "sha256-of-xxh3-chunks"
 
 
 def source_fingerprint(ckpt: Checkpoint, checksums: dict[str, str]) -> str:
@@ -70,6 +72,9 @@ def request_mismatch(
         return f"was grown by another version of motif (growth.json format {prov.get('format')!r}, not {FORMAT})"
     if src.get("path") != source:
         return f"was grown from another request (source {src.get('path')})"
+    kind = str(src.get("fingerprint")).split(":", 1)[0]
+    if kind != FINGERPRINT:  # the same weights fingerprint differently: say so, not that they changed
+        return f"was grown by another version of motif (source fingerprint {kind!r}, not {FINGERPRINT})"
     if src.get("fingerprint") != fingerprint:
         return f"was grown from another request: the weights of {source} changed since (content fingerprint differs)"
     for key, want in (("targets", targets), ("depth_method", depth_method), ("seed", seed)):

@@ -286,3 +286,27 @@ def test_stage_input_of_another_shape_is_refused_before_growing(src, tmp_path, c
     assert err.startswith(f"motif grow: error: {stage}: motif.model.hidden_size: ")
     assert f"but {src} has {found.hidden_size}" in err
     assert not (tmp_path / "grown").exists()
+
+
+def test_an_output_of_another_growth_format_or_fingerprint_is_called_another_version_not_changed_weights():
+    """`motif grow --stage` reuses an output only for the very request: one written by another version
+    of motif (growth.json format, or source fingerprint over other checksums) is named as such, and
+    a fingerprint of the current kind that differs is changed weights."""
+    from motif.growth.provenance import FINGERPRINT, FORMAT, request_mismatch
+
+    targets = {"num_hidden_layers": 8}
+    prov = {
+        "format": FORMAT,
+        "source": {"path": "/m/src", "fingerprint": f"{FINGERPRINT}:ab"},
+        "targets": targets,
+        "depth_method": "llamapro",
+        "seed": 0,
+    }
+    here = f"{FINGERPRINT}:ab"
+    assert request_mismatch(prov, "/m/src", here, targets, "llamapro", 0) is None
+    assert "weights of /m/src changed" in request_mismatch(prov, "/m/src", f"{FINGERPRINT}:cd", targets, "llamapro", 0)
+    old = {**prov, "source": {"path": "/m/src", "fingerprint": "sha256-of-xxh3:ab"}}
+    assert "another version of motif" in request_mismatch(old, "/m/src", here, targets, "llamapro", 0)
+    assert "another version of motif" in request_mismatch(
+        {**prov, "format": "motif-growth/1"}, "/m/src", here, targets, "llamapro", 0
+    )

@@ -59,7 +59,7 @@ class Hasher:
             raise ValueError(f"unknown checksum algorithm {algorithm!r}")
         self.algorithm = algorithm
         self._chunk = xxhash.xxh3_128()
-        self._tree = xxhash.xxh3_128()
+        self._digests: list[bytes] = []  # of the complete chunks (16 bytes per 16 MiB)
         self._left = HASH_CHUNK  # bytes until the chunk is complete (the whole-file hash never completes one)
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
@@ -70,7 +70,7 @@ class Hasher:
         while len(data) >= self._left:
             self._chunk.update(data[: self._left])
             data = data[self._left :]
-            self._tree.update(self._chunk.digest())
+            self._digests.append(self._chunk.digest())
             self._chunk.reset()
             self._left = HASH_CHUNK
         if len(data):
@@ -88,10 +88,8 @@ class Hasher:
     def text(self) -> str:
         if self.algorithm == WHOLE_FILE:
             return f"{WHOLE_FILE}:{self._chunk.hexdigest()}"
-        tree = self._tree.copy()
-        if self._left < HASH_CHUNK:  # the last chunk, shorter
-            tree.update(self._chunk.digest())
-        return f"{ALGORITHM}:{tree.hexdigest()}"
+        last = [self._chunk.digest()] if self._left < HASH_CHUNK else []  # the last chunk, shorter
+        return chunked_text(self._digests + last)
 
 
 def chunked_text(digests: Iterable[bytes]) -> str:

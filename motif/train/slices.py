@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -171,6 +171,23 @@ class TensorReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class NotInFiles(CheckpointError):
+    """Part of what a rank must read is not in the saved files it looked in."""
+
+
+def from_fewest_files(candidates: list[list[Path]], load: Callable[[list[Path]], None]) -> None:
+    """`load(files)` from the first of `candidates` (file lists, fewest first, every saved file
+    last) whose files hold the rank's whole part. Saved by the same world size, a rank's part is
+    in one or two files; opening every rank's header on every rank costs W headers per rank."""
+    for i, files in enumerate(candidates):
+        try:
+            load(files)
+            return
+        except NotInFiles:
+            if i == len(candidates) - 1:
+                raise
 
 
 S = TypeVar("S")

@@ -39,7 +39,7 @@ from motif.model import Llama, ModelArgs
 from motif.train import optimizer as optim
 from motif.train.dist import World
 from motif.train.engines import Snapshot, StepResult, held, loss_sums
-from motif.train.slices import Read, TensorReader, overlaps, write_tensors
+from motif.train.slices import NotInFiles, Read, TensorReader, from_fewest_files, overlaps, write_tensors
 from motif.train.start import MOMENTS, MomentSource, WeightSource
 
 if TYPE_CHECKING:
@@ -235,10 +235,11 @@ class DeepSpeedEngine:
         from deepspeed.utils import safe_set_local_fp32_param, safe_set_local_optimizer_state
 
         value = value.to(self.world.device)
-        if not owned and key == "param":
-            safe_set_local_fp32_param(p, value)
-        elif not owned:
-            safe_set_local_optimizer_state(p, value, key)
+        if not owned:  # a host buffer: DeepSpeed copies it into its own memory
+            if key == "param":
+                safe_set_local_fp32_param(p, value)
+            else:
+                safe_set_local_optimizer_state(p, value, key)
         if key == "param":
             zero(p).ds_tensor.data.copy_(value.to(zero(p).ds_tensor.dtype))  # the copy forward gathers
 
@@ -336,10 +337,10 @@ class DeepSpeedEngine:
         if not files:
             raise CheckpointError(f"{directory}: no zero_rank_*.safetensors (not a checkpoint of engine deepspeed)")
         hashing = dict(zip(files, verifier.share(files, self.world.rank, self.world.world_size), strict=True))
-        # Saved by this world size, a rank's partitions (and every step count) are in its own file:
-        # one header to read, not one per rank. Any other world size reads every header.
+        # Saved by this world size, a rank's partitions (and every step count) are in its own file.
         own = directory / RANK_FILE.format(rank=self.world.rank)
-        for wanted in ([own], files) if own in hashing else (files,):
+
+        def load_from(wanted: list[Path]) -> None:
             saved = []
             try:
                 for f in wanted:
@@ -353,13 +354,11 @@ class DeepSpeedEngine:
                 self._read_partitions(saved, directory)
                 steps = {n: s for _, meta in saved for n, s in meta["steps"].items()}
                 self._load_steps(steps, directory)
-                return
-            except _NotHere:
-                if wanted is files:
-                    raise
             finally:
                 for reader, _ in saved:
                     reader.close()
+
+        from_fewest_files([[own], files] if own in hashing else [files], load_from)
 
     @torch.no_grad()
     def _read_partitions(self, saved: list[tuple[TensorReader, dict[str, Any]]], directory: Path) -> None:
@@ -441,10 +440,6 @@ class DeepSpeedEngine:
         pass
 
 
-class _NotHere(CheckpointError):
-    """Elements a rank needs are not in the saved files it looked in (it then looks in all of them)."""
-
-
 def _reads(
     saved: list[tuple[TensorReader, dict[str, Any]]],
     directory: Path,
@@ -463,5 +458,5 @@ def _reads(
             ranges.append((reader, a, b))
     found = overlaps(ranges, start, stop)
     if sum(hi - lo for *_, lo, hi in found) != stop - start:
-        raise _NotHere(f"{directory}: {key}.{name}: elements {start}..{stop} are not all in the saved partitions")
+        raise NotInFiles(f"{directory}: {key}.{name}: elements {start}..{stop} are not all in the saved partitions")
     return [(reader, f"{key}.{name}", a, b, out[lo:hi]) for reader, a, b, lo, hi in found]

@@ -243,28 +243,28 @@ class FsdpEngine:
     def load(self, directory: Path, verifier: ReadVerifier) -> None:
         """This rank's rows of every tensor, read straight into its shards from the saved shards that
         hold them (any world size), in file order so the checksums are taken on the way."""
-        from motif.train.slices import read_all, reading_threads
+        from motif.train.slices import from_fewest_files, read_all, reading_threads
 
         path, rank = directory / CHECKPOINT_DIR, self.world.rank
-        # Saved by this world size, a rank's rows are in its own file and the step counts in rank 0's:
-        # two headers to read, not one per rank (at 128 ranks, 128 headers on every rank). Any other
-        # layout (another world size, another mesh) reads every header.
-        few = [path / SHARD_FILE.format(index=1), path / SHARD_FILE.format(index=rank + 1)]
-        for wanted in (sorted(set(few)), None):
-            chunks = _saved_chunks(path, verifier, rank, self.world.world_size, wanted)
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{path}: no safetensors shards (not a checkpoint of engine fsdp)")
+        # Saved by this world size, a rank's rows are in its own file and the step counts in rank 0's.
+        few = sorted({path / SHARD_FILE.format(index=1), path / SHARD_FILE.format(index=rank + 1)} & set(files))
+
+        def load_from(wanted: list[Path]) -> None:
+            chunks = _saved_chunks(files, wanted, verifier, rank, self.world.world_size)
             try:
                 reads = []
                 for key, value in self._state().items():
                     local, start, _ = _shard_of(value, rank)
                     reads += _reads_for(chunks, key, local, start, directory)
                 read_all(reads, reading_threads(self.stage.parallel.procs_per_node))
-                return
-            except _NotHere:
-                if wanted is None:
-                    raise
             finally:
                 for reader in {c[0] for found in chunks.values() for c in found}:
                     reader.close()
+
+        from_fewest_files([few, files] if few else [files], load_from)
 
     # ---- the stage's output --------------------------------------------------------------------
 
@@ -318,26 +318,19 @@ def _shard_of(value: torch.Tensor, rank: int) -> tuple[torch.Tensor, int, bool]:
     return local, start, writes
 
 
-class _NotHere(CheckpointError):
-    """Rows a rank needs are not in the saved files it looked in (it then looks in all of them)."""
-
-
 def _saved_chunks(
-    path: Path, verifier: ReadVerifier, rank: int, world: int, wanted: list[Path] | None = None
+    files: list[Path], wanted: list[Path], verifier: ReadVerifier, rank: int, world: int
 ) -> dict[str, list[tuple[TensorReader, int]]]:
-    """{key: [(reader of the file holding a saved shard, its first row)]} over every saved file, or
-    over those of `wanted` that exist (each file still hashed by the rank `verifier.share` names)."""
+    """{key: [(reader of the file holding a saved shard, its first row)]} over the `wanted` ones of
+    the saved `files` (each file hashed by the rank `verifier.share` names among all of them)."""
     import json
 
     from motif.model.safetensors_io import read_header
     from motif.train.slices import TensorReader
 
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{path}: no safetensors shards (not a checkpoint of engine fsdp)")
     chunks: dict[str, list[tuple[TensorReader, int]]] = {}
     for f, hashes in zip(files, verifier.share(files, rank, world), strict=True):
-        if wanted is not None and f not in wanted:
+        if f not in wanted:
             continue
         entries, metadata = read_header(f)
         try:
@@ -360,7 +353,7 @@ def _reads_for(
     chunks: dict[str, list[tuple[TensorReader, int]]], key: str, local: torch.Tensor, start: int, directory: Path
 ) -> list[tuple[TensorReader, str, int, int, torch.Tensor]]:
     """The reads that fill `local` (rows [start, start + len) of `key`) from the saved shards."""
-    from motif.train.slices import overlaps
+    from motif.train.slices import NotInFiles, overlaps
 
     rows = local.shape[0] if local.dim() else 1
     per_row = math.prod(local.shape[1:]) if local.dim() else 1
@@ -376,5 +369,5 @@ def _reads_for(
         (reader, key, a * per_row, b * per_row, flat[lo * per_row : hi * per_row]) for reader, a, b, lo, hi in found
     ]
     if sum(hi - lo for *_, lo, hi in found) < rows and local.numel():
-        raise _NotHere(f"{directory}: {key}: rows {start}..{start + rows} are not all in the saved shards (fsdp)")
+        raise NotInFiles(f"{directory}: {key}: rows {start}..{start + rows} are not all in the saved shards (fsdp)")
     return reads
